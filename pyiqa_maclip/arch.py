@@ -1,0 +1,247 @@
+r"""MA-CLIP as a pyiqa arch: batched, any device, any image size, bounded memory.
+
+Liao et al., "Beyond Cosine Similarity: Magnitude-Aware CLIP for No-Reference
+Image Quality Assessment", AAAI 2026, arXiv 2511.09948.
+Official code: https://github.com/zhix000/MA-CLIP.
+
+The equations live in :mod:`pyiqa_maclip.functional`; this module loads CLIP,
+validates input, feeds the views through the image encoder a bounded chunk at
+a time and keeps the prompt embeddings cached per device and dtype.
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from pyiqa.archs.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+from . import functional as MF
+from .weights import load_clip
+
+__all__ = ['MACLIP', 'QualityComponents']
+
+
+class QualityComponents(NamedTuple):
+    """Per-image output of ``MACLIP(x, return_components=True)``; each field has shape (B,).
+
+    ``score`` is the MA-CLIP quality; the other fields are the means over the
+    image's views (patches and global view) of Q_sim, Q_mag and the two fusion
+    weights. The score is the mean of the per-view fused values, so in general
+    it differs from ``w_sim * q_sim + w_mag * q_mag`` of these means.
+    """
+
+    score: torch.Tensor
+    q_sim: torch.Tensor
+    q_mag: torch.Tensor
+    w_sim: torch.Tensor
+    w_mag: torch.Tensor
+
+
+def _real(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f'{name} must be a finite real number, got {value!r}')
+    return float(value)
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f'{name} must be a positive integer, got {value!r}')
+    return value
+
+
+def _prompt_pairs(prompts) -> tuple[tuple[str, str], ...]:
+    """Accept ``[(good, bad), ...]`` or the official flat ``[good, bad, good, bad, ...]``."""
+    expected = "prompts must be a non-empty sequence of (positive, negative) string pairs, e.g. [('Good image', 'bad image')]"
+    if isinstance(prompts, str) or not isinstance(prompts, Sequence) or len(prompts) == 0:
+        raise ValueError(f'{expected}; got {prompts!r}')
+    if all(isinstance(p, str) for p in prompts):
+        if len(prompts) % 2:
+            raise ValueError(f'{expected}; a flat list needs an even number of prompts, got {len(prompts)}')
+        prompts = list(zip(prompts[0::2], prompts[1::2]))
+    pairs = []
+    for pair in prompts:
+        if (isinstance(pair, str) or not isinstance(pair, Sequence) or len(pair) != 2
+                or not all(isinstance(p, str) and p.strip() for p in pair)):
+            raise ValueError(f'{expected}; got the item {pair!r}')
+        pairs.append((pair[0], pair[1]))
+    return tuple(pairs)
+
+
+def check_images(x) -> None:
+    """Raise TypeError/ValueError unless ``x`` is a finite real (B, 1|3, H, W) tensor with B, H, W >= 1."""
+    expected = 'expected a float tensor of shape (B, C, H, W) with C = 1 or 3 and values in [0, 1]'
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f'images must be a torch.Tensor, got {type(x).__name__}; {expected}')
+    if x.dtype == torch.bool or x.is_complex() or not x.is_floating_point():
+        raise TypeError(
+            f'images have dtype {x.dtype}; {expected} (convert 8-bit images with x.float() / 255)'
+        )
+    if x.dim() != 4:
+        hint = ' (add the batch dimension with x.unsqueeze(0))' if x.dim() == 3 else ''
+        raise ValueError(f'images have shape {tuple(x.shape)}, {x.dim()}-D; {expected}{hint}')
+    if x.shape[1] not in (1, 3):
+        raise ValueError(f'images have {x.shape[1]} channels (shape {tuple(x.shape)}); {expected}')
+    if x.numel() == 0:
+        raise ValueError(f'images tensor is empty (shape {tuple(x.shape)}); {expected} and B, H, W >= 1')
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f'images contain NaN or Inf values; {expected}')
+
+
+class MACLIP(nn.Module):
+    """Magnitude-Aware CLIP no-reference image quality (higher is better).
+
+    Each image is cut into ``patch_size`` patches at ``stride`` (plus the whole
+    image resized to ``patch_size``); every view is scored by fusing Q_sim and
+    Q_mag, and the image's score is the mean over its views.
+
+    Args:
+        backbone: an OpenAI CLIP name (``RN50``, ``ViT-B/32``, ...) or the path of a
+            checkpoint file (TorchScript archive or state dict).
+        prompts: (positive, negative) prompt pairs for Q_sim.
+        box_lam: Box-Cox lambda for Q_mag (0 means log).
+        base_cos, base_norm: base logits of the two cues in the fusion softmax.
+        alpha: how strongly the cue discrepancy shifts the fusion weights.
+        patch_size: side of the square patches and of the global view.
+        stride: step between patches.
+        pos_embedding: add CLIP's (resized) positional embedding in the image
+            encoder; off in the paper, which lets any patch size through.
+        chunk_size: most views sent through the image encoder at once; bounds
+            peak memory independently of image size and batch size.
+        model_type: accepted for compatibility with pyiqa's own ``maclip`` entry
+            in ``DEFAULT_CONFIGS``; only ``'maclip'`` is valid.
+
+    Images whose shorter side is below ``patch_size`` are first upscaled
+    (bilinear, aspect kept) so that the shorter side equals ``patch_size``;
+    the global view is always taken from the original image.
+    """
+
+    def __init__(
+        self,
+        backbone: str | os.PathLike = 'RN50',
+        prompts: Sequence = MF.DEFAULT_PROMPTS,
+        box_lam: float = 0.5,
+        base_cos: float = 1.0,
+        base_norm: float = 0.6,
+        alpha: float = 1.0,
+        patch_size: int = 224,
+        stride: int = 128,
+        pos_embedding: bool = False,
+        chunk_size: int = 32,
+        model_type: str = 'maclip',
+    ) -> None:
+        super().__init__()
+        if model_type != 'maclip':
+            raise ValueError(f"model_type must be 'maclip' (the only MA-CLIP variant), got {model_type!r}")
+        if not isinstance(pos_embedding, bool):
+            raise ValueError(f'pos_embedding must be True or False, got {pos_embedding!r}')
+        self.prompts = _prompt_pairs(prompts)
+        self.box_lam = _real('box_lam', box_lam)
+        self.base_cos = _real('base_cos', base_cos)
+        self.base_norm = _real('base_norm', base_norm)
+        self.alpha = _real('alpha', alpha)
+        self.patch_size = _positive_int('patch_size', patch_size)
+        self.stride = _positive_int('stride', stride)
+        self.chunk_size = _positive_int('chunk_size', chunk_size)
+        self.pos_embedding = pos_embedding
+        self.backbone = backbone
+
+        self.clip = load_clip(backbone)
+        self._check_patch_size_fits_encoder()
+        self.clip.requires_grad_(False)
+        # channels_last speeds up the convolutions on CPU and GPU with identical math.
+        self.clip.visual.to(memory_format=torch.channels_last)
+
+        from pyiqa.archs.clip_imports import clip as openai_clip
+
+        tokens = openai_clip.tokenize([p for pair in self.prompts for p in pair],
+                                      context_length=self.clip.context_length)
+        self.register_buffer('prompt_tokens', tokens, persistent=False)
+        self.register_buffer('mean', torch.tensor(OPENAI_CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer('std', torch.tensor(OPENAI_CLIP_STD).view(1, 3, 1, 1), persistent=False)
+        self._text_cache: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+    def _check_patch_size_fits_encoder(self) -> None:
+        visual = self.clip.visual
+        if hasattr(visual, 'attnpool'):  # ModifiedResNet: 32x total downsampling
+            if self.patch_size < 32:
+                raise ValueError(f'patch_size must be at least 32 for a ResNet CLIP, got {self.patch_size}')
+        else:
+            step = visual.conv1.kernel_size[0]
+            if self.patch_size % step:
+                raise ValueError(
+                    f'patch_size must be a multiple of the ViT patch size {step} for backbone '
+                    f'{self.backbone!r}, got {self.patch_size}'
+                )
+
+    @property
+    def _param(self) -> torch.Tensor:
+        return self.clip.logit_scale
+
+    def text_features(self) -> torch.Tensor:
+        """L2-normalised prompt embeddings (2K, D), computed once per device and dtype."""
+        key = (self._param.device, self._param.dtype)
+        if key not in self._text_cache:
+            # Normal tensors even inside a caller's inference_mode, so the cache also serves autograd.
+            with torch.inference_mode(False), torch.no_grad():
+                features = self.clip.encode_text(self.prompt_tokens)
+                self._text_cache[key] = features / features.norm(dim=-1, keepdim=True)
+        return self._text_cache[key]
+
+    def encode_views(self, views: torch.Tensor) -> torch.Tensor:
+        """Raw CLIP image features of (N, 3, p, p) views, in chunks of ``chunk_size``: (N, D)."""
+        return torch.cat([
+            self.clip.encode_image(
+                views[i:i + self.chunk_size].contiguous(memory_format=torch.channels_last),
+                pos_embedding=self.pos_embedding,
+            )
+            for i in range(0, views.shape[0], self.chunk_size)
+        ])
+
+    def _patch_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Features of every sliding patch, (B, rows * cols, D), gathering one chunk at a time."""
+        patches = MF.sliding_patches(x, self.patch_size, self.stride)
+        batch, rows, cols = patches.shape[:3]
+        per_image = rows * cols
+        index = torch.arange(batch * per_image, device=x.device)
+        chunks = []
+        for start in range(0, index.numel(), self.chunk_size):
+            i = index[start:start + self.chunk_size]
+            cell = i % per_image
+            chunks.append(self.encode_views(patches[i // per_image, cell // cols, cell % cols]))
+        return torch.cat(chunks).view(batch, per_image, -1)
+
+    def _components(self, x: torch.Tensor) -> QualityComponents:
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        x = (x - self.mean) / self.std
+        global_features = self.encode_views(MF.global_view(x, self.patch_size))
+        patch_features = self._patch_features(MF.upscale_short_side(x, self.patch_size))
+        features = torch.cat([patch_features, global_features.unsqueeze(1)], dim=1)  # (B, views, D)
+
+        q_sim = MF.similarity_quality(features, self.text_features(), self.clip.logit_scale.exp())
+        q_mag = MF.magnitude_quality(features, self.box_lam)
+        fused = MF.fuse(q_sim, q_mag, self.base_cos, self.base_norm, self.alpha)
+        return QualityComponents(
+            fused.score.mean(-1), q_sim.mean(-1), q_mag.mean(-1), fused.w_sim.mean(-1), fused.w_mag.mean(-1)
+        )
+
+    def forward(self, x: torch.Tensor, return_components: bool = False):
+        """Score (B, C, H, W) images in [0, 1] (C = 1 or 3, any H, W >= 1).
+
+        Returns:
+            (B,) scores, or :class:`QualityComponents` if ``return_components``.
+        """
+        check_images(x)
+        self.text_features()  # outside inference mode, so the cache holds ordinary tensors
+        x = x.to(device=self._param.device, dtype=self._param.dtype)
+        grad = torch.is_grad_enabled()
+        with torch.inference_mode(not grad):
+            out = self._components(x)
+        if not grad:  # hand back ordinary tensors that callers may modify in place
+            out = QualityComponents(*(t.clone() for t in out))
+        return out if return_components else out.score

@@ -1,0 +1,36 @@
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+here = Path(__file__).parent
+version = re.search(r"__version__ = '([^']+)'", (here / 'pyiqa_maclip' / 'version.py').read_text()).group(1)
+
+setup(
+    name='pyiqa-maclip',
+    version=version,
+    description='MA-CLIP (magnitude-aware CLIP, AAAI 2026) no-reference image quality metric for pyiqa: '
+                'any device, batched, any image size, bounded memory',
+    long_description=(here / 'README.md').read_text(encoding='utf-8'),
+    long_description_content_type='text/markdown',
+    license='MIT',
+    python_requires='>=3.9',
+    packages=find_packages(include=['pyiqa_maclip', 'pyiqa_maclip.*']),
+    install_requires=[
+        'pyiqa>=0.1.16,<0.2',
+        'torch>=2.0',
+        'torchvision',
+        'openai-clip',
+        # openai-clip imports pkg_resources, which setuptools 81 removed.
+        'setuptools<81',
+        'tqdm',
+    ],
+    extras_require={'test': ['pytest']},
+    entry_points={
+        'pyiqa.archs': ['maclip = pyiqa_maclip.registration:register'],
+    },
+    classifiers=[
+        'Programming Language :: Python :: 3',
+        'Topic :: Scientific/Engineering :: Image Recognition',
+    ],
+)

@@ -1,0 +1,254 @@
+"""Behaviour of the MACLIP arch on small CLIP checkpoints made by the tests."""
+import math
+
+import numpy as np
+import pyiqa
+import pytest
+import scipy.special
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from conftest import random_images
+
+from pyiqa_maclip import MACLIP, QualityComponents
+from pyiqa_maclip.functional import DEFAULT_PROMPTS
+
+EXACT = 1e-6  # what batching, chunking and memory format may change in float32
+
+
+def _different_images(batch=4, height=260, width=390):
+    images = torch.cat([random_images(1, height, width, seed=s) for s in range(batch)])
+    images[-1] = torch.linspace(0, 1, width).expand(3, height, width)  # a gradient, unlike the others
+    return images
+
+
+def test_batch_scores_equal_single_scores(tiny_rn):
+    metric = MACLIP(backbone=str(tiny_rn), chunk_size=3)  # chunks straddle images
+    images = _different_images()
+    batch = metric(images)
+    single = torch.cat([metric(image[None]) for image in images])
+    assert batch.shape == (4,)
+    torch.testing.assert_close(batch, single, rtol=0, atol=1e-5)
+    assert batch.max() - batch.min() > 1e-3  # the check would see images being mixed
+
+
+@pytest.mark.parametrize('chunk_size', [1, 7, 1000])
+def test_chunk_size_does_not_change_scores(tiny_metric, tiny_rn, chunk_size):
+    images = _different_images(batch=2)
+    expected = tiny_metric(images)
+    got = MACLIP(backbone=str(tiny_rn), chunk_size=chunk_size)(images)
+    torch.testing.assert_close(got, expected, rtol=0, atol=EXACT)
+
+
+def _independent_components(metric: MACLIP, image: torch.Tensor, lam=0.5, base_cos=1.0, base_norm=0.6, alpha=1.0):
+    """The official pipeline written out with nn.Unfold, contiguous tensors, autograd on, and
+    SciPy's Box-Cox, for one image with both sides >= 224."""
+    clip = metric.clip
+    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+    std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+    x = (image - mean) / std
+    patches = nn.Unfold(224, stride=128)(x).view(1, 3, 224, 224, -1)[0].permute(3, 0, 1, 2)
+    views = torch.cat([patches, F.interpolate(x, size=(224, 224), mode='bilinear', align_corners=False)])
+    visual = clip.visual
+    visual.to(memory_format=torch.contiguous_format)
+    try:
+        f = clip.encode_image(views.contiguous(), pos_embedding=False).double().numpy()
+    finally:
+        visual.to(memory_format=torch.channels_last)
+    from pyiqa.archs.clip_imports import clip as openai_clip
+    t = clip.encode_text(openai_clip.tokenize([p for pair in DEFAULT_PROMPTS for p in pair])).double().numpy()
+    t /= np.linalg.norm(t, axis=1, keepdims=True)
+    logits = clip.logit_scale.exp().item() * (f / np.linalg.norm(f, axis=1, keepdims=True)) @ t.T
+    pairs = scipy.special.softmax(logits.reshape(len(f), -1, 2), axis=-1)
+    q_sim = pairs[..., 0].mean(axis=1)
+    a = np.abs(f)
+    q_mag = scipy.special.boxcox1p(a / (a.std(axis=1, ddof=1, keepdims=True) + 1e-6), lam).mean(axis=1)
+    d = q_sim - q_mag
+    w = scipy.special.softmax(np.stack([base_cos + alpha * d, base_norm - alpha * d], axis=-1), axis=-1)
+    fused = w[:, 0] * q_sim + w[:, 1] * q_mag
+    return fused.mean(), q_sim.mean(), q_mag.mean(), w[:, 0].mean(), w[:, 1].mean()
+
+
+def test_components_match_independent_computation(tiny_metric):
+    image = random_images(1, 352, 480, seed=3)
+    with torch.no_grad():
+        got = tiny_metric(image, return_components=True)
+    assert isinstance(got, QualityComponents)
+    expected = _independent_components(tiny_metric, image)
+    for field, value in zip(got._fields, expected):
+        assert abs(getattr(got, field).item() - value) < EXACT, (field, getattr(got, field).item(), value)
+
+
+@pytest.mark.parametrize('option, value', [('box_lam', 0.0), ('box_lam', 0.3), ('base_norm', 0.2), ('alpha', 2.5)])
+def test_fusion_options_reach_the_math(tiny_rn, option, value):
+    metric = MACLIP(backbone=str(tiny_rn), **{option: value})
+    image = random_images(1, 224, 352, seed=1)
+    kwargs = {'lam' if option == 'box_lam' else option: value}
+    with torch.no_grad():
+        got = metric(image).item()
+    assert abs(got - _independent_components(metric, image, **kwargs)[0]) < EXACT
+
+
+def test_components_are_consistent(tiny_metric):
+    parts = tiny_metric(_different_images(), return_components=True)
+    for tensor in parts:
+        assert tensor.shape == (4,)
+        assert torch.isfinite(tensor).all()
+    torch.testing.assert_close(parts.w_sim + parts.w_mag, torch.ones(4))
+    assert ((parts.q_sim > 0) & (parts.q_sim < 1)).all() and (parts.q_mag >= 0).all()
+    torch.testing.assert_close(tiny_metric(_different_images()), parts.score)
+
+
+def test_custom_prompts_and_patch_geometry(tiny_rn):
+    image = random_images(1, 300, 300, seed=2)
+    default = MACLIP(backbone=str(tiny_rn))(image)
+    flipped = MACLIP(backbone=str(tiny_rn), prompts=[(b, a) for a, b in DEFAULT_PROMPTS])
+    flat = MACLIP(backbone=str(tiny_rn), prompts=[p for pair in DEFAULT_PROMPTS for p in pair])
+    torch.testing.assert_close(flat(image), default, rtol=0, atol=EXACT)
+    q_default = MACLIP(backbone=str(tiny_rn))(image, return_components=True).q_sim
+    # Swapping each pair turns every positive probability p into 1 - p.
+    torch.testing.assert_close(flipped(image, return_components=True).q_sim, 1 - q_default, rtol=0, atol=1e-5)
+    # One 300x300 patch: the patch is the image, so the two views differ only by the global resize.
+    assert torch.isfinite(MACLIP(backbone=str(tiny_rn), patch_size=96, stride=64)(image)).all()
+
+
+def test_small_images_are_upscaled_like_a_single_patch(tiny_metric):
+    """A 112x112 image is upscaled to 224x224: its one patch and its global view are both that image."""
+    small = random_images(1, 112, 112, seed=4)
+    upscaled = F.interpolate(small, size=(224, 224), mode='bilinear', align_corners=False)
+    torch.testing.assert_close(tiny_metric(small), tiny_metric(upscaled), rtol=0, atol=EXACT)
+
+
+@pytest.mark.parametrize('size', [(1, 1), (2, 3), (17, 500), (223, 223), (100, 224), (224, 50)])
+def test_any_size_gives_a_finite_score(tiny_metric, size):
+    score = tiny_metric(random_images(2, *size, seed=5))
+    assert score.shape == (2,) and torch.isfinite(score).all()
+
+
+def test_grayscale_equals_replicated_rgb(tiny_metric):
+    gray = random_images(2, 230, 260, channels=1, seed=6)
+    torch.testing.assert_close(tiny_metric(gray), tiny_metric(gray.expand(-1, 3, -1, -1)), rtol=0, atol=EXACT)
+
+
+def test_prompt_features_computed_once(tiny_rn, monkeypatch):
+    metric = MACLIP(backbone=str(tiny_rn))
+    calls = []
+    original = metric.clip.encode_text
+    monkeypatch.setattr(metric.clip, 'encode_text', lambda tokens: calls.append(1) or original(tokens))
+    image = random_images(1, 224, 224)
+    for _ in range(3):
+        metric(image)
+    assert len(calls) == 1
+
+
+def test_prompt_cache_made_in_inference_mode_serves_autograd(tiny_rn):
+    metric = MACLIP(backbone=str(tiny_rn))
+    with torch.inference_mode():
+        metric(random_images(1, 224, 224))
+    image = random_images(1, 224, 224).requires_grad_()
+    metric(image).sum().backward()
+    assert image.grad.abs().sum() > 0
+
+
+def test_output_is_an_ordinary_tensor(tiny_metric):
+    """Scores computed under inference mode can still be edited and used by the caller."""
+    with torch.no_grad():
+        score = tiny_metric(random_images(1, 224, 224))
+    score += 1  # would raise for an inference tensor
+    assert not score.is_inference()
+
+
+def test_create_metric_builds_this_package(tiny_rn):
+    metric = pyiqa.create_metric('maclip', backbone=str(tiny_rn), device='cpu')
+    assert isinstance(metric.net, MACLIP)
+    image = random_images(2, 240, 250)
+    torch.testing.assert_close(metric(image), metric.net(image))
+    assert metric.lower_better is False
+
+
+def test_as_loss_gives_finite_nonzero_gradient(tiny_rn):
+    loss_fn = pyiqa.create_metric('maclip', as_loss=True, backbone=str(tiny_rn), device='cpu')
+    image = random_images(2, 230, 300).requires_grad_()
+    loss = loss_fn(image)
+    loss.backward()
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    assert torch.isfinite(image.grad).all() and image.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize('bad, error, words', [
+    ([[0.5]], TypeError, 'torch.Tensor'),
+    (np.zeros((1, 3, 8, 8), dtype=np.float32), TypeError, 'torch.Tensor'),
+    (torch.zeros(1, 3, 8, 8, dtype=torch.uint8), TypeError, 'dtype torch.uint8'),
+    (torch.zeros(1, 3, 8, 8, dtype=torch.int64), TypeError, 'dtype torch.int64'),
+    (torch.zeros(1, 3, 8, 8, dtype=torch.bool), TypeError, 'dtype torch.bool'),
+    (torch.zeros(1, 3, 8, 8, dtype=torch.complex64), TypeError, 'dtype torch.complex64'),
+    (torch.zeros(3, 8, 8), ValueError, 'unsqueeze(0)'),
+    (torch.zeros(8, 8), ValueError, '2-D'),
+    (torch.zeros(1, 1, 3, 8, 8), ValueError, '5-D'),
+    (torch.zeros(1, 2, 8, 8), ValueError, '2 channels'),
+    (torch.zeros(1, 4, 8, 8), ValueError, '4 channels'),
+    (torch.zeros(0, 3, 8, 8), ValueError, 'empty'),
+    (torch.zeros(1, 3, 0, 8), ValueError, 'empty'),
+    (torch.zeros(1, 3, 8, 0), ValueError, 'empty'),
+    (torch.full((1, 3, 8, 8), math.nan), ValueError, 'NaN'),
+    (torch.full((1, 3, 8, 8), math.inf), ValueError, 'Inf'),
+])
+def test_bad_input_is_rejected_before_any_work(tiny_rn, monkeypatch, bad, error, words):
+    metric = MACLIP(backbone=str(tiny_rn))
+    monkeypatch.setattr(metric.clip, 'encode_image', lambda *a, **k: pytest.fail('encoder ran on bad input'))
+    with pytest.raises(error) as raised:
+        metric(bad)
+    assert words in str(raised.value)
+    assert '(B, C, H, W)' in str(raised.value)
+
+
+@pytest.mark.parametrize('option, value, words', [
+    ('box_lam', math.nan, 'box_lam'),
+    ('alpha', 'high', 'alpha'),
+    ('base_cos', None, 'base_cos'),
+    ('patch_size', 0, 'patch_size'),
+    ('patch_size', 16, 'at least 32'),
+    ('stride', 2.5, 'stride'),
+    ('chunk_size', -1, 'chunk_size'),
+    ('pos_embedding', 'yes', 'pos_embedding'),
+    ('prompts', [], 'prompts'),
+    ('prompts', ['Good image'], 'even number'),
+    ('prompts', [('Good image', '')], 'pairs'),
+    ('model_type', 'clipiqa', 'model_type'),
+])
+def test_bad_options_are_rejected(tiny_rn, option, value, words):
+    with pytest.raises(ValueError, match=words):
+        MACLIP(backbone=str(tiny_rn), **{option: value})
+
+
+def test_vit_patch_size_must_fit_its_grid(checkpoints):
+    path = str(checkpoints('tiny-ViT'))
+    with pytest.raises(ValueError, match='multiple of the ViT patch size 32'):
+        MACLIP(backbone=path, patch_size=100)
+    assert torch.isfinite(MACLIP(backbone=path, patch_size=160, stride=96)(random_images(1, 200, 300))).all()
+
+
+def test_pos_embedding_option_reaches_the_encoder(tiny_rn):
+    image = random_images(1, 256, 256)
+    plain = MACLIP(backbone=str(tiny_rn))(image)
+    with_pos = MACLIP(backbone=str(tiny_rn), pos_embedding=True)(image)
+    assert torch.isfinite(with_pos).all() and (with_pos - plain).abs().item() > 1e-6
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_cuda_matches_cpu(tiny_rn):
+    images = _different_images()
+    cpu = pyiqa.create_metric('maclip', backbone=str(tiny_rn), device='cpu')(images)
+    cuda_metric = pyiqa.create_metric('maclip', backbone=str(tiny_rn), device='cuda')
+    cuda = cuda_metric(images)
+    assert cuda.device.type == 'cuda'
+    torch.testing.assert_close(cuda.cpu(), cpu, rtol=0, atol=1e-4)
+
+
+@pytest.mark.skipif(not torch.backends.mps.is_available(), reason='needs Apple MPS')
+def test_mps_matches_cpu(tiny_rn):
+    images = _different_images()
+    cpu = pyiqa.create_metric('maclip', backbone=str(tiny_rn), device='cpu')(images)
+    mps = pyiqa.create_metric('maclip', backbone=str(tiny_rn), device='mps')(images)
+    torch.testing.assert_close(mps.cpu(), cpu, rtol=0, atol=1e-4)
