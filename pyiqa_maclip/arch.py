@@ -6,7 +6,7 @@ Official code: https://github.com/zhix000/MA-CLIP.
 
 The equations live in :mod:`pyiqa_maclip.functional`; this module loads CLIP,
 validates input, feeds the views through the image encoder a bounded chunk at
-a time and keeps the prompt embeddings cached per device and dtype.
+a time and embeds the prompts once, when the metric is built.
 """
 from __future__ import annotations
 
@@ -131,7 +131,7 @@ class MACLIP(nn.Module):
         patch_size: int = 224,
         stride: int = 128,
         pos_embedding: bool = False,
-        chunk_size: int = 32,
+        chunk_size: int = 16,
         model_type: str = 'maclip',
     ) -> None:
         super().__init__()
@@ -150,23 +150,33 @@ class MACLIP(nn.Module):
         self.pos_embedding = pos_embedding
         self.backbone = backbone
 
-        self.clip = load_clip(backbone)
+        clip = load_clip(backbone)
+        #: The CLIP image encoder; the text tower is dropped once the prompts are embedded.
+        self.visual = clip.visual
         self._check_patch_size_fits_encoder()
-        self.clip.requires_grad_(False)
+        self.visual.requires_grad_(False)
         # channels_last speeds up the convolutions on CPU and GPU with identical math.
-        self.clip.visual.to(memory_format=torch.channels_last)
-
-        from pyiqa.archs.clip_imports import clip as openai_clip
-
-        tokens = openai_clip.tokenize([p for pair in self.prompts for p in pair],
-                                      context_length=self.clip.context_length)
-        self.register_buffer('prompt_tokens', tokens, persistent=False)
+        self.visual.to(memory_format=torch.channels_last)
+        self.register_buffer('text_features', self._embed_prompts(clip), persistent=False)
+        self.register_buffer('logit_scale', clip.logit_scale.detach().exp(), persistent=False)
         self.register_buffer('mean', torch.tensor(OPENAI_CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer('std', torch.tensor(OPENAI_CLIP_STD).view(1, 3, 1, 1), persistent=False)
-        self._text_cache: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+    def _embed_prompts(self, clip: nn.Module) -> torch.Tensor:
+        """L2-normalised prompt embeddings (2K, D), pairs interleaved positive, negative.
+
+        Computed once, in float32, when the metric is built; as a buffer they follow
+        the module to any device and dtype, so no call ever runs the text encoder.
+        """
+        from pyiqa.archs.clip_imports import clip as openai_clip
+
+        tokens = openai_clip.tokenize([p for pair in self.prompts for p in pair], context_length=clip.context_length)
+        with torch.inference_mode(False), torch.no_grad():
+            features = clip.encode_text(tokens)
+        return features / features.norm(dim=-1, keepdim=True)
 
     def _check_patch_size_fits_encoder(self) -> None:
-        visual = self.clip.visual
+        visual = self.visual
         if hasattr(visual, 'attnpool'):  # ModifiedResNet: 32x total downsampling
             if self.patch_size < 32:
                 raise ValueError(f'patch_size must be at least 32 for a ResNet CLIP, got {self.patch_size}')
@@ -178,25 +188,16 @@ class MACLIP(nn.Module):
                     f'{self.backbone!r}, got {self.patch_size}'
                 )
 
-    @property
-    def _param(self) -> torch.Tensor:
-        return self.clip.logit_scale
-
-    def text_features(self) -> torch.Tensor:
-        """L2-normalised prompt embeddings (2K, D), computed once per device and dtype."""
-        key = (self._param.device, self._param.dtype)
-        if key not in self._text_cache:
-            # Normal tensors even inside a caller's inference_mode, so the cache also serves autograd.
-            with torch.inference_mode(False), torch.no_grad():
-                features = self.clip.encode_text(self.prompt_tokens)
-                self._text_cache[key] = features / features.norm(dim=-1, keepdim=True)
-        return self._text_cache[key]
+    def _normalise(self, views: torch.Tensor) -> torch.Tensor:
+        # Per chunk rather than on the whole image: no full-size copy of a large photo.
+        # (Resizing commutes with this per-channel affine map, so the order is immaterial.)
+        return (views.expand(-1, 3, -1, -1) - self.mean) / self.std
 
     def encode_views(self, views: torch.Tensor) -> torch.Tensor:
-        """Raw CLIP image features of (N, 3, p, p) views, in chunks of ``chunk_size``: (N, D)."""
+        """Raw CLIP image features of (N, C, p, p) views in [0, 1], in chunks of ``chunk_size``: (N, D)."""
         return torch.cat([
-            self.clip.encode_image(
-                views[i:i + self.chunk_size].contiguous(memory_format=torch.channels_last),
+            self.visual(
+                self._normalise(views[i:i + self.chunk_size]).contiguous(memory_format=torch.channels_last),
                 pos_embedding=self.pos_embedding,
             )
             for i in range(0, views.shape[0], self.chunk_size)
@@ -216,14 +217,11 @@ class MACLIP(nn.Module):
         return torch.cat(chunks).view(batch, per_image, -1)
 
     def _components(self, x: torch.Tensor) -> QualityComponents:
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        x = (x - self.mean) / self.std
         global_features = self.encode_views(MF.global_view(x, self.patch_size))
         patch_features = self._patch_features(MF.upscale_short_side(x, self.patch_size))
         features = torch.cat([patch_features, global_features.unsqueeze(1)], dim=1)  # (B, views, D)
 
-        q_sim = MF.similarity_quality(features, self.text_features(), self.clip.logit_scale.exp())
+        q_sim = MF.similarity_quality(features, self.text_features, self.logit_scale)
         q_mag = MF.magnitude_quality(features, self.box_lam)
         fused = MF.fuse(q_sim, q_mag, self.base_cos, self.base_norm, self.alpha)
         return QualityComponents(
@@ -237,8 +235,7 @@ class MACLIP(nn.Module):
             (B,) scores, or :class:`QualityComponents` if ``return_components``.
         """
         check_images(x)
-        self.text_features()  # outside inference mode, so the cache holds ordinary tensors
-        x = x.to(device=self._param.device, dtype=self._param.dtype)
+        x = x.to(device=self.logit_scale.device, dtype=self.visual.conv1.weight.dtype)
         grad = torch.is_grad_enabled()
         with torch.inference_mode(not grad):
             out = self._components(x)
