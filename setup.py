@@ -28,6 +28,7 @@ setup(
     extras_require={'test': ['pytest']},
     entry_points={
         'pyiqa.archs': ['maclip = pyiqa_maclip.registration:register'],
+        'console_scripts': ['pyiqa-maclip = pyiqa_maclip.cli:main'],
     },
     classifiers=[
         'Programming Language :: Python :: 3',

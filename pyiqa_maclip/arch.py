@@ -10,9 +10,10 @@ a time and embeds the prompts once, when the metric is built.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 import torch
@@ -194,39 +195,81 @@ class MACLIP(nn.Module):
         return (views.expand(-1, 3, -1, -1) - self.mean) / self.std
 
     def encode_views(self, views: torch.Tensor) -> torch.Tensor:
-        """Raw CLIP image features of (N, C, p, p) views in [0, 1], in chunks of ``chunk_size``: (N, D)."""
-        return torch.cat([
-            self.visual(
-                self._normalise(views[i:i + self.chunk_size]).contiguous(memory_format=torch.channels_last),
-                pos_embedding=self.pos_embedding,
-            )
-            for i in range(0, views.shape[0], self.chunk_size)
-        ])
+        """Raw CLIP image features of a chunk of (N, C, p, p) views in [0, 1]: (N, D)."""
+        views = self._normalise(views).contiguous(memory_format=torch.channels_last)
+        return self.visual(views, pos_embedding=self.pos_embedding)
 
-    def _patch_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Features of every sliding patch, (B, rows * cols, D), gathering one chunk at a time."""
-        patches = MF.sliding_patches(x, self.patch_size, self.stride)
-        batch, rows, cols = patches.shape[:3]
-        per_image = rows * cols
-        index = torch.arange(batch * per_image, device=x.device)
+    def _views(self, image: torch.Tensor) -> Iterator[torch.Tensor]:
+        """The views of one (1, C, H, W) image, lazily: its sliding patches, then the global view."""
+        patches = MF.sliding_patches(MF.upscale_short_side(image, self.patch_size), self.patch_size, self.stride)[0]
+        rows, cols = patches.shape[:2]
+        for r in range(rows):
+            for c in range(cols):
+                yield patches[r, c]
+        yield MF.global_view(image, self.patch_size)[0]
+
+    def _features(self, images: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Features (views, D) of each (1, C, H, W) image.
+
+        Views of consecutive images share chunks, so the encoder always sees full
+        chunks of ``chunk_size`` and no more than that is ever materialised.
+        """
+        counts = []
+        views = itertools.chain.from_iterable(self._counted(self._views(image), counts) for image in images)
         chunks = []
-        for start in range(0, index.numel(), self.chunk_size):
-            i = index[start:start + self.chunk_size]
-            cell = i % per_image
-            chunks.append(self.encode_views(patches[i // per_image, cell // cols, cell % cols]))
-        return torch.cat(chunks).view(batch, per_image, -1)
+        while chunk := list(itertools.islice(views, self.chunk_size)):
+            chunks.append(self.encode_views(torch.stack(chunk)))
+        return list(torch.cat(chunks).split(counts))
 
-    def _components(self, x: torch.Tensor) -> QualityComponents:
-        global_features = self.encode_views(MF.global_view(x, self.patch_size))
-        patch_features = self._patch_features(MF.upscale_short_side(x, self.patch_size))
-        features = torch.cat([patch_features, global_features.unsqueeze(1)], dim=1)  # (B, views, D)
+    @staticmethod
+    def _counted(views: Iterator[torch.Tensor], counts: list[int]) -> Iterator[torch.Tensor]:
+        counts.append(0)
+        for view in views:
+            counts[-1] += 1
+            yield view
 
+    def _components(self, features: torch.Tensor) -> QualityComponents:
+        """Per-image components from the features (views, D) of one image: 0-d tensors."""
         q_sim = MF.similarity_quality(features, self.text_features, self.logit_scale)
         q_mag = MF.magnitude_quality(features, self.box_lam)
         fused = MF.fuse(q_sim, q_mag, self.base_cos, self.base_norm, self.alpha)
         return QualityComponents(
             fused.score.mean(-1), q_sim.mean(-1), q_mag.mean(-1), fused.w_sim.mean(-1), fused.w_mag.mean(-1)
         )
+
+    def score_images(self, images: Sequence[torch.Tensor]) -> QualityComponents:
+        """Score images of different sizes together: each (C, H, W) or (1, C, H, W) in [0, 1].
+
+        Their patches share encoder chunks, which keeps the encoder busy with small
+        images. Returns :class:`QualityComponents` of (N,) tensors, in input order.
+        """
+        if isinstance(images, torch.Tensor) or not isinstance(images, Sequence):
+            raise TypeError(
+                f'score_images takes a list of (C, H, W) image tensors, got {type(images).__name__}; '
+                'for one (B, C, H, W) tensor call the metric itself'
+            )
+        if len(images) == 0:
+            raise ValueError('score_images got an empty list: expected at least one (C, H, W) image tensor')
+        batched = [image[None] if isinstance(image, torch.Tensor) and image.dim() == 3 else image
+                   for image in images]
+        for image in batched:
+            check_images(image)
+            if image.shape[0] != 1:
+                raise ValueError(f'score_images takes single images, (C, H, W) or (1, C, H, W); got shape '
+                                 f'{tuple(image.shape)}')
+        return self._score(batched)
+
+    def _score(self, images: list[torch.Tensor]) -> QualityComponents:
+        """Score validated (1, C, H, W) images."""
+        device, dtype = self.logit_scale.device, self.visual.conv1.weight.dtype
+        images = [image.to(device=device, dtype=dtype) for image in images]
+        grad = torch.is_grad_enabled()
+        with torch.inference_mode(not grad):
+            parts = [self._components(features) for features in self._features(images)]
+            out = QualityComponents(*(torch.stack(field) for field in zip(*parts)))
+        if not grad:  # hand back ordinary tensors that callers may modify in place
+            out = QualityComponents(*(t.clone() for t in out))
+        return out
 
     def forward(self, x: torch.Tensor, return_components: bool = False):
         """Score (B, C, H, W) images in [0, 1] (C = 1 or 3, any H, W >= 1).
@@ -235,10 +278,5 @@ class MACLIP(nn.Module):
             (B,) scores, or :class:`QualityComponents` if ``return_components``.
         """
         check_images(x)
-        x = x.to(device=self.logit_scale.device, dtype=self.visual.conv1.weight.dtype)
-        grad = torch.is_grad_enabled()
-        with torch.inference_mode(not grad):
-            out = self._components(x)
-        if not grad:  # hand back ordinary tensors that callers may modify in place
-            out = QualityComponents(*(t.clone() for t in out))
+        out = self._score(list(x.split(1)))
         return out if return_components else out.score

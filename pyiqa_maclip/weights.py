@@ -233,3 +233,47 @@ def load_clip(backbone: str | os.PathLike = 'RN50', *, allow_download: bool | No
     except (KeyError, AssertionError, RuntimeError) as error:
         raise ValueError(f'{path} is not an OpenAI CLIP checkpoint pyiqa can build: {error!r}') from error
     return model.float().eval()
+
+
+def add_subcommand(subparsers) -> None:
+    """``pyiqa-maclip download [BACKBONE ...] [--verify] [--dir DIR]``."""
+    parser = subparsers.add_parser(
+        'download', help='fetch official CLIP weights for offline use, or verify the cached ones',
+        description='Download official OpenAI CLIP checkpoints into the cache (verified by SHA-256), '
+                    'or with --verify check what is cached without downloading.',
+    )
+    parser.add_argument('backbones', nargs='*', metavar='BACKBONE', default=['RN50'],
+                        help=f'CLIP names (default: RN50); "all" for every one of: {", ".join(OFFICIAL_CHECKPOINTS)}')
+    parser.add_argument('--verify', action='store_true', help='only check the cached files, download nothing')
+    parser.add_argument('--dir', type=Path, default=None,
+                        help=f'download into DIR (default: ${WEIGHTS_DIR_ENV} if set, else <torch hub dir>/clip)')
+    parser.set_defaults(func=_download_command)
+
+
+def _download_command(args) -> int:
+    names = list(OFFICIAL_CHECKPOINTS) if args.backbones == ['all'] else args.backbones
+    for name in names:
+        _official(name)  # reject unknown names before any work
+    failures = 0
+    for name in names:
+        if args.dir is not None and not args.verify:
+            cached = args.dir / OFFICIAL_CHECKPOINTS[name].filename
+            found = cached if cached.is_file() and sha256sum(cached) == OFFICIAL_CHECKPOINTS[name].sha256 else None
+            corrupted = [cached] if cached.is_file() and found is None else []
+        else:
+            found, corrupted = find_cached(name)
+        for path in corrupted:
+            print(f'{name}: CORRUPTED {path} (SHA-256 mismatch)')
+        if found is not None:
+            print(f'{name}: ok {found}')
+            continue
+        if args.verify:
+            print(f'{name}: MISSING (expected {search_dirs()[0] / OFFICIAL_CHECKPOINTS[name].filename})')
+            failures += 1
+            continue
+        try:
+            print(f'{name}: downloaded {download(name, args.dir)}')
+        except (urllib.error.URLError, OSError) as error:
+            print(f'{name}: FAILED {error}')
+            failures += 1
+    return 1 if failures else 0

@@ -1,6 +1,7 @@
 """Behaviour of the MACLIP arch on small CLIP checkpoints made by the tests."""
 import functools
 import math
+import re
 
 import numpy as np
 import pyiqa
@@ -33,6 +34,26 @@ def test_batch_scores_equal_single_scores(tiny_rn):
     assert batch.shape == (4,)
     torch.testing.assert_close(batch, single, rtol=0, atol=1e-5)
     assert batch.max() - batch.min() > 1e-3  # the check would see images being mixed
+
+
+def test_images_of_different_sizes_share_chunks(tiny_rn):
+    metric = MACLIP(backbone=str(tiny_rn), chunk_size=4)
+    images = [random_images(1, *size, seed=i)[0] for i, size in enumerate([(224, 224), (300, 500), (50, 80), (1, 1)])]
+    together = metric.score_images(images)
+    alone = torch.cat([metric(image[None]) for image in images])
+    assert together.score.shape == (4,)
+    torch.testing.assert_close(together.score, alone, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize('bad, error, words', [
+    (torch.rand(2, 3, 224, 224), TypeError, 'list of (C, H, W)'),
+    ([], ValueError, 'empty list'),
+    ([torch.rand(2, 3, 224, 224)], ValueError, 'single images'),
+    ([torch.rand(3, 224, 224), 'photo.jpg'], TypeError, 'torch.Tensor'),
+])
+def test_score_images_rejects_bad_input(tiny_metric, bad, error, words):
+    with pytest.raises(error, match=re.escape(words)):
+        tiny_metric.score_images(bad)
 
 
 @pytest.mark.parametrize('chunk_size', [1, 7, 1000])
