@@ -15,10 +15,12 @@ the latter with ``weights_only=True``.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
+import pickle
 import tempfile
-import urllib.error
 import urllib.request
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +32,7 @@ __all__ = [
     'OFFICIAL_CHECKPOINTS',
     'WEIGHTS_DIR_ENV',
     'OFFLINE_ENV',
+    'MIRROR_ENV',
     'Checkpoint',
     'WeightsUnavailableError',
     'search_dirs',
@@ -43,6 +46,8 @@ __all__ = [
 
 WEIGHTS_DIR_ENV = 'PYIQA_MACLIP_WEIGHTS_DIR'
 OFFLINE_ENV = 'PYIQA_MACLIP_OFFLINE'
+MIRROR_ENV = 'PYIQA_MACLIP_MIRROR'
+OFFICIAL_BASE_URL = 'https://openaipublic.azureedge.net/clip/models'
 DOWNLOAD_TIMEOUT = 15.0  # seconds without an answer before a download gives up
 _CHUNK = 1 << 20
 
@@ -56,7 +61,9 @@ class Checkpoint:
 
     @property
     def url(self) -> str:
-        return f'https://openaipublic.azureedge.net/clip/models/{self.sha256}/{self.filename}'
+        """OpenAI's URL, or the same layout under ``$PYIQA_MACLIP_MIRROR`` if set."""
+        base = os.environ.get(MIRROR_ENV) or OFFICIAL_BASE_URL
+        return f'{base.rstrip("/")}/{self.sha256}/{self.filename}'
 
 
 #: Every CLIP backbone pyiqa knows, with the official file's checksum.
@@ -106,11 +113,12 @@ def _official(name: str) -> Checkpoint:
         ) from None
 
 
-def find_cached(name: str) -> tuple[Path | None, list[Path]]:
-    """The first intact cached file for ``name``, and any corrupted ones met on the way."""
+def find_cached(name: str, directories: list[Path] | None = None) -> tuple[Path | None, list[Path]]:
+    """The first intact file for ``name`` in ``directories`` (default :func:`search_dirs`),
+    and any corrupted ones (wrong SHA-256) met on the way."""
     checkpoint = _official(name)
     corrupted = []
-    for directory in search_dirs():
+    for directory in search_dirs() if directories is None else directories:
         path = directory / checkpoint.filename
         if path.is_file():
             if sha256sum(path) == checkpoint.sha256:
@@ -120,7 +128,7 @@ def find_cached(name: str) -> tuple[Path | None, list[Path]]:
 
 
 def download(name: str, directory: str | os.PathLike | None = None, *, progress: bool = True,
-             timeout: float = DOWNLOAD_TIMEOUT) -> Path:
+             timeout: float | None = None) -> Path:
     """Download the official file for ``name`` into ``directory`` and verify it.
 
     The bytes go to a temporary file beside the target, hashed as they arrive;
@@ -134,7 +142,8 @@ def download(name: str, directory: str | os.PathLike | None = None, *, progress:
     fd, tmp_name = tempfile.mkstemp(prefix=f'.{checkpoint.filename}.', suffix='.part', dir=directory)
     try:
         digest = hashlib.sha256()
-        with os.fdopen(fd, 'wb') as out, urllib.request.urlopen(checkpoint.url, timeout=timeout) as source:
+        with os.fdopen(fd, 'wb') as out, urllib.request.urlopen(
+                checkpoint.url, timeout=timeout or DOWNLOAD_TIMEOUT) as source:
             total = int(source.headers.get('Content-Length') or 0) or None
             with tqdm(total=total, unit='B', unit_scale=True, unit_divisor=1024,
                       desc=f'CLIP {name}', disable=not progress) as bar:
@@ -150,6 +159,9 @@ def download(name: str, directory: str | os.PathLike | None = None, *, progress:
                 f'expected {checkpoint.sha256}; the file was discarded'
             )
         os.replace(tmp_name, target)
+    except http.client.HTTPException as error:  # e.g. IncompleteRead: not an OSError
+        Path(tmp_name).unlink(missing_ok=True)
+        raise OSError(f'download of {checkpoint.url} broke off: {error!r}') from error
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
@@ -179,6 +191,8 @@ def resolve_checkpoint(backbone: str | os.PathLike, *, allow_download: bool | No
     found, corrupted = find_cached(backbone)
     if found is not None:
         return found
+    for path in corrupted:
+        warnings.warn(f'ignoring {path}: its SHA-256 does not match the official {backbone} file')
     target = search_dirs()[0] / checkpoint.filename
     if allow_download is None:
         allow_download = not _offline()
@@ -186,7 +200,7 @@ def resolve_checkpoint(backbone: str | os.PathLike, *, allow_download: bool | No
     if allow_download:
         try:
             return download(backbone, target.parent)
-        except (urllib.error.URLError, OSError, TimeoutError) as error:
+        except OSError as error:  # URLError, HTTPError and timeouts are OSErrors
             why = f'the download failed: {error}'
     bad = ''.join(f'\n  a corrupted copy (checksum mismatch) is at {p}; delete or replace it' for p in corrupted)
     raise WeightsUnavailableError(
@@ -213,7 +227,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         if _is_torchscript_archive(path):
             return torch.jit.load(str(path), map_location='cpu').state_dict()
         state = torch.load(path, map_location='cpu', weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
         raise ValueError(f'{path} is not a readable CLIP checkpoint: {error}') from error
     if isinstance(state, dict) and isinstance(state.get('state_dict'), dict):
         state = state['state_dict']
@@ -256,24 +270,19 @@ def _download_command(args) -> int:
         _official(name)  # reject unknown names before any work
     failures = 0
     for name in names:
-        if args.dir is not None and not args.verify:
-            cached = args.dir / OFFICIAL_CHECKPOINTS[name].filename
-            found = cached if cached.is_file() and sha256sum(cached) == OFFICIAL_CHECKPOINTS[name].sha256 else None
-            corrupted = [cached] if cached.is_file() and found is None else []
-        else:
-            found, corrupted = find_cached(name)
+        found, corrupted = find_cached(name, None if args.dir is None else [args.dir])
         for path in corrupted:
             print(f'{name}: CORRUPTED {path} (SHA-256 mismatch)')
         if found is not None:
             print(f'{name}: ok {found}')
             continue
         if args.verify:
-            print(f'{name}: MISSING (expected {search_dirs()[0] / OFFICIAL_CHECKPOINTS[name].filename})')
+            print(f'{name}: MISSING (expected {(args.dir or search_dirs()[0]) / OFFICIAL_CHECKPOINTS[name].filename})')
             failures += 1
             continue
         try:
             print(f'{name}: downloaded {download(name, args.dir)}')
-        except (urllib.error.URLError, OSError) as error:
+        except OSError as error:
             print(f'{name}: FAILED {error}')
             failures += 1
     return 1 if failures else 0

@@ -1,0 +1,245 @@
+"""Weight handling, offline: a local HTTP server on 127.0.0.1 stands in for OpenAI's.
+
+``PYIQA_MACLIP_MIRROR`` points downloads at the local server and the checksum table
+entry of the name under test is set to the served file's SHA-256; every other step
+(cache lookup, temporary file, hashing, atomic move, loading) is the real code.
+"""
+import hashlib
+import http.server
+import os
+import threading
+import time
+
+import pyiqa
+import pytest
+import torch
+from pyiqa.archs import clip_model
+
+from conftest import random_images
+
+from pyiqa_maclip import MACLIP, cli, weights
+from pyiqa_maclip.weights import Checkpoint, WeightsUnavailableError
+
+
+class _Server:
+    """Serves ``payload`` at any path; ``mode``: 'ok', 'truncate' (half, then close), 'hang'."""
+
+    def __init__(self):
+        self.payload = b''
+        self.mode = 'ok'
+        self.requests = 0
+        self.release = threading.Event()
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                server.requests += 1
+                if server.mode == 'hang':
+                    server.release.wait(30)
+                    return
+                self.send_response(200)
+                self.send_header('Content-Length', str(len(server.payload)))
+                self.end_headers()
+                body = server.payload[: len(server.payload) // 2] if server.mode == 'truncate' else server.payload
+                self.wfile.write(body)
+                self.wfile.flush()
+                if server.mode == 'truncate':
+                    self.close_connection = True
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f'http://127.0.0.1:{self.httpd.server_address[1]}'
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """An empty torch hub directory and no weights directory or offline switch from the environment."""
+    hub = tmp_path / 'hub'
+    monkeypatch.setattr(torch.hub, '_hub_dir', str(hub))
+    for name in (weights.WEIGHTS_DIR_ENV, weights.OFFLINE_ENV, weights.MIRROR_ENV):
+        monkeypatch.delenv(name, raising=False)
+    return hub / 'clip'
+
+
+@pytest.fixture
+def server(tiny_rn, monkeypatch):
+    """A local server serving the tiny checkpoint as 'RN50', registered under that name's checksum."""
+    s = _Server()
+    s.payload = tiny_rn.read_bytes()
+    monkeypatch.setenv(weights.MIRROR_ENV, s.url + '/clip/models')
+    monkeypatch.setitem(weights.OFFICIAL_CHECKPOINTS, 'RN50',
+                        Checkpoint('RN50.pt', hashlib.sha256(s.payload).hexdigest()))
+    yield s
+    s.close()
+
+
+def _files(directory):
+    return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
+
+
+def test_table_matches_pyiqa_urls():
+    """Every name pyiqa's CLIP loader knows, with the same official URL (checksum in the path)."""
+    assert set(weights.OFFICIAL_CHECKPOINTS) == set(clip_model._MODELS)
+    for name, checkpoint in weights.OFFICIAL_CHECKPOINTS.items():
+        assert checkpoint.url == clip_model._MODELS[name]
+
+
+def test_download_is_verified_cached_and_reused(cache, server, tiny_rn):
+    path = weights.resolve_checkpoint('RN50')
+    assert path == cache / 'RN50.pt'
+    assert path.read_bytes() == tiny_rn.read_bytes()
+    assert _files(cache) == ['RN50.pt']  # no temporary file left
+    assert weights.resolve_checkpoint('RN50') == path
+    assert server.requests == 1  # the second call used the verified cache
+
+
+def test_metric_by_name_after_download_scores_like_the_local_file(cache, server, tiny_rn):
+    image = random_images(2, 240, 300)
+    by_name = pyiqa.create_metric('maclip', backbone='RN50', device='cpu')(image)
+    torch.testing.assert_close(by_name, MACLIP(backbone=str(tiny_rn))(image), rtol=0, atol=0)
+
+
+def test_checksum_mismatch_is_discarded(cache, server):
+    server.payload = server.payload[:-1] + b'x'
+    with pytest.raises(WeightsUnavailableError, match='SHA-256'):
+        weights.resolve_checkpoint('RN50')
+    assert _files(cache) == []
+
+
+def test_interrupted_download_leaves_nothing_and_a_rerun_completes(cache, server, tiny_rn):
+    server.mode = 'truncate'
+    with pytest.raises(WeightsUnavailableError, match='download failed'):
+        weights.resolve_checkpoint('RN50')
+    assert _files(cache) == []
+    server.mode = 'ok'
+    assert weights.resolve_checkpoint('RN50').read_bytes() == tiny_rn.read_bytes()
+
+
+def test_corrupted_cache_is_never_loaded_and_gets_replaced(cache, server, tiny_rn):
+    cache.mkdir(parents=True)
+    (cache / 'RN50.pt').write_bytes(b'not the weights')
+    with pytest.warns(UserWarning, match='does not match'):
+        path = weights.resolve_checkpoint('RN50')
+    assert path.read_bytes() == tiny_rn.read_bytes()
+
+
+def test_corrupted_cache_offline_is_reported(cache, server, monkeypatch):
+    cache.mkdir(parents=True)
+    (cache / 'RN50.pt').write_bytes(b'not the weights')
+    monkeypatch.setenv(weights.OFFLINE_ENV, '1')
+    with pytest.warns(UserWarning), pytest.raises(WeightsUnavailableError) as raised:
+        weights.resolve_checkpoint('RN50')
+    assert 'corrupted' in str(raised.value) and str(cache / 'RN50.pt') in str(raised.value)
+    assert server.requests == 0
+    assert (cache / 'RN50.pt').read_bytes() == b'not the weights'  # reported, left for the user
+
+
+def test_weights_dir_is_searched_first_and_receives_downloads(cache, server, tmp_path, monkeypatch, tiny_rn):
+    own = tmp_path / 'my-weights'
+    monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(own))
+    assert weights.resolve_checkpoint('RN50') == own / 'RN50.pt'
+    assert _files(cache) == []
+
+
+def test_no_network_fails_fast_with_a_helpful_message(cache, monkeypatch):
+    """What a user without internet sees: backbone, expected path, URL, and how to work offline."""
+    monkeypatch.setenv(weights.MIRROR_ENV, 'http://127.0.0.1:9/clip/models')  # discard port: refused
+    start = time.monotonic()
+    with pytest.raises(WeightsUnavailableError) as raised:
+        pyiqa.create_metric('maclip', backbone='ViT-B/32', device='cpu')
+    assert time.monotonic() - start < 10
+    message = str(raised.value)
+    for words in ("'ViT-B/32'", str(cache / 'ViT-B-32.pt'), weights.OFFICIAL_CHECKPOINTS['ViT-B/32'].url,
+                  'pyiqa-maclip download ViT-B/32', weights.WEIGHTS_DIR_ENV, 'backbone=<path'):
+        assert words in message, words
+
+
+def test_unresponsive_server_times_out(cache, server, monkeypatch):
+    server.mode = 'hang'
+    monkeypatch.setattr(weights, 'DOWNLOAD_TIMEOUT', 1.0)
+    start = time.monotonic()
+    with pytest.raises(WeightsUnavailableError, match='timed out'):
+        weights.resolve_checkpoint('RN50')
+    assert time.monotonic() - start < 10
+    assert _files(cache) == []
+
+
+def test_offline_switch_never_touches_the_network(cache, server, monkeypatch):
+    monkeypatch.setenv(weights.OFFLINE_ENV, '1')
+    with pytest.raises(WeightsUnavailableError, match='downloads are disabled'):
+        weights.resolve_checkpoint('RN50')
+    assert server.requests == 0
+
+
+def test_torchscript_and_state_dict_give_identical_scores(checkpoints):
+    image = random_images(2, 256, 300)
+    scripted = MACLIP(backbone=str(checkpoints('tiny-ViT', 'torchscript')))(image)
+    plain = MACLIP(backbone=checkpoints('tiny-ViT', 'state_dict'))(image)  # a pathlib.Path works too
+    torch.testing.assert_close(plain, scripted, rtol=0, atol=0)
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, ('echo pwned',))
+
+
+def test_state_dicts_are_read_with_weights_only(tmp_path):
+    """A pickle that would run code is refused, not executed."""
+    path = tmp_path / 'evil.pth'
+    torch.save({'visual.proj': _Payload()}, path)
+    with pytest.raises(ValueError, match='not a readable CLIP checkpoint'):
+        weights.read_state_dict(path)
+
+
+@pytest.mark.parametrize('content, words', [
+    (b'', 'not a readable CLIP checkpoint'),
+    (b'garbage' * 10, 'not a readable CLIP checkpoint'),
+    ({'x': 1}, 'does not hold a CLIP state dict'),
+    ({'visual.conv1.weight': torch.zeros(1)}, 'not an OpenAI CLIP checkpoint'),
+])
+def test_bad_checkpoint_files(tmp_path, content, words):
+    path = tmp_path / 'bad.pt'
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        torch.save(content, path)
+    with pytest.raises(ValueError, match=words) as raised:
+        weights.load_clip(str(path))
+    assert str(path) in str(raised.value)
+
+
+@pytest.mark.parametrize('backbone, error, words', [
+    ('RN5', ValueError, 'unknown CLIP backbone'),
+    ('/no/such/file.pt', FileNotFoundError, 'does not exist'),
+    ('ViT-B/99', FileNotFoundError, 'ViT-B/32'),
+    (50, TypeError, 'backbone must be'),
+])
+def test_unknown_backbones(cache, backbone, error, words):
+    with pytest.raises(error, match=words):
+        weights.resolve_checkpoint(backbone)
+
+
+def test_download_command(cache, server, tmp_path, capsys):
+    target = tmp_path / 'offline'
+    assert cli.main(['download', '--verify', 'RN50', '--dir', str(target)]) == 1
+    assert 'RN50: MISSING' in capsys.readouterr().out
+    assert cli.main(['download', 'RN50', '--dir', str(target)]) == 0
+    captured = capsys.readouterr()
+    assert f'RN50: downloaded {target / "RN50.pt"}' in captured.out
+    assert 'CLIP RN50' in captured.err  # the progress bar
+    assert cli.main(['download', '--verify', 'RN50', '--dir', str(target)]) == 0
+    assert 'RN50: ok' in capsys.readouterr().out
+    (target / 'RN50.pt').write_bytes(b'broken')
+    assert cli.main(['download', '--verify', 'RN50', '--dir', str(target)]) == 1
+    assert 'RN50: CORRUPTED' in capsys.readouterr().out
+    with pytest.raises(ValueError, match='unknown CLIP backbone'):
+        cli.main(['download', 'RN5'])
