@@ -7,6 +7,7 @@ import numpy as np
 import pyiqa
 import pytest
 import scipy.special
+import scipy.stats
 import torch
 import torch.nn.functional as F
 from pyiqa.archs import clip_model
@@ -234,6 +235,7 @@ def test_bad_input_is_rejected_before_any_work(tiny_rn, monkeypatch, bad, error,
     ('stride', 2.5, 'stride'),
     ('chunk_size', -1, 'chunk_size'),
     ('pos_embedding', 'yes', 'pos_embedding'),
+    ('half', 1, 'half'),
     ('prompts', [], 'prompts'),
     ('prompts', ['Good image'], 'even number'),
     ('prompts', [('Good image', '')], 'pairs'),
@@ -256,6 +258,28 @@ def test_pos_embedding_option_reaches_the_encoder(tiny_rn):
     plain = MACLIP(backbone=str(tiny_rn))(image)
     with_pos = MACLIP(backbone=str(tiny_rn), pos_embedding=True)(image)
     assert torch.isfinite(with_pos).all() and (with_pos - plain).abs().item() > 1e-6
+
+
+def test_half_precision_stays_close_and_keeps_the_ranking(tiny_rn):
+    """float16 encoder (on the CPU here): scores within 1e-2 of float32, same order."""
+    images = torch.cat([random_images(1, 224, 300, seed=s) for s in range(8)])
+    full = MACLIP(backbone=str(tiny_rn))(images)
+    half_metric = MACLIP(backbone=str(tiny_rn), half=True)
+    features = {}
+    half_metric.visual.register_forward_hook(lambda module, args, out: features.update(dtype=out.dtype))
+    half = half_metric(images)
+    assert features['dtype'] == torch.float16
+    assert half.dtype == torch.float32
+    assert (half - full).abs().max() < 1e-2
+    assert scipy.stats.spearmanr(half.numpy(), full.numpy()).statistic > 0.9
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_cuda_half_precision_stays_close(tiny_rn):
+    images = _different_images()
+    full = pyiqa.create_metric('maclip', backbone=str(tiny_rn), device='cuda')(images)
+    half = pyiqa.create_metric('maclip', backbone=str(tiny_rn), device='cuda', half=True)(images)
+    assert (half - full).abs().max() < 1e-2
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
