@@ -9,7 +9,8 @@ Everything runs in one process on one machine with the same random RN50-shaped w
   b. peak resident memory scoring a 3000x4000 image, this metric vs the reference (each in a
      fresh child process, whole-process peak);
   c. throughput for batches of 1, 8 and 32 images;
-  d. folder scoring (decoding JPEGs in worker processes) vs the model alone on decoded tensors.
+  d. folder scoring (decoding JPEGs in worker processes) vs the model alone on decoded tensors;
+  e. the opt-in float16 mode against float32: max |score difference|, rank correlation, time.
 
 Timings are interleaved (one call of each contender per round) and the median is kept, so the
 ratios compare like with like on a shared, noisy machine.
@@ -104,7 +105,7 @@ def time_per_image(checkpoint: Path, rounds: int) -> list[dict]:
 
 def memory_child(which: str, checkpoint: str) -> None:
     """Run in a fresh process: score one 3000x4000 image, print the whole-process peak RSS (MB)."""
-    image = torch.rand(1, 3, 3000, 4000)
+    image = torch.rand(1, 3, 3000, 4000, generator=torch.Generator().manual_seed(0))
     if which == 'ours':
         metric = MACLIP(backbone=checkpoint).eval()
     else:
@@ -173,6 +174,24 @@ def folder_throughput(checkpoint: Path, count: int, workers: int) -> list[dict]:
              'folder_images_per_s': count / folder_seconds, 'folder_vs_model': model_alone / folder_seconds}]
 
 
+def half_precision_effect(checkpoint: Path, device: str, count: int) -> list[dict]:
+    """float16 autocast vs float32 on the same images: max |diff| and rank correlation of scores."""
+    from scipy.stats import spearmanr
+
+    images = [random_images(1, 384, 512, seed=100 + i)[0] for i in range(count)]
+    scores = {}
+    for half in (False, True):
+        metric = MACLIP(backbone=str(checkpoint), half=half).to(device).eval()
+        with torch.no_grad():
+            start = time.perf_counter()
+            scores[half] = metric.score_images(images).score.cpu()
+            scores[f'{half}_s'] = time.perf_counter() - start
+    diff = (scores[True] - scores[False]).abs()
+    return [{'device': device, 'images': count, 'max_abs_diff': diff.max().item(), 'mean_abs_diff': diff.mean().item(),
+             'spearman_vs_fp32': spearmanr(scores[True], scores[False]).statistic,
+             'fp32_s': scores['False_s'], 'fp16_s': scores['True_s']}]
+
+
 def markdown(title: str, rows: list[dict]) -> str:
     if not rows:
         return f'### {title}\n\n(not run)\n'
@@ -200,7 +219,10 @@ def main() -> None:
     parser.add_argument('--rounds', type=int, default=5, help='interleaved timing rounds (median kept)')
     parser.add_argument('--folder-images', type=int, default=48)
     parser.add_argument('--workers', type=int, default=2)
-    parser.add_argument('--skip', nargs='*', default=[], choices=['time', 'memory', 'batch', 'folder'])
+    parser.add_argument('--half-images', type=int, default=16)
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu',
+                        help='device for the half-precision comparison (e; CPU float16 is emulated and slow)')
+    parser.add_argument('--skip', nargs='*', default=[], choices=['time', 'memory', 'batch', 'folder', 'half'])
     parser.add_argument('--memory-child', choices=['ours', 'reference'], help=argparse.SUPPRESS)
     parser.add_argument('--checkpoint', help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -216,6 +238,8 @@ def main() -> None:
             ('c. throughput by batch size, 512x384', None if 'batch' in args.skip else batch_throughput(checkpoint, args.rounds)),
             ('d. folder scoring vs model alone, 512x384 JPEG', None if 'folder' in args.skip
              else folder_throughput(checkpoint, args.folder_images, args.workers)),
+            ('e. float16 autocast vs float32 scores', None if 'half' in args.skip
+             else half_precision_effect(checkpoint, args.device, args.half_images)),
         ]
     report = f'Machine: {machine()}\n\n' + '\n'.join(markdown(t, rows or []) for t, rows in sections)
     print(report)
