@@ -20,7 +20,6 @@ ratios compare like with like on a shared, noisy machine.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import platform
 import resource
@@ -30,29 +29,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from unittest import mock
 
 import torch
 
 from pyiqa_maclip import MACLIP
 from pyiqa_maclip.testing import make_clip, random_images, save_torchscript
 
-
-@contextlib.contextmanager
-def reference_on_cpu():
-    """pyiqa's own MACLIP class with its hard-coded CUDA device redirected to the CPU."""
-    from pyiqa.archs import clip_model, maclip_arch
-
-    original_to = torch.Tensor.to
-
-    def to_cpu(self, *args, **kwargs):
-        args = tuple('cpu' if isinstance(a, str) and a.startswith('cuda') else a for a in args)
-        return original_to(self, *args, **kwargs)
-
-    with mock.patch.object(maclip_arch, 'load', lambda name, device: clip_model.load(name, 'cpu')), \
-            mock.patch.object(torch.Tensor, 'cuda', lambda self, *a, **k: self), \
-            mock.patch.object(torch.Tensor, 'to', to_cpu):
-        yield maclip_arch.MACLIP
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'tests'))
+from reference_cpu import reference_on_cpu  # noqa: E402  (the test suite's CPU-redirected reference)
 
 
 def encoder_floor(visual: torch.nn.Module, image: torch.Tensor, metric: MACLIP) -> torch.Tensor:

@@ -1,14 +1,13 @@
 """Same numbers as the reference: pyiqa 0.1.16's own maclip_arch, run on the CPU.
 
 The reference is pyiqa's module itself (identical in its math to the official
-zhix000/MA-CLIP code). Only its hard-coded CUDA device is neutralised: its
-``load(backbone, 'cuda')`` gets the CPU (which also makes pyiqa keep float32,
-as the official code runs), and ``.cuda()`` / ``.to('cuda')`` stay on the CPU.
+zhix000/MA-CLIP code), with only its CUDA device redirected (see reference_cpu.py).
 Both sides load the same full-size checkpoint file through their own loaders.
 """
 import pytest
 import torch
 
+import reference_cpu
 from conftest import random_images
 
 from pyiqa_maclip import MACLIP
@@ -16,29 +15,10 @@ from pyiqa_maclip import MACLIP
 TOLERANCE = 1e-5  # absolute, float32 on the CPU
 
 
-def _is_cuda(device) -> bool:
-    return (isinstance(device, str) and device.startswith('cuda')) or (
-        isinstance(device, torch.device) and device.type == 'cuda'
-    )
-
-
 @pytest.fixture
-def reference_on_cpu(monkeypatch):
-    """pyiqa's MACLIP class with its CUDA device redirected to the CPU, for this test only."""
-    from pyiqa.archs import clip_model, maclip_arch
-
-    monkeypatch.setattr(maclip_arch, 'load', lambda name, device: clip_model.load(name, 'cpu'))
-    monkeypatch.setattr(torch.Tensor, 'cuda', lambda self, *args, **kwargs: self)
-    original_to = torch.Tensor.to
-
-    def to_without_cuda(self, *args, **kwargs):
-        args = tuple('cpu' if _is_cuda(a) else a for a in args)
-        if _is_cuda(kwargs.get('device')):
-            kwargs['device'] = 'cpu'
-        return original_to(self, *args, **kwargs)
-
-    monkeypatch.setattr(torch.Tensor, 'to', to_without_cuda)
-    return maclip_arch.MACLIP
+def reference_on_cpu():
+    with reference_cpu.reference_on_cpu() as reference_class:
+        yield reference_class
 
 
 # Heights and widths: exact multiples of the stride plus the patch, and sizes that leave an
