@@ -11,6 +11,7 @@ a time and embeds the prompts once, when the metric is built.
 from __future__ import annotations
 
 import itertools
+from contextlib import nullcontext
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -225,7 +226,8 @@ class MACLIP(nn.Module):
     def encode_views(self, views: torch.Tensor) -> torch.Tensor:
         """Raw CLIP image features of a chunk of (N, C, p, p) views in [0, 1]: (N, D)."""
         views = self._normalise(views).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(views.device.type, dtype=torch.float16, enabled=self.half_precision):
+        half = torch.autocast(views.device.type, dtype=torch.float16) if self.half_precision else nullcontext()
+        with half:
             features = self.visual(views, pos_embedding=self.pos_embedding)
         return features.to(self.text_features.dtype)
 
