@@ -1,0 +1,340 @@
+"""``pyiqa-maclip score``: a generated collection with broken files, resume after kill -9 and
+Ctrl-C, refusal and --overwrite, --retry-failed, and 2 accelerate processes against 1.
+
+Every run uses the tiny random CLIP checkpoint of conftest; nothing is downloaded.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.transforms.functional import to_tensor
+
+from pyiqa_maclip import cli
+from pyiqa_maclip.scoring import COLUMNS, ERROR_COLUMNS, collect_paths
+from pyiqa_maclip.testing import random_images
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pixels(height: int, width: int, seed: int, channels: int = 3) -> np.ndarray:
+    image = random_images(1, height, width, channels, seed=seed)[0]
+    return (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8).squeeze()
+
+
+def encoded(array: np.ndarray, fmt: str, mode: str | None = None) -> bytes:
+    buffer = io.BytesIO()
+    image = Image.fromarray(array)
+    (image.convert(mode) if mode else image).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+@dataclass
+class Collection:
+    root: Path
+    inputs: list[str]  # PATH arguments: a folder and a list file
+    good: list[str]  # in the order of the output
+    failed: dict[str, str]  # path -> start of the reason, in the order of the errors file
+
+    @property
+    def total(self) -> int:
+        return len(self.good) + len(self.failed)
+
+
+@pytest.fixture(scope='module')
+def collection(tmp_path_factory) -> Collection:
+    """Images of five kinds in nested folders, four broken files, and a list file."""
+    root = tmp_path_factory.mktemp('collection')
+    files = {
+        'photos/a.png': encoded(pixels(40, 56, 1), 'PNG'),
+        'photos/b, "quoted".jpg': encoded(pixels(64, 48, 2), 'JPEG'),
+        'photos/empty.png': b'',
+        'photos/garbage.jpg': np.random.default_rng(0).bytes(700),
+        'photos/notes.md': b'not an image, and not an image suffix',
+        'photos/sub/c_gray.png': encoded(pixels(50, 50, 3, channels=1), 'PNG'),
+        'photos/sub/d_rgba.png': encoded(pixels(48, 40, 4), 'PNG', mode='RGBA'),
+        'photos/sub/deeper/e_palette.gif': encoded(pixels(37, 45, 5), 'GIF', mode='P'),
+        'photos/sub/truncated.jpg': encoded(pixels(64, 64, 6), 'JPEG')[:700],
+        'photos/truncated.png': encoded(pixels(64, 64, 7), 'PNG')[:900],
+        'extra/g.png': encoded(pixels(60, 36, 8), 'PNG'),
+        'list.txt': b'# listed images, relative to this file\n\nextra/g.png\n  photos/a.png  \nextra/missing.png\n',
+    }
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+
+    def at(name: str) -> str:
+        return str(root / name)
+
+    good = ['photos/a.png', 'photos/b, "quoted".jpg', 'photos/sub/c_gray.png', 'photos/sub/d_rgba.png',
+            'photos/sub/deeper/e_palette.gif', 'extra/g.png']
+    failed = {
+        'photos/empty.png': 'ValueError: empty file (0 bytes)',
+        'photos/garbage.jpg': 'UnidentifiedImageError: cannot identify image file',
+        'photos/sub/truncated.jpg': 'OSError: image file is truncated',
+        'photos/truncated.png': 'OSError: image file is truncated',
+        'extra/missing.png': 'FileNotFoundError: [Errno 2] No such file or directory',
+    }
+    return Collection(root, [at('photos'), at('list.txt')], [at(n) for n in good],
+                      {at(n): reason for n, reason in failed.items()})
+
+
+def score(*args) -> tuple[int, str, str]:
+    """Run ``pyiqa-maclip score ARGS`` in this process: (exit status, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = cli.main(['score', *map(str, args), '--no-progress'])
+    return status, out.getvalue(), err.getvalue()
+
+
+def score_collection(collection: Collection, output: Path, tiny_rn: Path, *options) -> tuple[int, str, str]:
+    return score(*collection.inputs, '--output', output, '--backbone', tiny_rn, '--batch-size', 2, *options)
+
+
+def read_csv_rows(file: Path) -> list[list[str]]:
+    with open(file, newline='', encoding='utf-8') as f:
+        return list(csv.reader(f))
+
+
+def assert_same_scores(actual: list[list[str]], expected: list[list[str]], tolerance: float = 1e-6) -> None:
+    assert actual[0] == expected[0] == list(COLUMNS)
+    assert [row[0] for row in actual] == [row[0] for row in expected]
+    np.testing.assert_allclose(np.array([row[1:] for row in actual[1:]], dtype=float),
+                               np.array([row[1:] for row in expected[1:]], dtype=float), rtol=0, atol=tolerance)
+
+
+@pytest.fixture(scope='module')
+def baseline(collection, tiny_rn, tmp_path_factory):
+    """One uninterrupted run on the collection: (exit status, stdout, output path)."""
+    output = tmp_path_factory.mktemp('baseline') / 'scores.csv'
+    status, stdout, _ = score_collection(collection, output, tiny_rn, '--num-workers', 1)
+    return status, stdout, output
+
+
+def test_collection_with_broken_files(collection, baseline, tiny_metric):
+    status, stdout, output = baseline
+    assert status == 1
+    errors = output.with_name('scores.errors.csv')
+    assert stdout == (f'scored 6 images, 5 failed (see {errors}); '
+                      f'{collection.total} processed in this run, 0 done before\n')
+    assert sorted(p.name for p in output.parent.iterdir()) == ['scores.csv', 'scores.errors.csv', 'scores.meta.json']
+
+    rows = read_csv_rows(output)
+    assert rows[0] == list(COLUMNS) and [row[0] for row in rows[1:]] == collection.good
+    # The same files decoded independently (PIL, RGB, to_tensor) and scored by the metric itself.
+    with torch.no_grad():
+        direct = tiny_metric.score_images([to_tensor(Image.open(p).convert('RGB')) for p in collection.good])
+    np.testing.assert_allclose(np.array([row[1:] for row in rows[1:]], dtype=float),
+                               torch.stack(list(direct), dim=1).numpy(), rtol=0, atol=1e-5)
+
+    failures = read_csv_rows(errors)
+    assert failures[0] == list(ERROR_COLUMNS)
+    assert [path for path, _ in failures[1:]] == list(collection.failed)
+    for (path, reason), expected in zip(failures[1:], collection.failed.values()):
+        assert reason.startswith(expected), (path, reason)
+
+
+def test_collect_paths(collection, tmp_path):
+    root = collection.root
+    assert collect_paths([root / 'photos']) == [str(root / 'photos' / n) for n in (
+        'a.png', 'b, "quoted".jpg', 'empty.png', 'garbage.jpg', 'sub/c_gray.png', 'sub/d_rgba.png',
+        'sub/deeper/e_palette.gif', 'sub/truncated.jpg', 'truncated.png')]
+    assert collect_paths([root / 'photos', root / 'list.txt']) == [*collect_paths([root / 'photos']),
+                                                                   str(root / 'extra/g.png'),
+                                                                   str(root / 'extra/missing.png')]
+    assert collect_paths([root / 'photos'], extensions=['PNG', '.gif']) == [
+        str(root / n) for n in ('photos/a.png', 'photos/empty.png', 'photos/sub/c_gray.png',
+                                'photos/sub/d_rgba.png', 'photos/sub/deeper/e_palette.gif', 'photos/truncated.png')]
+    assert collect_paths([root / 'photos/notes.md']) == [str(root / 'photos/notes.md')]  # named files are taken
+    with pytest.raises(FileNotFoundError, match='does not exist'):
+        collect_paths([root / 'nowhere'])
+
+    status, _, stderr = score(root / 'nowhere', '--output', tmp_path / 'scores.csv')
+    assert status == 2 and 'nowhere' in stderr and 'does not exist' in stderr
+    assert not any(tmp_path.iterdir())
+    with pytest.raises(SystemExit) as exit_info, contextlib.redirect_stderr(io.StringIO()):
+        cli.main(['score', str(root), '--output', str(tmp_path / 'scores.csv'), '--batch-size', '0'])
+    assert exit_info.value.code == 2
+
+
+def complete_lines(file: Path) -> list[bytes]:
+    data = file.read_bytes() if file.exists() else b''
+    return data[:data.rfind(b'\n') + 1].splitlines(keepends=True)
+
+
+# Scores in a real process, slowed down so that it can be killed halfway.
+SLOW_RUN = '''
+import sys, time
+from pyiqa_maclip import MACLIP, cli
+score_images = MACLIP.score_images
+MACLIP.score_images = lambda self, images: time.sleep(1) or score_images(self, images)
+sys.exit(cli.main(sys.argv[1:]))
+'''
+
+
+def test_resume_after_kill_9_and_a_torn_row(collection, baseline, tiny_rn, tmp_path):
+    output = tmp_path / 'scores.csv'
+    args = [*collection.inputs, '--output', output, '--backbone', tiny_rn, '--batch-size', 2, '--num-workers', 1]
+    run = subprocess.Popen([sys.executable, '-c', SLOW_RUN, 'score', *map(str, args), '--no-progress'],
+                           start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while len(complete_lines(output)) < 4:  # header and three rows
+        assert run.poll() is None, run.stderr.read().decode()
+        assert time.monotonic() < deadline, 'no rows were written'
+        time.sleep(0.05)
+    os.killpg(run.pid, signal.SIGKILL)  # the scoring process and its decoding worker
+    run.wait()
+    run.stderr.close()
+    lines = complete_lines(output)
+    assert len(lines) - 1 < len(collection.good)  # killed halfway
+
+    # Tear the last whole row in two, as a kill in the middle of a write would.
+    output.write_bytes(b''.join(lines[:-1]) + lines[-1][:len(lines[-1]) // 2])
+    done = len(lines) - 2 + max(0, len(complete_lines(output.with_name('scores.errors.csv'))) - 1)
+
+    status, stdout, stderr = score_collection(collection, output, tiny_rn, '--num-workers', 1)
+    assert status == 1
+    remaining = collection.total - done
+    assert f'{remaining} of {collection.total} images to score, {done} done before' in stderr
+    assert stdout.endswith(f'; {remaining} processed in this run, {done} done before\n')
+    assert_same_scores(read_csv_rows(output), read_csv_rows(baseline[2]))
+    assert output.with_name('scores.errors.csv').read_text() == baseline[2].with_name('scores.errors.csv').read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['scores.csv', 'scores.errors.csv', 'scores.meta.json']
+
+
+def test_resume_after_ctrl_c(collection, baseline, tiny_rn, tmp_path, monkeypatch):
+    from pyiqa_maclip import MACLIP
+
+    calls = []
+    score_images = MACLIP.score_images
+
+    def interrupted_third_batch(self, images):
+        calls.append(len(images))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return score_images(self, images)
+
+    output = tmp_path / 'scores.csv'
+    monkeypatch.setattr(MACLIP, 'score_images', interrupted_third_batch)
+    status, _, stderr = score_collection(collection, output, tiny_rn, '--num-workers', 0)
+    assert status == 130 and 'run the same command again to resume' in stderr
+    kept = len(read_csv_rows(output)) - 1
+    assert kept == sum(calls[:2]) > 0
+    done = kept + len(read_csv_rows(output.with_name('scores.errors.csv'))) - 1
+
+    monkeypatch.setattr(MACLIP, 'score_images', score_images)
+    status, stdout, _ = score_collection(collection, output, tiny_rn, '--num-workers', 0)
+    assert status == 1
+    assert stdout.endswith(f'; {collection.total - done} processed in this run, {done} done before\n')
+    assert_same_scores(read_csv_rows(output), read_csv_rows(baseline[2]))
+
+
+def test_refusal_overwrite_and_torn_tail(collection, baseline, tiny_rn, tmp_path):
+    output = tmp_path / 'scores.csv'
+    for name in ('scores.csv', 'scores.errors.csv', 'scores.meta.json'):
+        (tmp_path / name).write_bytes(baseline[2].with_name(name).read_bytes())
+    before = output.read_bytes()
+
+    status, _, stderr = score_collection(collection, output, tmp_path / 'other.pt')
+    assert status == 2 and 'was made with backbone=' in stderr and '--overwrite' in stderr
+    meta = (tmp_path / 'scores.meta.json').read_bytes()
+    (tmp_path / 'scores.meta.json').unlink()
+    status, _, stderr = score_collection(collection, output, tiny_rn)
+    assert status == 2 and 'not written by `pyiqa-maclip score`' in stderr
+    assert output.read_bytes() == before
+    (tmp_path / 'scores.meta.json').write_bytes(meta)
+
+    # A finished output with a row from other inputs and garbage after a crash: nothing to score,
+    # the garbage goes, the other row stays (after this run's rows).
+    with output.open('ab') as f:
+        f.write(b'/elsewhere/x.png,0.5,0.5,0.5,0.5,0.5\n\x00\x00garbage')
+    status, stdout, _ = score_collection(collection, output, tiny_rn)
+    assert status == 1 and f'0 processed in this run, {collection.total} done before' in stdout
+    assert output.read_bytes() == before + b'/elsewhere/x.png,0.5,0.5,0.5,0.5,0.5\n'
+
+    status, stdout, _ = score_collection(collection, output, tiny_rn, '--overwrite')
+    assert status == 1 and f'{collection.total} processed in this run, 0 done before' in stdout
+    assert_same_scores(read_csv_rows(output), read_csv_rows(baseline[2]))
+
+
+def test_resume_from_the_parts_of_a_larger_run(collection, baseline, tiny_rn, tmp_path):
+    """Rows left in another process's part file count as done and are merged in input order."""
+    header, *rows = read_csv_rows(baseline[2])
+    for name, part in (('scores.csv', rows[::2]), ('scores.part3.csv', rows[1::2])):
+        with open(tmp_path / name, 'w', newline='', encoding='utf-8') as f:
+            csv.writer(f, lineterminator='\n').writerows([header, *part])
+    for name in ('scores.errors.csv', 'scores.meta.json'):
+        (tmp_path / name).write_bytes(baseline[2].with_name(name).read_bytes())
+
+    status, stdout, _ = score_collection(collection, tmp_path / 'scores.csv', tiny_rn)
+    assert status == 1 and f'0 processed in this run, {collection.total} done before' in stdout
+    assert (tmp_path / 'scores.csv').read_bytes() == baseline[2].read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['scores.csv', 'scores.errors.csv', 'scores.meta.json']
+
+
+def test_retry_failed(tiny_rn, tmp_path):
+    (tmp_path / 'in').mkdir()
+    (tmp_path / 'in/good.png').write_bytes(encoded(pixels(32, 32, 1), 'PNG'))
+    (tmp_path / 'in/late.png').write_bytes(b'')
+    output = tmp_path / 'out/scores.csv'
+    args = [tmp_path / 'in', '--output', output, '--backbone', tiny_rn, '--num-workers', 0]
+    assert score(*args)[0] == 1
+    (tmp_path / 'in/late.png').write_bytes(encoded(pixels(32, 32, 2), 'PNG'))
+    status, stdout, _ = score(*args)
+    assert status == 1 and '1 failed' in stdout and '0 processed in this run' in stdout
+    status, stdout, _ = score(*args, '--retry-failed')
+    assert status == 0 and stdout.startswith('scored 2 images, 0 failed; 1 processed in this run')
+    assert [row[0] for row in read_csv_rows(output)[1:]] == [str(tmp_path / 'in/good.png'), str(tmp_path / 'in/late.png')]
+    assert not output.with_name('scores.errors.csv').exists()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_give_the_single_process_output(collection, tiny_rn, tmp_path):
+    single, sharded = tmp_path / 'single/scores.csv', tmp_path / 'sharded/scores.csv'
+    # accelerate runs each CPU process on one thread; so does this run, and float32 rounds alike.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert score_collection(collection, single, tiny_rn, '--num-workers', 0)[0] == 1
+    finally:
+        torch.set_num_threads(threads)
+
+    launch = [Path(sys.executable).with_name('accelerate'), 'launch', '--multi_gpu', '--num_processes', 2,
+              '--num_machines', 1, '--mixed_precision', 'no', '--dynamo_backend', 'no',
+              '--main_process_port', free_port()]
+    env = {**os.environ, 'HF_HOME': str(tmp_path / 'hf'),  # no accelerate config file is read
+           'ACCELERATE_USE_CPU': 'true', 'CUDA_VISIBLE_DEVICES': '', 'OMP_NUM_THREADS': '1'}
+    run = subprocess.run([*map(str, launch), '-m', 'pyiqa_maclip', 'score', *collection.inputs, '--output',
+                          str(sharded), '--backbone', str(tiny_rn), '--batch-size', '2', '--num-workers', '1'],
+                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
+    assert 'on 2 processes' in run.stderr, run.stderr
+    assert run.stdout.count('scored 6 images, 5 failed') == 1, run.stdout + run.stderr  # the main process says it
+    assert run.returncode == 1
+    assert_same_scores(read_csv_rows(sharded), read_csv_rows(single))
+    assert sharded.with_name('scores.errors.csv').read_text() == single.with_name('scores.errors.csv').read_text()
+    assert sorted(p.name for p in sharded.parent.iterdir()) == ['scores.csv', 'scores.errors.csv', 'scores.meta.json']
+
+
+def test_module_help():
+    run = subprocess.run([sys.executable, '-m', 'pyiqa_maclip', 'score', '--help'], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith('usage: pyiqa-maclip score') and '--overwrite' in run.stdout
