@@ -1,0 +1,70 @@
+"""Benchmark harness: MA-CLIP and any pyiqa metric against human opinion scores.
+
+``pyiqa-maclip benchmark --config FILE.yml --output-dir DIR [--device DEV]`` scores
+every dataset of the configuration with every metric, following the official MA-CLIP
+evaluation (Liao et al., AAAI 2026; https://github.com/zhix000/MA-CLIP): whole
+datasets, the paper's per-dataset preprocessing, SRCC/KRCC on raw predictions,
+PLCC/RMSE after the 5-parameter logistic fit. It writes ``summary.csv``,
+``summary.md``, per-image scores and plots, and resumes where a run stopped.
+
+* :mod:`.config`: the YAML format and its validation.
+* :mod:`.datasets`: (image, MOS) lists from custom tables or pyiqa's dataset configs.
+* :mod:`.evaluation`: correlations and the logistic fit (pure functions).
+* :mod:`.runner`: scoring, resuming, summary; :mod:`.plots`: the figures.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .config import BenchmarkConfig, BenchmarkConfigError, load_config, parse_config
+from .evaluation import Agreement, evaluate, fit_logistic, logistic_5
+from .runner import SUMMARY_COLUMNS, run_benchmark
+
+__all__ = [
+    'Agreement',
+    'BenchmarkConfig',
+    'BenchmarkConfigError',
+    'SUMMARY_COLUMNS',
+    'add_subcommand',
+    'evaluate',
+    'fit_logistic',
+    'load_config',
+    'logistic_5',
+    'parse_config',
+    'run_benchmark',
+]
+
+
+def add_subcommand(subparsers) -> None:
+    """``pyiqa-maclip benchmark --config FILE --output-dir DIR [--device DEV] [--data-root DIR] [--force]``."""
+    parser = subparsers.add_parser(
+        'benchmark', help='score datasets with MA-CLIP and other pyiqa metrics; correlations, tables, plots',
+        description='Score every dataset of a YAML configuration with every metric, compare with the MOS '
+                    '(SRCC, KRCC, PLCC raw and after the 5-parameter logistic fit, RMSE) and write '
+                    'summary.csv, summary.md, per-image scores and plots. Pairs already complete in '
+                    'the output directory are skipped.',
+    )
+    parser.add_argument('--config', required=True, help='the YAML configuration (datasets:, metrics:)')
+    parser.add_argument('--output-dir', required=True, help='where results go; reused to resume a run')
+    parser.add_argument('--device', default=None, help='torch device, e.g. cpu or cuda:0 (default: cuda if available)')
+    parser.add_argument('--data-root', default=None,
+                        help="folder replacing './datasets' in pyiqa's dataset configs (overrides data_root:)")
+    parser.add_argument('--force', action='store_true', help='recompute every pair, even complete ones')
+    parser.set_defaults(func=_benchmark_command)
+
+
+def _benchmark_command(args: argparse.Namespace) -> int:
+    try:
+        if args.device is not None:
+            import torch
+
+            try:
+                torch.device(args.device)
+            except RuntimeError as error:
+                raise BenchmarkConfigError(f'--device: {error}') from error
+        config = load_config(args.config, data_root=args.data_root)
+        return run_benchmark(config, args.output_dir, device=args.device, force=args.force)
+    except BenchmarkConfigError as error:
+        print(f'pyiqa-maclip benchmark: error: {error}', file=sys.stderr)
+        return 2

@@ -1,0 +1,406 @@
+"""The benchmark harness: evaluation math against scipy, configuration checks, and end-to-end
+runs of ``pyiqa-maclip benchmark`` on synthetic datasets made here (no network).
+
+The synthetic dataset is one smooth image under growing blur and noise, its MOS falling
+with the distortion level, plus one file that is not an image.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from PIL import Image, ImageFilter
+from scipy import optimize, stats
+from torchvision.transforms.functional import to_tensor
+
+import pyiqa
+from pyiqa_maclip import cli
+from pyiqa_maclip.benchmark import BenchmarkConfigError, SUMMARY_COLUMNS, evaluate, fit_logistic, logistic_5, parse_config
+from pyiqa_maclip.benchmark.config import load_config
+from pyiqa_maclip.benchmark.datasets import Item, load_items, read_image
+from pyiqa_maclip.benchmark.runner import pair_scores, read_scores, score_items
+from pyiqa_maclip.testing import random_images
+
+OPTIONS = Path(__file__).resolve().parents[1] / 'options'
+LEVELS = 12
+PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+
+
+# ---------------------------------------------------------------- evaluation math
+
+
+def test_correlations_match_scipy():
+    rng = np.random.default_rng(1)
+    prediction = rng.normal(size=40)
+    mos = 3 * prediction + rng.normal(size=40)
+    result = evaluate(prediction, mos)
+    assert result.n == 40
+    assert result.srcc == pytest.approx(stats.spearmanr(prediction, mos)[0], abs=1e-12)
+    assert result.krcc == pytest.approx(stats.kendalltau(prediction, mos)[0], abs=1e-12)
+    assert result.plcc == pytest.approx(stats.pearsonr(prediction, mos)[0], abs=1e-12)
+    fitted = result.fit(prediction)
+    assert result.plcc_logistic == pytest.approx(stats.pearsonr(fitted, mos)[0], abs=1e-12)
+    assert result.rmse_logistic == pytest.approx(np.sqrt(np.mean((fitted - mos) ** 2)), abs=1e-12)
+
+
+def test_signs_are_kept():
+    x = np.linspace(0, 1, 20)
+    result = evaluate(-x, x ** 2)
+    assert result.srcc == pytest.approx(-1.0)
+    assert result.krcc == pytest.approx(-1.0)
+    assert result.plcc < 0
+
+
+def test_logistic_fit_recovers_a_monotone_relation():
+    x = np.linspace(0.0, 1.0, 60)
+    mos = logistic_5(x, 60.0, 8.0, 0.5, 5.0, 40.0)  # an S-shaped MOS, as VQEG's model assumes
+    fit = fit_logistic(x, mos)
+    assert fit.params is not None
+    result = evaluate(x, mos)
+    assert result.srcc == pytest.approx(1.0)
+    assert result.plcc < 0.99  # raw PLCC sees the S shape
+    assert result.plcc_logistic == pytest.approx(1.0, abs=1e-6)
+    assert result.rmse_logistic == pytest.approx(0.0, abs=1e-3)
+
+
+def test_logistic_fit_uses_the_official_initial_guess(monkeypatch):
+    seen = {}
+
+    def spy(function, x, y, p0, maxfev):
+        seen.update(p0=p0, maxfev=maxfev)
+        return optimize.curve_fit(function, x, y, p0=p0, maxfev=maxfev)
+
+    monkeypatch.setattr(optimize, 'curve_fit', spy)
+    x, y = np.arange(10.0), np.arange(10.0) ** 1.5
+    fit_logistic(x, y)
+    assert seen['p0'] == pytest.approx([y.max(), y.min(), x.mean(), 0.1, 0.1])
+    assert seen['maxfev'] == 10000
+
+
+def test_failed_fit_gives_nan_and_a_note(monkeypatch):
+    def fail(*args, **kwargs):
+        raise RuntimeError('Optimal parameters not found')
+
+    monkeypatch.setattr(optimize, 'curve_fit', fail)
+    result = evaluate(np.arange(10.0), np.arange(10.0) ** 2)
+    assert np.isnan(result.plcc_logistic) and np.isnan(result.rmse_logistic)
+    assert 'logistic fit failed' in result.note
+    assert result.srcc == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize('prediction, mos, note', [
+    ([1.0, 2.0], [1.0, 2.0], 'at least 3'),
+    ([1.0, 2.0, 3.0, 4.0], [1.0, 3.0, 2.0, 4.0], 'at least 5'),
+    ([2.0] * 6, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 'constant prediction'),
+])
+def test_degenerate_inputs_give_nan_not_errors(prediction, mos, note):
+    result = evaluate(np.array(prediction), np.array(mos))
+    assert np.isnan(result.plcc_logistic)
+    assert note in result.note
+
+
+# ---------------------------------------------------------------- synthetic data
+
+
+def _save_rgb(array: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.clip(array, 0, 255).astype(np.uint8)).save(path)
+
+
+def _distorted_images(count: int, seed: int = 0) -> list[np.ndarray]:
+    """One smooth image under blur and noise growing with the index."""
+    base = (random_images(1, 96, 128, seed=seed)[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    rng = np.random.default_rng(seed)
+    images = []
+    for level in range(count):
+        blurred = np.asarray(Image.fromarray(base).filter(ImageFilter.GaussianBlur(0.4 * level)), dtype=float)
+        images.append(blurred + rng.normal(0, 4 * level, base.shape))
+    return images
+
+
+@pytest.fixture(scope='module')
+def synthetic(tmp_path_factory) -> Path:
+    """images/ (12 graded distortions + one broken file) and mos.csv (image,mos)."""
+    root = tmp_path_factory.mktemp('synthetic')
+    rows = []
+    for level, image in enumerate(_distorted_images(LEVELS)):
+        _save_rgb(image, root / 'images' / f'level{level:02d}.png')
+        rows.append((f'level{level:02d}.png', 100.0 - 7 * level))
+    (root / 'images' / 'broken.png').write_bytes(b'this is not a PNG')
+    rows.append(('broken.png', 50.0))
+    pd.DataFrame(rows, columns=['image', 'mos']).to_csv(root / 'mos.csv', index=False)
+    return root
+
+
+def _write_config(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config), encoding='utf-8')
+    return path
+
+
+def _synthetic_config(synthetic: Path, tiny_rn: Path, **maclip_options) -> dict:
+    return {
+        'datasets': {'synth': {'images': str(synthetic / 'images'), 'mos': str(synthetic / 'mos.csv')}},
+        'metrics': {
+            'maclip': {'backbone': str(tiny_rn), **maclip_options},
+            'maclip_qsim': {'base': 'maclip', 'component': 'q_sim'},
+            'piqe': {},
+        },
+    }
+
+
+def _run(config_path: Path, output: Path, *extra: str) -> int:
+    return cli.main(['benchmark', '--config', str(config_path), '--output-dir', str(output), '--device', 'cpu', *extra])
+
+
+@pytest.fixture(scope='module')
+def run_dir(tmp_path_factory, synthetic, tiny_rn) -> Path:
+    """One run of the CLI on the synthetic dataset with MA-CLIP (tiny CLIP), a Q_sim variant and PIQE."""
+    work = tmp_path_factory.mktemp('run')
+    config = _write_config(work / 'config.yml', _synthetic_config(synthetic, tiny_rn))
+    assert _run(config, work / 'out') == 0
+    return work / 'out'
+
+
+# ---------------------------------------------------------------- end to end
+
+
+def test_summary_has_every_pair_with_counts_and_signs(run_dir):
+    summary = pd.read_csv(run_dir / 'summary.csv')
+    assert tuple(summary.columns) == SUMMARY_COLUMNS
+    assert list(summary['metric']) == ['maclip', 'maclip_qsim', 'piqe']
+    assert set(summary['dataset']) == {'synth'}
+    assert (summary['n'] == LEVELS).all() and (summary['n_failed'] == 1).all()
+    flipped = dict(zip(summary['metric'], summary['flipped']))
+    assert flipped == {'maclip': False, 'maclip_qsim': False, 'piqe': True}  # PIQE: lower is better
+    piqe = summary.set_index('metric').loc['piqe']
+    assert piqe['srcc'] > 0.9  # negated PIQE follows the falling MOS
+    assert (summary['seconds'] > 0).all()
+    markdown = (run_dir / 'summary.md').read_text(encoding='utf-8')
+    assert '| piqe |' in markdown and '†' in markdown
+
+
+def test_per_image_scores_match_direct_scoring(run_dir, synthetic, tiny_rn):
+    maclip = read_scores(run_dir / 'scores' / 'maclip__synth.csv')
+    assert list(maclip.columns) == ['image', 'mos', 'prediction', 'error', 'score', 'q_sim', 'q_mag', 'w_sim', 'w_mag']
+    broken = maclip[maclip['image'].str.endswith('broken.png')]
+    assert len(broken) == 1 and 'cannot read the image' in broken['error'].iloc[0]
+    scored = maclip[maclip['error'] == '']
+    metric = pyiqa.create_metric('maclip', device='cpu', backbone=str(tiny_rn))
+    for row in scored.head(4).itertuples():
+        with torch.no_grad():
+            direct = metric(to_tensor(Image.open(row.image).convert('RGB'))[None], return_components=True)
+        assert row.score == pytest.approx(direct.score.item(), abs=1e-5)
+        assert row.q_mag == pytest.approx(direct.q_mag.item(), abs=1e-5)
+    assert np.allclose(scored['prediction'], scored['score'])
+    qsim = read_scores(run_dir / 'scores' / 'maclip_qsim__synth.csv')
+    assert np.allclose(qsim.loc[qsim['error'] == '', 'prediction'], scored['q_sim'])  # one shared pass
+    piqe = read_scores(run_dir / 'scores' / 'piqe__synth.csv')
+    assert list(piqe.columns) == ['image', 'mos', 'prediction', 'error']
+    direct_piqe = pyiqa.create_metric('piqe', device='cpu')
+    first = piqe.iloc[0]
+    assert first['prediction'] == pytest.approx(direct_piqe(read_image(first['image'])).item(), abs=1e-5)
+
+
+def test_plots_are_png_files(run_dir):
+    names = {p.name for p in (run_dir / 'plots').glob('*.png')}
+    expected = {'srcc_bars.png', 'scatter_maclip__synth.png', 'scatter_maclip_qsim__synth.png',
+                'scatter_piqe__synth.png', 'qsim_qmag_maclip__synth.png'}
+    assert expected <= names
+    assert 'qsim_qmag_piqe__synth.png' not in names
+    for name in expected:
+        path = run_dir / 'plots' / name
+        assert path.read_bytes()[:8] == PNG_SIGNATURE
+        with Image.open(path) as image:
+            assert min(image.size) > 200
+
+
+def test_rerun_skips_complete_pairs_and_recomputes_changed_ones(run_dir, synthetic, tiny_rn, tmp_path, monkeypatch):
+    output = tmp_path / 'out'
+    shutil.copytree(run_dir, output)
+    builds = []
+    create_metric = pyiqa.create_metric
+
+    def counting(name, **kwargs):
+        builds.append((name, kwargs.get('box_lam')))
+        return create_metric(name, **kwargs)
+
+    monkeypatch.setattr(pyiqa, 'create_metric', counting)
+    piqe_csv = output / 'scores' / 'piqe__synth.csv'
+    stamp = piqe_csv.stat().st_mtime_ns
+    same = _write_config(tmp_path / 'same.yml', _synthetic_config(synthetic, tiny_rn))
+    assert _run(same, output) == 0
+    assert builds == []
+
+    changed = _write_config(tmp_path / 'changed.yml', _synthetic_config(synthetic, tiny_rn, box_lam=0.0))
+    assert _run(changed, output) == 0
+    assert builds == [('maclip', 0.0)]  # both MA-CLIP pairs from one model; PIQE untouched
+    assert piqe_csv.stat().st_mtime_ns == stamp
+    before = pd.read_csv(run_dir / 'scores' / 'maclip__synth.csv')
+    after = pd.read_csv(output / 'scores' / 'maclip__synth.csv')
+    assert not np.allclose(before['q_mag'].dropna(), after['q_mag'].dropna())
+    assert np.allclose(before['q_sim'].dropna(), after['q_sim'].dropna())  # lambda only moves Q_mag
+
+    assert _run(changed, output, '--force') == 0
+    assert len(builds) == 3
+
+
+def _fake_pyiqa_root(root: Path) -> Path:
+    """koniq10k (NR, 1024x768 folder) and csiq (FR, DMOS) laid out as pyiqa's configs expect."""
+    images = _distorted_images(6, seed=2)
+    meta = root / 'meta_info'
+    names = [f'{i}.png' for i in range(6)]
+    for name, image in zip(names, images):
+        _save_rgb(image, root / 'koniq10k' / '1024x768' / name)
+        _save_rgb(image, root / 'CSIQ' / 'dst_imgs' / name)
+    meta.mkdir(parents=True)
+    pd.DataFrame({'image_name': names, 'MOS': [90, 80, 70, 60, 50, 40], 'official_split': ['test'] * 6}).to_csv(
+        meta / 'meta_info_KonIQ10kDataset.csv', index=False)
+    pd.DataFrame({'ref_name': ['ref.png'] * 6, 'dist_name': names, 'dmos': [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]}).to_csv(
+        meta / 'meta_info_CSIQDataset.csv', index=False)
+    return root
+
+
+def test_pyiqa_datasets_from_a_data_root(tmp_path):
+    root = _fake_pyiqa_root(tmp_path / 'data')
+    config = _write_config(tmp_path / 'config.yml', {
+        'data_root': str(tmp_path / 'elsewhere'),  # overridden by --data-root
+        'datasets': {'koniq10k': {}, 'csiq': {}},
+        'metrics': {'piqe': {}},
+    })
+    assert _run(config, tmp_path / 'out', '--data-root', str(root)) == 0
+    summary = pd.read_csv(tmp_path / 'out' / 'summary.csv').set_index('dataset')
+    assert list(summary['n']) == [6, 6] and list(summary['n_failed']) == [0, 0]
+    assert not summary.loc['koniq10k', 'mos_lower_better'] and summary.loc['koniq10k', 'flipped']
+    # CSIQ reports DMOS: PIQE and DMOS are both lower-is-better, so nothing is negated.
+    assert summary.loc['csiq', 'mos_lower_better'] and not summary.loc['csiq', 'flipped']
+    assert summary.loc['csiq', 'srcc'] == pytest.approx(summary.loc['koniq10k', 'srcc'])
+    scores = pd.read_csv(tmp_path / 'out' / 'scores' / 'piqe__koniq10k.csv')
+    assert all('1024x768' in path for path in scores['image'])  # the paper's KonIQ release
+
+
+def test_paper_preprocessing_defaults_and_overrides(tmp_path):
+    metrics = {'piqe': {}}
+    config = parse_config({'datasets': {
+        'spaq': {}, 'koniq10k': {}, 'agiqa1k': {'images': 'a', 'mos': 'b.csv'},
+        'livec': {}, 'spaq_native': {'pyiqa': 'spaq', 'resize': None},
+    }, 'metrics': metrics})
+    specs = {spec.name: spec for spec in config.datasets}
+    assert specs['spaq'].resize == (448, 448) and specs['spaq'].resize_mode == 'bicubic'
+    assert specs['agiqa1k'].resize == (224, 224)
+    assert specs['koniq10k'].pyiqa == 'koniq10k-1024'
+    assert specs['livec'].resize is None and specs['spaq_native'].resize is None
+    path = tmp_path / 'x.png'
+    _save_rgb(_distorted_images(1)[0], path)
+    resized = read_image(str(path), (448, 300), 'bicubic')
+    expected = to_tensor(Image.open(path).convert('RGB').resize((300, 448), Image.Resampling.BICUBIC))
+    assert resized.shape == (1, 3, 448, 300) and torch.equal(resized[0], expected)
+
+
+# ---------------------------------------------------------------- validation
+
+
+_DATA = {'synth': {'images': 'img', 'mos': 'mos.csv'}}
+
+
+@pytest.mark.parametrize('config, message', [
+    ({'datasets': _DATA, 'metrics': {'piqe': {}}, 'extra': 1}, "unknown key 'extra'"),
+    ({'datasets': _DATA, 'metrics': {}}, 'metrics: needs at least one entry'),
+    ({'datasets': {'synth': {'images': 'img', 'mos': 'm.csv', 'colour': 1}}, 'metrics': {'piqe': {}}}, "'colour'"),
+    ({'datasets': {'synth': {'images': 'img'}}, 'metrics': {'piqe': {}}}, 'mos: is missing'),
+    ({'datasets': {'nodata': {}}, 'metrics': {'piqe': {}}}, "'nodata' is not a pyiqa dataset"),
+    ({'datasets': {'spaq': {'resize': [448]}}, 'metrics': {'piqe': {}}}, 'datasets.spaq.resize must be [height, width]'),
+    ({'datasets': {'spaq': {'resize_mode': 'cubic'}}, 'metrics': {'piqe': {}}}, 'resize_mode must be one of'),
+    ({'datasets': _DATA, 'metrics': {'nometric': {}}}, "metrics.nometric: 'nometric' is not a pyiqa metric"),
+    ({'datasets': _DATA, 'metrics': {'a': {'base': 'b'}, 'b': {'base': 'a'}}}, 'chain loops: a -> b -> a'),
+    ({'datasets': _DATA, 'metrics': {'a': {'base': 'zzz'}}}, "metrics.a.base: 'zzz' is neither"),
+    ({'datasets': _DATA, 'metrics': {'piqe': {'component': 'q_sim'}}}, 'only MA-CLIP metrics have components'),
+    ({'datasets': _DATA, 'metrics': {'m': {'base': 'maclip', 'component': 'q_x'}}}, 'component must be one of'),
+    ({'datasets': _DATA, 'metrics': {'maclip': {'box_lambda': 0.3}}}, "has no option 'box_lambda'"),
+    ({'datasets': _DATA, 'metrics': {'piqe': {'foo': 1}}}, "has no option 'foo'"),
+    ({'datasets': _DATA, 'metrics': {'a/b': {'base': 'piqe'}, 'a_b': {'base': 'piqe'}}}, 'same file name'),
+])
+def test_invalid_configs_name_the_key(config, message):
+    with pytest.raises(BenchmarkConfigError) as error:
+        parse_config(config)
+    assert message in str(error.value)
+
+
+def test_cli_reports_config_errors_with_status_2(tmp_path, capsys, synthetic):
+    bad_metric = _write_config(tmp_path / 'bad.yml', {'datasets': _DATA, 'metrics': {'nometric': {}}})
+    assert _run(bad_metric, tmp_path / 'out') == 2
+    err = capsys.readouterr().err
+    assert "'nometric' is not a pyiqa metric" in err and 'Traceback' not in err
+
+    missing = _write_config(tmp_path / 'missing.yml', {
+        'datasets': {'synth': {'images': str(tmp_path / 'nowhere'), 'mos': str(synthetic / 'mos.csv')}},
+        'metrics': {'piqe': {}}})
+    assert _run(missing, tmp_path / 'out') == 2
+    assert 'the image folder' in capsys.readouterr().err
+
+    column = _write_config(tmp_path / 'column.yml', {
+        'datasets': {'synth': {'images': str(synthetic / 'images'), 'mos': str(synthetic / 'mos.csv'),
+                               'mos_column': 'MOS'}},
+        'metrics': {'piqe': {}}})
+    assert _run(column, tmp_path / 'out') == 2
+    assert "no column 'MOS' (its columns: image, mos)" in capsys.readouterr().err
+    assert not (tmp_path / 'out').exists()  # nothing written before the data is known good
+
+
+def test_pyiqa_dataset_without_meta_info_explains_the_layout(tmp_path):
+    config = parse_config({'data_root': str(tmp_path), 'datasets': {'kadid10k': {}}, 'metrics': {'piqe': {}}})
+    with pytest.raises(BenchmarkConfigError, match='meta_info_KADID10kDataset.csv does not exist'):
+        load_items(config.datasets[0])
+
+
+@pytest.mark.parametrize('path', sorted(OPTIONS.glob('*.yml')), ids=lambda p: p.name)
+def test_shipped_options_validate(path):
+    config = load_config(path)
+    assert config.datasets and config.metrics
+
+
+def test_options_cover_the_paper(tmp_path):
+    names = {p.name for p in OPTIONS.glob('*.yml')}
+    assert {'paper_main_table.yml', 'ablations.yml', 'custom_dataset_example.yml'} <= names
+    ablation = {m.name: m for m in load_config(OPTIONS / 'ablations.yml').metrics}
+    lambdas = sorted(m.options['box_lam'] for m in ablation.values() if m.name.startswith('maclip_lam'))
+    assert lambdas == pytest.approx([i / 10 for i in range(11)])
+    assert {m.component for m in ablation.values()} == {'score', 'q_sim', 'q_mag'}
+    assert any(m.options.get('alpha') == 0 for m in ablation.values())
+
+
+def test_a_metric_that_cannot_be_built_fails_alone(tmp_path, synthetic, capsys):
+    config = _write_config(tmp_path / 'config.yml', {
+        'datasets': {'synth': {'images': str(synthetic / 'images'), 'mos': str(synthetic / 'mos.csv')}},
+        'metrics': {'maclip': {'backbone': str(tmp_path / 'missing.pt')}, 'piqe': {}},
+    })
+    assert _run(config, tmp_path / 'out') == 1
+    assert 'cannot build metric maclip' in capsys.readouterr().out
+    summary = pd.read_csv(tmp_path / 'out' / 'summary.csv')
+    assert list(summary['metric']) == ['piqe']
+
+
+def test_unreadable_failing_and_non_finite_images_are_recorded(tmp_path):
+    good = tmp_path / 'good.png'
+    _save_rgb(_distorted_images(1)[0], good)
+    items = [Item(str(good), 1.0), Item(str(good), 2.0), Item(str(tmp_path / 'absent.png'), 3.0)]
+    outputs = iter([torch.tensor([float('nan')]), RuntimeError('out of memory')])
+
+    def model(image):
+        out = next(outputs)
+        if isinstance(out, Exception):
+            raise out
+        return out
+
+    spec = parse_config({'datasets': {'d': {'images': 'i', 'mos': 'm'}}, 'metrics': {'piqe': {}}})
+    scored = score_items(model, items, spec.datasets[0], components=False, description='test')
+    frame = pair_scores(scored, spec.metrics[0])
+    errors = list(frame['error'])
+    assert errors[0] == 'non-finite prediction: nan'
+    assert errors[1] == 'scoring failed: RuntimeError: out of memory'
+    assert errors[2].startswith('cannot read the image: FileNotFoundError')
+    assert list(frame['mos']) == [1.0, 2.0, 3.0]
