@@ -24,6 +24,12 @@ setup(
         # openai-clip imports pkg_resources, which setuptools 81 removed.
         'setuptools<81',
         'tqdm',
+        'accelerate',
+        'pandas',
+        'scipy',
+        'matplotlib',
+        'PyYAML',
+        'Pillow',
     ],
     extras_require={'test': ['pytest']},
     entry_points={

@@ -14,6 +14,8 @@ from .version import __version__
 
 SUBCOMMAND_MODULES = (
     'pyiqa_maclip.weights',
+    'pyiqa_maclip.scoring',
+    'pyiqa_maclip.benchmark',
 )
 
 
