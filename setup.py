@@ -30,6 +30,8 @@ setup(
         'matplotlib',
         'PyYAML',
         'Pillow',
+        # Lock files: one download per cache, one run per output (torch needs it too).
+        'filelock',
     ],
     extras_require={'test': ['pytest']},
     entry_points={

@@ -7,6 +7,9 @@ by default ``~/.cache/torch/hub/clip``); when absent it is downloaded into the
 first of those directories. Downloads go to a temporary file in the target
 directory that is moved into place only once its checksum matches, so a
 crash, a full disk or a bad transfer never leaves a file that could be loaded.
+Processes that need the same missing file at once (e.g. ranks of
+``accelerate launch``) take turns on a lock file beside it: one downloads,
+the others find the verified file when their turn comes.
 
 A path is read either as an OpenAI TorchScript archive (what the official
 files are) or as a plain state dict (``torch.save(model.state_dict())``),
@@ -26,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 from tqdm import tqdm
 
 __all__ = [
@@ -133,13 +137,24 @@ def download(name: str, directory: str | os.PathLike | None = None, *, progress:
 
     The bytes go to a temporary file beside the target, hashed as they arrive;
     the file replaces the target only when the SHA-256 matches. Any failure
-    removes the temporary file and leaves the target as it was.
+    removes the temporary file and leaves the target as it was. An intact
+    target is kept as it is; one process at a time downloads into a directory.
     """
     checkpoint = _official(name)
     directory = Path(directory) if directory is not None else search_dirs()[0]
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / checkpoint.filename
-    fd, tmp_name = tempfile.mkstemp(prefix=f'.{checkpoint.filename}.', suffix='.part', dir=directory)
+    with FileLock(directory / f'.{checkpoint.filename}.lock'):
+        # Another process may have fetched it while this one waited for the lock.
+        if target.is_file() and sha256sum(target) == checkpoint.sha256:
+            return target
+        _fetch_verified(checkpoint, name, target, progress=progress, timeout=timeout)
+    return target
+
+
+def _fetch_verified(checkpoint: Checkpoint, name: str, target: Path, *, progress: bool,
+                    timeout: float | None) -> None:
+    fd, tmp_name = tempfile.mkstemp(prefix=f'.{checkpoint.filename}.', suffix='.part', dir=target.parent)
     try:
         digest = hashlib.sha256()
         with os.fdopen(fd, 'wb') as out, urllib.request.urlopen(
@@ -165,7 +180,6 @@ def download(name: str, directory: str | os.PathLike | None = None, *, progress:
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
-    return target
 
 
 def _offline() -> bool:

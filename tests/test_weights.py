@@ -22,7 +22,7 @@ from pyiqa_maclip.weights import Checkpoint, WeightsUnavailableError
 
 
 class _Server:
-    """Serves ``payload`` at any path; ``mode``: 'ok', 'truncate' (half, then close), 'hang'."""
+    """Serves ``payload`` at any path; ``mode``: 'ok', 'truncate' (half, then close), 'hang', 'slow' (0.5 s late)."""
 
     def __init__(self):
         self.payload = b''
@@ -37,6 +37,8 @@ class _Server:
                 if server.mode == 'hang':
                     server.release.wait(30)
                     return
+                if server.mode == 'slow':
+                    time.sleep(0.5)
                 self.send_response(200)
                 self.send_header('Content-Length', str(len(server.payload)))
                 self.end_headers()
@@ -83,7 +85,10 @@ def server(tiny_rn, monkeypatch):
 
 
 def _files(directory):
-    return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
+    """The files in ``directory`` but the lock files downloads leave (empty, never loaded)."""
+    if not directory.exists():
+        return []
+    return sorted(p.name for p in directory.iterdir() if not p.name.endswith('.lock'))
 
 
 def test_table_matches_pyiqa_urls():
@@ -100,6 +105,29 @@ def test_download_is_verified_cached_and_reused(cache, server, tiny_rn):
     assert _files(cache) == ['RN50.pt']  # no temporary file left
     assert weights.resolve_checkpoint('RN50') == path
     assert server.requests == 1  # the second call used the verified cache
+
+
+def test_concurrent_downloads_fetch_the_file_once(cache, server, tiny_rn):
+    """Processes starting together (e.g. accelerate ranks) take turns: one download, all get the file."""
+    server.mode = 'slow'
+    results, errors = [], []
+
+    def fetch():
+        try:
+            results.append(weights.download('RN50', cache, progress=False))
+        except Exception as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=fetch) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert errors == []
+    assert results == [cache / 'RN50.pt'] * 3
+    assert server.requests == 1
+    assert (cache / 'RN50.pt').read_bytes() == tiny_rn.read_bytes()
+    assert _files(cache) == ['RN50.pt']
 
 
 def test_metric_by_name_after_download_scores_like_the_local_file(cache, server, tiny_rn):
