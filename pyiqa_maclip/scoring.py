@@ -15,6 +15,10 @@ Files next to the output ``<stem>.csv`` and what they are for:
   kept, after them), replaces them atomically and deletes the parts.
 * ``<stem>.meta.json``: the options that change the numbers (backbone, half). A later
   run on the same output resumes only if they match; ``overwrite=True`` starts afresh.
+* ``.<stem>.lock``: held by the main process while a run works on the output, so a
+  second run on the same output stops at once with :class:`OutputConflictError`
+  instead of interleaving rows. The operating system releases it when the process
+  ends, crash included; the empty file stays.
 
 Resuming reads every path already present (scored, or failed unless
 ``retry_failed``) and scores only the others. A row cut short by a kill is
@@ -38,6 +42,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
+from filelock import FileLock, Timeout
 from PIL import Image, ImageFile
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.functional import pil_to_tensor
@@ -74,7 +79,8 @@ _BARRIER_TIMEOUT = datetime.timedelta(days=7)
 
 
 class OutputConflictError(FileExistsError):
-    """The output exists but was not made by this command with the same options."""
+    """The output exists but was not made by this command with the same options,
+    or another run is writing it."""
 
 
 # ---------------------------------------------------------------- inputs
@@ -359,6 +365,10 @@ class OutputFiles:
     def meta(self) -> Path:
         return self.output.with_name(f'{self.stem}.meta.json')
 
+    @property
+    def lock(self) -> Path:
+        return self.output.with_name(f'.{self.stem}.lock')
+
     def for_process(self, rank: int) -> tuple[Path, Path]:
         """The (scores, errors) files process ``rank`` appends to."""
         if rank == 0:
@@ -384,6 +394,31 @@ def _meta(backbone: str | os.PathLike, half: bool) -> dict:
     if name not in OFFICIAL_CHECKPOINTS:
         name = os.path.abspath(os.path.expanduser(name))
     return {'backbone': name, 'half': half, 'columns': list(COLUMNS)}
+
+
+@contextmanager
+def _exclusive(files: OutputFiles, state) -> Iterator[None]:
+    """Hold ``files.lock`` in the main process for the whole run; every process raises
+    :class:`OutputConflictError` if another run holds it."""
+    from accelerate.utils import broadcast_object_list
+
+    lock, busy = None, None
+    if state.is_main_process:
+        files.output.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(files.lock, timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            busy = (f'another run is writing {files.output} (it holds {files.lock}); '
+                    'wait for it to end, or choose another output')
+    busy = broadcast_object_list([busy])[0]
+    if busy is not None:
+        raise OutputConflictError(busy)
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _check_resumable(files: OutputFiles, meta: dict) -> None:
@@ -578,8 +613,9 @@ def score_paths(paths: Sequence[str | os.PathLike], output: str | os.PathLike, *
     The main process logs what is left to do (logger ``pyiqa_maclip.scoring``, level INFO).
 
     Raises:
-        OutputConflictError: ``output`` exists and ``overwrite`` is false, but it was made
-            with other options or not by this function.
+        OutputConflictError: another run is working on ``output`` (even with ``overwrite``),
+            or ``output`` exists and ``overwrite`` is false, but it was made with other
+            options or not by this function.
     """
     from accelerate.utils import broadcast_object_list
 
@@ -594,37 +630,39 @@ def score_paths(paths: Sequence[str | os.PathLike], output: str | os.PathLike, *
     if not paths:
         raise ValueError('paths is empty: expected at least one image file to score')
     files = OutputFiles(Path(output))
-    meta = _meta(backbone, half)
-    if not overwrite:
-        _check_resumable(files, meta)
-    device = _resolve_device(device, state)
-    metric = MACLIP(backbone=backbone, chunk_size=chunk_size, half=half).to(device).eval()
+    with _exclusive(files, state):
+        meta = _meta(backbone, half)
+        if not overwrite:
+            _check_resumable(files, meta)
+        device = _resolve_device(device, state)
+        metric = MACLIP(backbone=backbone, chunk_size=chunk_size, half=half).to(device).eval()
 
-    state.wait_for_everyone()
-    if state.is_main_process:
-        _prepare(files, meta, overwrite)
-    state.wait_for_everyone()
-    finished = _finished(files, retry_failed)
-    pending = [p for p in paths if p not in finished]
-    del finished
-    state.wait_for_everyone()  # every process knows what is finished before anyone appends more
+        state.wait_for_everyone()
+        if state.is_main_process:
+            _prepare(files, meta, overwrite)
+        state.wait_for_everyone()
+        finished = _finished(files, retry_failed)
+        pending = [p for p in paths if p not in finished]
+        del finished
+        state.wait_for_everyone()  # every process knows what is finished before anyone appends more
 
-    shard = pending[state.process_index::state.num_processes]
-    if state.is_main_process:
-        processes = f' on {state.num_processes} processes' if state.num_processes > 1 else ''
-        _log.info('%s: %d of %d images to score%s, %d done before',
-                  files.output, len(pending), len(paths), processes, len(paths) - len(pending))
-    show = progress and state.is_main_process
-    with torch.inference_mode(), tqdm(total=len(shard), unit='img', desc='scoring', disable=not show,
-                                      file=sys.stderr, dynamic_ncols=True) as bar:
-        _score_shard(metric, shard, device, files.for_process(state.process_index), batch_size, num_workers, bar)
-    state.wait_for_everyone()
+        shard = pending[state.process_index::state.num_processes]
+        if state.is_main_process:
+            processes = f' on {state.num_processes} processes' if state.num_processes > 1 else ''
+            _log.info('%s: %d of %d images to score%s, %d done before',
+                      files.output, len(pending), len(paths), processes, len(paths) - len(pending))
+        show = progress and state.is_main_process
+        with torch.inference_mode(), tqdm(total=len(shard), unit='img', desc='scoring', disable=not show,
+                                          file=sys.stderr, dynamic_ncols=True) as bar:
+            _score_shard(metric, shard, device, files.for_process(state.process_index), batch_size, num_workers,
+                         bar)
+        state.wait_for_everyone()
 
-    summary = None
-    if state.is_main_process:
-        scored, failed = _merge(files, paths)
-        summary = ScoreSummary(files.output, files.errors, len(paths), scored, failed, len(pending))
-    return broadcast_object_list([summary])[0]
+        summary = None
+        if state.is_main_process:
+            scored, failed = _merge(files, paths)
+            summary = ScoreSummary(files.output, files.errors, len(paths), scored, failed, len(pending))
+        return broadcast_object_list([summary])[0]
 
 
 # ---------------------------------------------------------------- command line

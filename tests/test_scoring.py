@@ -116,6 +116,14 @@ def assert_same_scores(actual: list[list[str]], expected: list[list[str]], toler
                                np.array([row[1:] for row in expected[1:]], dtype=float), rtol=0, atol=tolerance)
 
 
+#: What a finished run leaves beside its output: no part files; the lock file stays, empty.
+FINISHED_RUN = ['.scores.lock', 'scores.csv', 'scores.errors.csv', 'scores.meta.json']
+
+
+def listing(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
 @pytest.fixture(scope='module')
 def baseline(collection, tiny_rn, tmp_path_factory):
     """One uninterrupted run on the collection: (exit status, stdout, output path)."""
@@ -130,7 +138,7 @@ def test_collection_with_broken_files(collection, baseline, tiny_metric):
     errors = output.with_name('scores.errors.csv')
     assert stdout == (f'scored 6 images, 5 failed (see {errors}); '
                       f'{collection.total} processed in this run, 0 done before\n')
-    assert sorted(p.name for p in output.parent.iterdir()) == ['scores.csv', 'scores.errors.csv', 'scores.meta.json']
+    assert listing(output.parent) == FINISHED_RUN
 
     rows = read_csv_rows(output)
     assert rows[0] == list(COLUMNS) and [row[0] for row in rows[1:]] == collection.good
@@ -212,7 +220,29 @@ def test_resume_after_kill_9_and_a_torn_row(collection, baseline, tiny_rn, tmp_p
     assert stdout.endswith(f'; {remaining} processed in this run, {done} done before\n')
     assert_same_scores(read_csv_rows(output), read_csv_rows(baseline[2]))
     assert output.with_name('scores.errors.csv').read_text() == baseline[2].with_name('scores.errors.csv').read_text()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ['scores.csv', 'scores.errors.csv', 'scores.meta.json']
+    # The lock the killed run held was released by its death; its empty file stays.
+    assert listing(tmp_path) == FINISHED_RUN
+
+
+def test_a_second_run_on_an_output_in_use_is_refused(collection, baseline, tiny_rn, tmp_path):
+    output = tmp_path / 'scores.csv'
+    args = [*collection.inputs, '--output', output, '--backbone', tiny_rn, '--batch-size', 2, '--num-workers', 1]
+    run = subprocess.Popen([sys.executable, '-c', SLOW_RUN, 'score', *map(str, args), '--no-progress'],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while len(complete_lines(output)) < 2:
+        assert run.poll() is None, run.stderr.read().decode()
+        assert time.monotonic() < deadline, 'no rows were written'
+        time.sleep(0.05)
+    for options in ((), ('--overwrite',)):
+        status, _, stderr = score_collection(collection, output, tiny_rn, *options)
+        assert status == 2 and 'another run is writing' in stderr and 'scores.lock' in stderr
+        assert output.exists()  # --overwrite deleted nothing
+    assert run.wait(120) == 1, run.stderr.read().decode()
+    run.stderr.close()
+    # The first run went on undisturbed: the same files as an uninterrupted run.
+    assert output.read_bytes() == baseline[2].read_bytes()
+    assert output.with_name('scores.errors.csv').read_bytes() == baseline[2].with_name('scores.errors.csv').read_bytes()
 
 
 def test_resume_after_ctrl_c(collection, baseline, tiny_rn, tmp_path, monkeypatch):
@@ -282,7 +312,7 @@ def test_resume_from_the_parts_of_a_larger_run(collection, baseline, tiny_rn, tm
     status, stdout, _ = score_collection(collection, tmp_path / 'scores.csv', tiny_rn)
     assert status == 1 and f'0 processed in this run, {collection.total} done before' in stdout
     assert (tmp_path / 'scores.csv').read_bytes() == baseline[2].read_bytes()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ['scores.csv', 'scores.errors.csv', 'scores.meta.json']
+    assert listing(tmp_path) == FINISHED_RUN
 
 
 def test_retry_failed(tiny_rn, tmp_path):
@@ -330,7 +360,7 @@ def test_two_processes_give_the_single_process_output(collection, tiny_rn, tmp_p
     assert run.returncode == 1
     assert_same_scores(read_csv_rows(sharded), read_csv_rows(single))
     assert sharded.with_name('scores.errors.csv').read_text() == single.with_name('scores.errors.csv').read_text()
-    assert sorted(p.name for p in sharded.parent.iterdir()) == ['scores.csv', 'scores.errors.csv', 'scores.meta.json']
+    assert listing(sharded.parent) == FINISHED_RUN
 
 
 def test_module_help():
