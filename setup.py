@@ -30,6 +30,8 @@ setup(
         'matplotlib',
         'PyYAML',
         'Pillow',
+        # pandas' reader for .xlsx MOS tables (AGIQA-1K ships one).
+        'openpyxl',
         # Lock files: one download per cache, one run per output (torch needs it too).
         'filelock',
     ],

@@ -363,6 +363,25 @@ def test_shipped_options_validate(path):
     assert config.datasets and config.metrics
 
 
+def test_paper_table_reads_the_agiqa_releases(tmp_path, monkeypatch):
+    """The shipped AGIQA entries against tables laid out as the public releases describe them:
+    AGIQA-1K's AIGC_MOS_Zscore.xlsx (Image, Prompt, MOS) and AGIQA-3K's data.csv
+    (name, prompt, adj1, adj2, style, mos_quality, std_quality, mos_align, std_align)."""
+    monkeypatch.chdir(tmp_path)  # the shipped file names ./datasets/...
+    one_k, three_k = Path('datasets/AGIQA-1K'), Path('datasets/AGIQA-3K')
+    (one_k / 'file').mkdir(parents=True)
+    (three_k / 'AGIQA-3K').mkdir(parents=True)
+    pd.DataFrame({'Image': ['a.jpg', 'b.jpg'], 'Prompt': ['a cat', 'a dog'], 'MOS': [2.5, 3.75]}).to_excel(
+        one_k / 'AIGC_MOS_Zscore.xlsx', index=False)
+    pd.DataFrame({'name': ['x.png'], 'prompt': ['a bird'], 'adj1': ['red'], 'adj2': [None], 'style': ['baroque'],
+                  'mos_quality': [1.5], 'std_quality': [0.2], 'mos_align': [4.0], 'std_align': [0.1]}).to_csv(
+        three_k / 'data.csv', index=False)
+    specs = {spec.name: spec for spec in load_config(OPTIONS / 'paper_main_table.yml').datasets}
+    assert load_items(specs['agiqa1k']) == [Item(str(one_k / 'file' / 'a.jpg'), 2.5),
+                                            Item(str(one_k / 'file' / 'b.jpg'), 3.75)]
+    assert load_items(specs['agiqa3k']) == [Item(str(three_k / 'AGIQA-3K' / 'x.png'), 1.5)]
+
+
 def test_options_cover_the_paper(tmp_path):
     names = {p.name for p in OPTIONS.glob('*.yml')}
     assert {'paper_main_table.yml', 'ablations.yml', 'custom_dataset_example.yml'} <= names

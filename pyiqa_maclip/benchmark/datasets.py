@@ -4,7 +4,7 @@ pyiqa datasets are built with pyiqa's own classes from its
 ``default_dataset_configs.yml``, with ``./datasets`` replaced by the data root and
 without splits or augmentation: the paper scores every image of a dataset (pyiqa's
 LIVE Challenge class, like the literature, leaves out the 7 training images).
-Custom datasets are an image folder plus a table (CSV, TSV, or Excel with openpyxl)
+Custom datasets are an image folder plus a table (CSV, TSV, or Excel)
 naming each image and its MOS.
 """
 from __future__ import annotations
