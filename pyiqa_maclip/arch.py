@@ -141,6 +141,11 @@ class MACLIP(nn.Module):
         model_type: accepted for compatibility with pyiqa's own ``maclip`` entry
             in ``DEFAULT_CONFIGS``; only ``'maclip'`` is valid.
 
+    Module dtype conversions work as in PyTorch: ``.half()`` / ``.bfloat16()`` put the
+    image encoder's weights in that type, while LayerNorms (as in CLIP), the prompt
+    embeddings and the MA-CLIP math stay float32 and scores are float32; ``.double()``
+    makes everything float64 but LayerNorm, which pyiqa's CLIP computes in float32.
+
     Images whose shorter side is below ``patch_size`` are first upscaled
     (bilinear, aspect kept) so that the shorter side equals ``patch_size``;
     the global view is always taken from the original image.
@@ -223,9 +228,29 @@ class MACLIP(nn.Module):
         # (Resizing commutes with this per-channel affine map, so the order is immaterial.)
         return (views.expand(-1, 3, -1, -1) - self.mean) / self.std
 
+    def _apply(self, fn, recurse=True):
+        """``.to()``, ``.half()``, ``.double()``, ...: then restore float32 where it is needed.
+
+        pyiqa's CLIP LayerNorm casts its input to float32, so its weights must be float32;
+        the prompt embeddings and constants of the MA-CLIP math are kept out of 16-bit floats.
+        Restored tensors are converted from their values before the call, never rounded.
+        """
+        layer_norms = [m for m in self.visual.modules() if isinstance(m, nn.LayerNorm) and m.elementwise_affine]
+        exactly_float32 = [(m, name) for m in layer_norms for name in ('weight', 'bias') if getattr(m, name) is not None]
+        float32_at_least = [(self, name) for name in ('text_features', 'logit_scale', 'mean', 'std')]
+        before = {(owner, name): getattr(owner, name) for owner, name in exactly_float32 + float32_at_least}
+        super()._apply(fn, recurse)
+        for (owner, name), old in before.items():
+            new = getattr(owner, name)
+            exact = (owner, name) in exactly_float32
+            if (new.dtype != torch.float32) if exact else (new.dtype in (torch.float16, torch.bfloat16)):
+                new.data = old.data.to(device=new.device, dtype=torch.float32)
+        return self
+
     def encode_views(self, views: torch.Tensor) -> torch.Tensor:
         """Raw CLIP image features of a chunk of (N, C, p, p) views in [0, 1]: (N, D)."""
-        views = self._normalise(views).contiguous(memory_format=torch.channels_last)
+        encoder_dtype = self.visual.conv1.weight.dtype
+        views = self._normalise(views).to(encoder_dtype).contiguous(memory_format=torch.channels_last)
         half = torch.autocast(views.device.type, dtype=torch.float16) if self.half_precision else nullcontext()
         with half:
             features = self.visual(views, pos_embedding=self.pos_embedding)
