@@ -138,7 +138,7 @@ def download(name: str, directory: str | os.PathLike | None = None, *, progress:
     The bytes go to a temporary file beside the target, hashed as they arrive;
     the file replaces the target only when the SHA-256 matches. Any failure
     removes the temporary file and leaves the target as it was. An intact
-    target is kept as it is; one process at a time downloads into a directory.
+    target is kept as it is; one process at a time downloads a given file.
     """
     checkpoint = _official(name)
     directory = Path(directory) if directory is not None else search_dirs()[0]
