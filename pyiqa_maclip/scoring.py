@@ -49,6 +49,7 @@ from torchvision.transforms.functional import pil_to_tensor
 from tqdm import tqdm
 
 from .arch import MACLIP, QualityComponents
+from .safe_io import atomic_file, error_text
 from .version import __version__
 from .weights import OFFICIAL_CHECKPOINTS
 
@@ -187,10 +188,6 @@ def read_image(path: str | os.PathLike) -> torch.Tensor:
         return pil_to_tensor(image.convert('RGB'))
 
 
-def _reason(error: BaseException) -> str:
-    return f'{type(error).__name__}: {" ".join(str(error).split())}'
-
-
 class _Decoded(NamedTuple):
     path: str
     image: torch.Tensor | None
@@ -211,7 +208,7 @@ class _ImageFiles(Dataset):
         try:
             return _Decoded(path, read_image(path), None)
         except Exception as error:  # noqa: BLE001 - whatever the file does, report it and go on
-            return _Decoded(path, None, _reason(error))
+            return _Decoded(path, None, error_text(error))
 
 
 # ---------------------------------------------------------------- output files
@@ -302,20 +299,6 @@ def _valid_length(file: Path, table: _Table) -> int:
     for row in _rows(file, table):
         end = row.end
     return end
-
-
-def _atomic_write(file: Path, write: Callable[[io.TextIOBase], object]) -> None:
-    """Write ``file`` through a temporary file beside it, moved into place only when complete."""
-    temporary = file.with_name(f'.{file.name}.{os.getpid()}.tmp')
-    try:
-        with open(temporary, 'w', encoding=_ENCODING, errors=_ERRORS, newline='') as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, file)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 class _Appender:
@@ -451,7 +434,8 @@ def _prepare(files: OutputFiles, meta: dict, overwrite: bool) -> None:
         for file, _ in files.tables():
             file.unlink(missing_ok=True)
     record = {**meta, 'written_by': f'pyiqa-maclip {__version__}'}
-    _atomic_write(files.meta, lambda f: f.write(json.dumps(record, indent=2) + '\n'))
+    with atomic_file(files.meta, encoding=_ENCODING, errors=_ERRORS, newline='') as f:
+        f.write(json.dumps(record, indent=2) + '\n')
     for file, table in files.tables():
         if file.exists():
             length = _valid_length(file, table)
@@ -467,7 +451,8 @@ def _finished(files: OutputFiles, retry_failed: bool) -> set[str]:
 def _write_in_order(file: Path, table: _Table, texts: dict[str, str], order: dict[str, int]) -> None:
     # sorted() is stable: rows of paths outside this run's inputs keep their order, at the end.
     ranked = sorted(texts.items(), key=lambda item: order.get(item[0], len(order)))
-    _atomic_write(file, lambda f: f.writelines([_csv_line(table.header), *(text for _, text in ranked)]))
+    with atomic_file(file, encoding=_ENCODING, errors=_ERRORS, newline='') as f:
+        f.writelines([_csv_line(table.header), *(text for _, text in ranked)])
 
 
 def _merge(files: OutputFiles, paths: Sequence[str]) -> tuple[int, int]:
@@ -527,7 +512,7 @@ def _score_batch(metric: MACLIP, paths: Sequence[str], images: Sequence[torch.Te
         parts = metric.score_images([image.to(device, non_blocking=True).float().div_(255) for image in images])
     except Exception as error:  # noqa: BLE001 - e.g. out of memory: find the image, keep the others
         if len(images) == 1:
-            return [], [[paths[0], _reason(error)]]
+            return [], [[paths[0], error_text(error)]]
         results = [_score_batch(metric, [p], [image], device) for p, image in zip(paths, images)]
         return [row for rows, _ in results for row in rows], [row for _, rows in results for row in rows]
     values = torch.stack(list(parts), dim=1).tolist()

@@ -21,7 +21,6 @@ import hashlib
 import http.client
 import os
 import pickle
-import tempfile
 import urllib.request
 import warnings
 import zipfile
@@ -31,6 +30,8 @@ from pathlib import Path
 import torch
 from filelock import FileLock
 from tqdm import tqdm
+
+from .safe_io import atomic_file
 
 __all__ = [
     'OFFICIAL_CHECKPOINTS',
@@ -154,10 +155,9 @@ def download(name: str, directory: str | os.PathLike | None = None, *, progress:
 
 def _fetch_verified(checkpoint: Checkpoint, name: str, target: Path, *, progress: bool,
                     timeout: float | None) -> None:
-    fd, tmp_name = tempfile.mkstemp(prefix=f'.{checkpoint.filename}.', suffix='.part', dir=target.parent)
+    digest = hashlib.sha256()
     try:
-        digest = hashlib.sha256()
-        with os.fdopen(fd, 'wb') as out, urllib.request.urlopen(
+        with atomic_file(target, 'wb') as out, urllib.request.urlopen(
                 checkpoint.url, timeout=timeout or DOWNLOAD_TIMEOUT) as source:
             total = int(source.headers.get('Content-Length') or 0) or None
             with tqdm(total=total, unit='B', unit_scale=True, unit_divisor=1024,
@@ -168,18 +168,13 @@ def _fetch_verified(checkpoint: Checkpoint, name: str, target: Path, *, progress
                     bar.update(len(block))
             if total is not None and out.tell() != total:
                 raise OSError(f'download of {checkpoint.url} stopped after {out.tell()} of {total} bytes')
-        if digest.hexdigest() != checkpoint.sha256:
-            raise OSError(
-                f'download of {checkpoint.url} has SHA-256 {digest.hexdigest()}, '
-                f'expected {checkpoint.sha256}; the file was discarded'
-            )
-        os.replace(tmp_name, target)
+            if digest.hexdigest() != checkpoint.sha256:  # inside the block: the file is discarded
+                raise OSError(
+                    f'download of {checkpoint.url} has SHA-256 {digest.hexdigest()}, '
+                    f'expected {checkpoint.sha256}; the file was discarded'
+                )
     except http.client.HTTPException as error:  # e.g. IncompleteRead: not an OSError
-        Path(tmp_name).unlink(missing_ok=True)
         raise OSError(f'download of {checkpoint.url} broke off: {error!r}') from error
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
 
 
 def _offline() -> bool:

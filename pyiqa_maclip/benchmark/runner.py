@@ -20,7 +20,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..arch import MACLIP, QualityComponents
+from ..safe_io import atomic_file, error_text
 from ..version import __version__
 from .config import BenchmarkConfig, DatasetSpec, MetricSpec, file_stem
 from .datasets import Item, items_digest, load_items, read_image
@@ -73,16 +73,10 @@ def pair_key(metric: MetricSpec, dataset: DatasetSpec, digest: str) -> str:
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def _write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    try:
-        with os.fdopen(fd, 'w', encoding='utf-8', newline='') as file:
-            file.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, encoding='utf-8', newline='') as file:
+        file.write(text)
 
 
 class Layout:
@@ -116,10 +110,6 @@ def _scalar(value, name: str) -> float:
     return float(value)
 
 
-def _reason(error: BaseException) -> str:
-    return f'{type(error).__name__}: {error}'.replace('\n', ' ')
-
-
 def _score_one(model: torch.nn.Module, image: torch.Tensor, components: bool) -> dict[str, float]:
     with torch.no_grad():
         if components:
@@ -137,13 +127,13 @@ def score_items(model: torch.nn.Module, items: Sequence[Item], dataset: DatasetS
         try:
             image = read_image(item.image, dataset.resize, dataset.resize_mode)
         except (OSError, ValueError, Image.DecompressionBombError) as error:
-            rows.append({**row, 'error': f'cannot read the image: {_reason(error)}'})
+            rows.append({**row, 'error': f'cannot read the image: {error_text(error)}'})
             continue
         try:
             rows.append({**row, **_score_one(model, image, components)})
         # A third-party metric may raise anything on one odd image: record it and go on.
         except Exception as error:  # noqa: BLE001
-            rows.append({**row, 'error': f'scoring failed: {_reason(error)}'})
+            rows.append({**row, 'error': f'scoring failed: {error_text(error)}'})
     columns = ['image', 'mos', 'error', *(COMPONENT_COLUMNS if components else ('score',))]
     return pd.DataFrame(rows, columns=columns)
 
@@ -160,7 +150,7 @@ def pair_scores(scored: pd.DataFrame, metric: MetricSpec) -> pd.DataFrame:
 
 
 def _write_pair(layout: Layout, pair: Pair, frame: pd.DataFrame, seconds: float) -> None:
-    _atomic_write(layout.scores_csv(pair), frame.to_csv(index=False))
+    _write_text(layout.scores_csv(pair), frame.to_csv(index=False))
     failed = int((frame['error'] != '').sum())
     marker = {
         'metric': pair.metric.name, 'dataset': pair.dataset.name, 'key': pair.key,
@@ -169,7 +159,7 @@ def _write_pair(layout: Layout, pair: Pair, frame: pd.DataFrame, seconds: float)
         'finished': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
         'pyiqa_maclip': __version__,
     }
-    _atomic_write(layout.marker(pair), json.dumps(marker, indent=2, default=str))
+    _write_text(layout.marker(pair), json.dumps(marker, indent=2, default=str))
 
 
 def read_scores(path: str | os.PathLike) -> pd.DataFrame:
@@ -317,7 +307,7 @@ def run_benchmark(config: BenchmarkConfig, output_dir: str | os.PathLike, *, dev
             model = _build(group[0], device)
         # create_metric fails in many ways (assert, download, bad option): report it, run the rest.
         except Exception as error:  # noqa: BLE001
-            log(f'error: cannot build metric {names}: {_reason(error)}')
+            log(f'error: cannot build metric {names}: {error_text(error)}')
             status = 1
             continue
         components = isinstance(getattr(model, 'net', model), MACLIP)
@@ -343,8 +333,8 @@ def run_benchmark(config: BenchmarkConfig, output_dir: str | os.PathLike, *, dev
             torch.cuda.empty_cache()
     results = [load_result(layout, pair) for pair in pairs.values() if layout.is_complete(pair)]
     summary = summarise(results)
-    _atomic_write(layout.root / 'summary.csv', summary.to_csv(index=False))
-    _atomic_write(layout.root / 'summary.md', markdown_summary(summary))
+    _write_text(layout.root / 'summary.csv', summary.to_csv(index=False))
+    _write_text(layout.root / 'summary.md', markdown_summary(summary))
     write_plots(layout, results, summary)
     log(f'summary of {len(results)} of {len(pairs)} pairs: {layout.root / "summary.csv"}')
     return status
