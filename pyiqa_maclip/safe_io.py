@@ -8,7 +8,21 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-__all__ = ['atomic_file', 'error_text']
+__all__ = ['atomic_file', 'current_umask', 'error_text']
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where the OS allows (Linux)."""
+    try:
+        with open('/proc/self/status', encoding='ascii') as status:
+            for line in status:
+                if line.startswith('Umask:'):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (not thread-safe, but brief)
+    os.umask(mask)
+    return mask
 
 
 @contextmanager
@@ -17,11 +31,13 @@ def atomic_file(path: str | os.PathLike, mode: str = 'w', **open_options) -> Ite
 
     The data is flushed to disk before the move. Any exception (a failed checksum
     raised inside the block, a kill, a full disk) removes the temporary file and
-    leaves ``path`` as it was.
+    leaves ``path`` as it was. The file gets the permissions of any file the user
+    creates (0666 less the umask), not mkstemp's owner-only 0600.
     """
     path = Path(path)
     fd, temporary = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.part', dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, mode, **open_options) as file:
             yield file
             file.flush()
