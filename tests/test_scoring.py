@@ -1,5 +1,6 @@
 """``pyiqa-maclip score``: a generated collection with broken files, resume after kill -9 and
-Ctrl-C, refusal and --overwrite, --retry-failed, and 2 accelerate processes against 1.
+Ctrl-C, refusals and --overwrite, --retry-failed, 2 accelerate processes against 1, and the
+hostile cases of issue 10 (odd names, damaged exports, an input as output, a changed checkpoint).
 
 Every run uses the tiny random CLIP checkpoint of conftest; nothing is downloaded.
 """
@@ -9,8 +10,11 @@ import contextlib
 import csv
 import io
 import os
+import random
 import signal
 import socket
+import sqlite3
+import stat
 import subprocess
 import sys
 import time
@@ -24,7 +28,7 @@ from PIL import Image
 from torchvision.transforms.functional import to_tensor
 
 from pyiqa_maclip import cli
-from pyiqa_maclip.scoring import COLUMNS, ERROR_COLUMNS, collect_paths
+from pyiqa_maclip.scoring import COLUMNS, ERROR_COLUMNS, WorkFiles, collect_paths, image_extensions
 from pyiqa_maclip.testing import random_images
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,6 +113,16 @@ def read_csv_rows(file: Path) -> list[list[str]]:
         return list(csv.reader(f))
 
 
+def journal_rows(output: Path) -> int:
+    """Results committed so far in the main journal of a run on ``output`` (0 if none yet)."""
+    journal = output.with_name(f'.{output.name}.pyiqa-maclip') / 'rank0.sqlite3'
+    try:
+        with contextlib.closing(sqlite3.connect(f'file:{journal}?mode=ro', uri=True, timeout=10)) as db:
+            return db.execute('SELECT COUNT(*) FROM results').fetchone()[0]
+    except sqlite3.OperationalError:  # not created yet
+        return 0
+
+
 def assert_same_scores(actual: list[list[str]], expected: list[list[str]], tolerance: float = 1e-6) -> None:
     assert actual[0] == expected[0] == list(COLUMNS)
     assert [row[0] for row in actual] == [row[0] for row in expected]
@@ -116,8 +130,8 @@ def assert_same_scores(actual: list[list[str]], expected: list[list[str]], toler
                                np.array([row[1:] for row in expected[1:]], dtype=float), rtol=0, atol=tolerance)
 
 
-#: What a finished run leaves beside its output: no part files; the lock file stays, empty.
-FINISHED_RUN = ['.scores.lock', 'scores.csv', 'scores.errors.csv', 'scores.meta.json']
+#: What a finished run leaves beside its output: the two exports and the work folder (lock, journal).
+FINISHED_RUN = ['.scores.csv.pyiqa-maclip', 'scores.csv', 'scores.errors.csv']
 
 
 def listing(folder: Path) -> list[str]:
@@ -139,6 +153,11 @@ def test_collection_with_broken_files(collection, baseline, tiny_metric):
     assert stdout == (f'scored 6 images, 5 failed (see {errors}); '
                       f'{collection.total} processed in this run, 0 done before\n')
     assert listing(output.parent) == FINISHED_RUN
+    # Files as users write them (umask 022 in this test process: 0644).
+    umask = os.umask(0)
+    os.umask(umask)
+    for file in (output, errors):
+        assert stat.S_IMODE(file.stat().st_mode) == 0o666 & ~umask
 
     rows = read_csv_rows(output)
     assert rows[0] == list(COLUMNS) and [row[0] for row in rows[1:]] == collection.good
@@ -178,6 +197,14 @@ def test_collect_paths(collection, tmp_path):
     assert exit_info.value.code == 2
 
 
+def test_formats_that_run_other_programs_are_not_taken_from_folders(tmp_path):
+    for name in ('a.png', 'b.eps', 'c.ps', 'd.EPS'):
+        (tmp_path / name).write_bytes(b'x')
+    assert '.eps' not in image_extensions() and '.ps' not in image_extensions() and '.png' in image_extensions()
+    assert collect_paths([tmp_path]) == [str(tmp_path / 'a.png')]
+    assert collect_paths([tmp_path / 'b.eps']) == [str(tmp_path / 'b.eps')]  # named explicitly: taken
+
+
 def complete_lines(file: Path) -> list[bytes]:
     data = file.read_bytes() if file.exists() else b''
     return data[:data.rfind(b'\n') + 1].splitlines(keepends=True)
@@ -188,30 +215,39 @@ SLOW_RUN = '''
 import sys, time
 from pyiqa_maclip import MACLIP, cli
 score_images = MACLIP.score_images
-MACLIP.score_images = lambda self, images: time.sleep(1) or score_images(self, images)
-sys.exit(cli.main(sys.argv[1:]))
+MACLIP.score_images = lambda self, images: time.sleep(float(sys.argv[1])) or score_images(self, images)
+sys.exit(cli.main(sys.argv[2:]))
 '''
 
 
-def test_resume_after_kill_9_and_a_torn_row(collection, baseline, tiny_rn, tmp_path):
-    output = tmp_path / 'scores.csv'
-    args = [*collection.inputs, '--output', output, '--backbone', tiny_rn, '--batch-size', 2, '--num-workers', 1]
-    run = subprocess.Popen([sys.executable, '-c', SLOW_RUN, 'score', *map(str, args), '--no-progress'],
-                           start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def start_slow_run(args, delay: float = 1.0) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, '-c', SLOW_RUN, str(delay), 'score', *map(str, args), '--no-progress'],
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def kill_after(run: subprocess.Popen, output: Path, rows: int, extra_seconds: float = 0.0) -> None:
+    """kill -9 the run (and its decoding workers) once ``rows`` results are committed, plus a delay."""
     deadline = time.monotonic() + 120
-    while len(complete_lines(output)) < 4:  # header and three rows
+    while journal_rows(output) < rows:
         assert run.poll() is None, run.stderr.read().decode()
-        assert time.monotonic() < deadline, 'no rows were written'
-        time.sleep(0.05)
-    os.killpg(run.pid, signal.SIGKILL)  # the scoring process and its decoding worker
+        assert time.monotonic() < deadline, 'no rows were committed'
+        time.sleep(0.02)
+    time.sleep(extra_seconds)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(run.pid, signal.SIGKILL)
     run.wait()
     run.stderr.close()
-    lines = complete_lines(output)
-    assert len(lines) - 1 < len(collection.good)  # killed halfway
 
-    # Tear the last whole row in two, as a kill in the middle of a write would.
-    output.write_bytes(b''.join(lines[:-1]) + lines[-1][:len(lines[-1]) // 2])
-    done = len(lines) - 2 + max(0, len(complete_lines(output.with_name('scores.errors.csv'))) - 1)
+
+def test_resume_after_kill_9_and_a_damaged_export(collection, baseline, tiny_rn, tmp_path):
+    output = tmp_path / 'scores.csv'
+    run = start_slow_run([*collection.inputs, '--output', output, '--backbone', tiny_rn, '--batch-size', 2,
+                          '--num-workers', 1])
+    kill_after(run, output, 3)
+    done = journal_rows(output)
+    assert 3 <= done < collection.total  # killed halfway
+    # Whatever the CSV holds (here: damage of every kind) costs no row: the journal is the truth.
+    output.write_bytes(b'path,score\n\n\n/x/y.png,0.5\n\x00\x00garbage,"unterminated\n')
 
     status, stdout, stderr = score_collection(collection, output, tiny_rn, '--num-workers', 1)
     assert status == 1
@@ -220,24 +256,21 @@ def test_resume_after_kill_9_and_a_torn_row(collection, baseline, tiny_rn, tmp_p
     assert stdout.endswith(f'; {remaining} processed in this run, {done} done before\n')
     assert_same_scores(read_csv_rows(output), read_csv_rows(baseline[2]))
     assert output.with_name('scores.errors.csv').read_text() == baseline[2].with_name('scores.errors.csv').read_text()
-    # The lock the killed run held was released by its death; its empty file stays.
     assert listing(tmp_path) == FINISHED_RUN
 
 
 def test_a_second_run_on_an_output_in_use_is_refused(collection, baseline, tiny_rn, tmp_path):
     output = tmp_path / 'scores.csv'
-    args = [*collection.inputs, '--output', output, '--backbone', tiny_rn, '--batch-size', 2, '--num-workers', 1]
-    run = subprocess.Popen([sys.executable, '-c', SLOW_RUN, 'score', *map(str, args), '--no-progress'],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    run = start_slow_run([*collection.inputs, '--output', output, '--backbone', tiny_rn, '--batch-size', 2,
+                          '--num-workers', 1])
     deadline = time.monotonic() + 120
-    while len(complete_lines(output)) < 2:
+    while journal_rows(output) < 1:
         assert run.poll() is None, run.stderr.read().decode()
-        assert time.monotonic() < deadline, 'no rows were written'
+        assert time.monotonic() < deadline, 'no rows were committed'
         time.sleep(0.05)
     for options in ((), ('--overwrite',)):
         status, _, stderr = score_collection(collection, output, tiny_rn, *options)
-        assert status == 2 and 'another run is writing' in stderr and 'scores.lock' in stderr
-        assert output.exists()  # --overwrite deleted nothing
+        assert status == 2 and 'another run is writing' in stderr and 'lock' in stderr
     assert run.wait(120) == 1, run.stderr.read().decode()
     run.stderr.close()
     # The first run went on undisturbed: the same files as an uninterrupted run.
@@ -261,9 +294,10 @@ def test_resume_after_ctrl_c(collection, baseline, tiny_rn, tmp_path, monkeypatc
     monkeypatch.setattr(MACLIP, 'score_images', interrupted_third_batch)
     status, _, stderr = score_collection(collection, output, tiny_rn, '--num-workers', 0)
     assert status == 130 and 'run the same command again to resume' in stderr
-    kept = len(read_csv_rows(output)) - 1
+    assert 'Traceback' not in stderr and stderr.count('\n') == 2  # the "to score" line and one line
+    kept = len(read_csv_rows(output)) - 1  # the export shows what was done
     assert kept == sum(calls[:2]) > 0
-    done = kept + len(read_csv_rows(output.with_name('scores.errors.csv'))) - 1
+    done = journal_rows(output)
 
     monkeypatch.setattr(MACLIP, 'score_images', score_images)
     status, stdout, _ = score_collection(collection, output, tiny_rn, '--num-workers', 0)
@@ -272,47 +306,68 @@ def test_resume_after_ctrl_c(collection, baseline, tiny_rn, tmp_path, monkeypatc
     assert_same_scores(read_csv_rows(output), read_csv_rows(baseline[2]))
 
 
-def test_refusal_overwrite_and_torn_tail(collection, baseline, tiny_rn, tmp_path):
+def test_refusals_and_overwrite(collection, baseline, tiny_rn, checkpoints, tmp_path):
+    import shutil
+
     output = tmp_path / 'scores.csv'
-    for name in ('scores.csv', 'scores.errors.csv', 'scores.meta.json'):
-        (tmp_path / name).write_bytes(baseline[2].with_name(name).read_bytes())
+    weights = tmp_path / 'weights.pt'
+    shutil.copy(tiny_rn, weights)
+    assert score_collection(collection, output, weights)[0] == 1
     before = output.read_bytes()
 
-    status, _, stderr = score_collection(collection, output, tmp_path / 'other.pt')
-    assert status == 2 and 'was made with backbone=' in stderr and '--overwrite' in stderr
-    meta = (tmp_path / 'scores.meta.json').read_bytes()
-    (tmp_path / 'scores.meta.json').unlink()
-    status, _, stderr = score_collection(collection, output, tiny_rn)
-    assert status == 2 and 'not written by `pyiqa-maclip score`' in stderr
+    # Other weights at the same path: the checkpoint's SHA-256 is in the fingerprint, not its path.
+    shutil.copy(checkpoints('tiny-RN', seed=1), weights)
+    status, _, stderr = score_collection(collection, output, weights)
+    assert status == 2 and 'checkpoint_sha256 was' in stderr and '--overwrite' in stderr
+    assert 'overwrite=True' not in stderr and stderr.count('\n') == 1
     assert output.read_bytes() == before
-    (tmp_path / 'scores.meta.json').write_bytes(meta)
-
-    # A finished output with a row from other inputs and garbage after a crash: nothing to score,
-    # the garbage goes, the other row stays (after this run's rows).
-    with output.open('ab') as f:
-        f.write(b'/elsewhere/x.png,0.5,0.5,0.5,0.5,0.5\n\x00\x00garbage')
+    # The same weights moved elsewhere: the same fingerprint, nothing to score.
     status, stdout, _ = score_collection(collection, output, tiny_rn)
     assert status == 1 and f'0 processed in this run, {collection.total} done before' in stdout
-    assert output.read_bytes() == before + b'/elsewhere/x.png,0.5,0.5,0.5,0.5,0.5\n'
 
-    status, stdout, _ = score_collection(collection, output, tiny_rn, '--overwrite')
+    # An output without its journal was not made by this command: refused, untouched.
+    other = tmp_path / 'other' / 'scores.csv'
+    other.parent.mkdir()
+    other.write_bytes(b'my own data\n')
+    status, _, stderr = score_collection(collection, other, tiny_rn)
+    assert status == 2 and 'has no journal' in stderr and other.read_bytes() == b'my own data\n'
+
+    status, stdout, _ = score_collection(collection, output, weights, '--overwrite')
     assert status == 1 and f'{collection.total} processed in this run, 0 done before' in stdout
-    assert_same_scores(read_csv_rows(output), read_csv_rows(baseline[2]))
+    assert output.read_bytes() != before
 
 
-def test_resume_from_the_parts_of_a_larger_run(collection, baseline, tiny_rn, tmp_path):
-    """Rows left in another process's part file count as done and are merged in input order."""
-    header, *rows = read_csv_rows(baseline[2])
-    for name, part in (('scores.csv', rows[::2]), ('scores.part3.csv', rows[1::2])):
-        with open(tmp_path / name, 'w', newline='', encoding='utf-8') as f:
-            csv.writer(f, lineterminator='\n').writerows([header, *part])
-    for name in ('scores.errors.csv', 'scores.meta.json'):
-        (tmp_path / name).write_bytes(baseline[2].with_name(name).read_bytes())
+def test_an_input_is_never_the_output(collection, tiny_rn, tmp_path):
+    image = tmp_path / 'photo.png'
+    image.write_bytes(encoded(pixels(32, 32, 1), 'PNG'))
+    original = image.read_bytes()
+    for options in ((), ('--overwrite',)):
+        status, _, stderr = score(image, '--output', image, '--backbone', tiny_rn, *options)
+        assert status == 2 and 'is one of the images to score' in stderr
+    errors_twin = tmp_path / 'x.errors.csv'
+    errors_twin.write_bytes(b'a')
+    status, _, stderr = score(errors_twin, '--output', tmp_path / 'x.csv', '--backbone', tiny_rn)
+    assert status == 2 and 'is one of the images to score' in stderr
+    assert image.read_bytes() == original and errors_twin.read_bytes() == b'a'
 
-    status, stdout, _ = score_collection(collection, tmp_path / 'scores.csv', tiny_rn)
-    assert status == 1 and f'0 processed in this run, {collection.total} done before' in stdout
-    assert (tmp_path / 'scores.csv').read_bytes() == baseline[2].read_bytes()
-    assert listing(tmp_path) == FINISHED_RUN
+
+def test_rows_of_other_inputs_and_users_files_are_kept(collection, baseline, tiny_rn, tmp_path):
+    output = tmp_path / 'scores.csv'
+    lonely = tmp_path / 'in' / 'lonely.png'
+    lonely.parent.mkdir()
+    lonely.write_bytes(encoded(pixels(40, 40, 9), 'PNG'))
+    assert score(lonely, '--output', output, '--backbone', tiny_rn)[0] == 0
+    users = {'scores.part1.csv': b'path,score\n/u.png,1\n', 'scores.part1.errors.csv': b'mine',
+             'scores.meta.json': b'{}', '.scores.lock': b''}
+    for name, data in users.items():
+        (tmp_path / name).write_bytes(data)
+    # A damaged export (a blank line) and a second input set: nothing of the first is lost.
+    output.write_bytes(output.read_bytes().replace(b'\r\n', b'\r\n\r\n', 1))
+    assert score_collection(collection, output, tiny_rn)[0] == 1
+    rows = read_csv_rows(output)
+    assert [r[0] for r in rows[1:]] == [*collection.good, str(lonely)]  # this run's inputs first
+    for name, data in users.items():
+        assert (tmp_path / name).read_bytes() == data
 
 
 def test_retry_failed(tiny_rn, tmp_path):
@@ -329,6 +384,78 @@ def test_retry_failed(tiny_rn, tmp_path):
     assert status == 0 and stdout.startswith('scored 2 images, 0 failed; 1 processed in this run')
     assert [row[0] for row in read_csv_rows(output)[1:]] == [str(tmp_path / 'in/good.png'), str(tmp_path / 'in/late.png')]
     assert not output.with_name('scores.errors.csv').exists()
+
+
+#: Names the file system allows that broke a line-oriented CSV journal (issue 10).
+ODD_NAMES = ['b\rx.png', 'l\nf.png', 't\tab.png', 'c,d.png', 'q"x".png', "s'q.png", '#h.png', ' lead.png',
+             'trail .png', 'x' * 240 + '.png', 'NA.png', 'b\r\n\r\nx.png']
+NOT_UTF8 = [b'\xff\xfe.png', b'caf\xe9.png']
+
+
+def odd_collection(root: Path) -> list[str]:
+    root.mkdir(parents=True, exist_ok=True)
+    names = [os.fsencode(n) for n in ODD_NAMES] + NOT_UTF8
+    for i, name in enumerate(names):
+        with open(os.fsencode(root) + b'/' + name, 'wb') as f:
+            f.write(encoded(pixels(33, 40, 20 + i), 'PNG'))
+    return sorted(os.fsdecode(os.fsencode(root) + b'/' + n) for n in names)
+
+
+def test_every_file_name_round_trips(tiny_rn, tmp_path):
+    import pandas as pd
+
+    paths = odd_collection(tmp_path / 'odd')
+    output = tmp_path / 'scores.csv'
+    status, stdout, _ = score(tmp_path / 'odd', '--output', output, '--backbone', tiny_rn)
+    assert status == 0 and stdout.startswith(f'scored {len(paths)} images, 0 failed')
+    written = [os.fsencode(p).decode('utf-8', 'backslashreplace') for p in paths]  # the documented form
+    frame = pd.read_csv(output)
+    assert len(frame) == len(paths) and list(frame['path']) == written
+    with open(output, newline='', encoding='utf-8') as f:
+        assert [row['path'] for row in csv.DictReader(f)] == written
+    status, stdout, _ = score(tmp_path / 'odd', '--output', output, '--backbone', tiny_rn)
+    assert status == 0 and f'0 processed in this run, {len(paths)} done before' in stdout
+
+
+def test_random_names_and_kill_points_end_in_the_uninterrupted_output(tiny_rn, tmp_path):
+    """Property-style: whatever the names and wherever kill -9 strikes, reruns end in the same files."""
+    rng = random.Random(10)
+    alphabet = ['a', 'Z', ' ', ',', '"', '\r', '\n', '\t', '#', 'é', '%']
+    root = tmp_path / 'in'
+    root.mkdir()
+    for i in range(10):
+        name = ''.join(rng.choice(alphabet) for _ in range(rng.randint(1, 12))).replace('/', '_') + f'{i}.png'
+        (root / name).write_bytes(encoded(pixels(30 + i, 34, 40 + i), 'PNG'))
+    (root / 'broken.png').write_bytes(b'\x89PNG broken')
+    args = [root, '--backbone', tiny_rn, '--batch-size', 2, '--num-workers', 0]
+    reference = tmp_path / 'reference/scores.csv'
+    assert score(*args, '--output', reference)[0] == 1
+
+    output = tmp_path / 'killed/scores.csv'
+    for round_ in range(3):
+        run = start_slow_run([*args, '--output', output], delay=0.3)
+        kill_after(run, output, 2 * round_ + 1, extra_seconds=rng.uniform(0, 0.6))
+    assert score(*args, '--output', output)[0] == 1
+    assert_same_scores(read_csv_rows(output), read_csv_rows(reference))
+    assert output.with_name('scores.errors.csv').read_bytes() == reference.with_name('scores.errors.csv').read_bytes()
+
+
+def test_resume_from_the_journals_of_a_larger_run(collection, baseline, tiny_rn, tmp_path):
+    """Results left in other processes' journals count as done and are merged in input order."""
+    from pyiqa_maclip.scoring import Journal, WorkFiles
+
+    source = WorkFiles(baseline[2])
+    files = WorkFiles(tmp_path / 'scores.csv')
+    files.folder.mkdir()
+    results = list(Journal(source.journal(0)).results())
+    for rank, share in ((0, results[::2]), (3, results[1::2])):
+        with Journal(files.journal(rank)) as journal:
+            journal.fingerprint = Journal(source.journal(0)).fingerprint
+            journal.record(share)
+    status, stdout, _ = score_collection(collection, tmp_path / 'scores.csv', tiny_rn)
+    assert status == 1 and f'0 processed in this run, {collection.total} done before' in stdout
+    assert (tmp_path / 'scores.csv').read_bytes() == baseline[2].read_bytes()
+    assert files.journals() == [files.journal(0)]
 
 
 def free_port() -> int:
@@ -361,6 +488,7 @@ def test_two_processes_give_the_single_process_output(collection, tiny_rn, tmp_p
     assert_same_scores(read_csv_rows(sharded), read_csv_rows(single))
     assert sharded.with_name('scores.errors.csv').read_text() == single.with_name('scores.errors.csv').read_text()
     assert listing(sharded.parent) == FINISHED_RUN
+    assert listing(WorkFiles(sharded).folder) == ['lock', 'rank0.sqlite3']  # the other journal was merged
 
 
 def test_module_help():

@@ -1,0 +1,70 @@
+"""The shared image reader (issue 10, point 6): real range, orientation, strictness."""
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageFile
+
+from pyiqa_maclip.scoring.decoding import as_float, read_image
+
+
+def save(tmp_path, name, image: Image.Image, **options):
+    path = tmp_path / name
+    image.save(path, **options)
+    return path
+
+
+def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path):
+    flat = save(tmp_path, 'g16.png', Image.fromarray(np.full((6, 7), 20000, np.uint16)))
+    assert Image.open(flat).mode == 'I;16'  # what PIL makes of it (pyiqa's .convert('RGB') gives 255)
+    image = read_image(flat)
+    assert image.dtype == torch.float32 and image.shape == (1, 6, 7)
+    torch.testing.assert_close(image, torch.full((1, 6, 7), 20000 / 65535), rtol=0, atol=1e-7)
+    white = read_image(save(tmp_path, 'w16.png', Image.fromarray(np.full((6, 7), 65535, np.uint16))))
+    assert float(white.max()) == 1.0
+
+
+def test_float_images_in_range_are_kept_and_out_of_range_refused(tmp_path):
+    values = np.linspace(0, 1, 42, dtype=np.float32).reshape(6, 7)
+    image = read_image(save(tmp_path, 'f.tiff', Image.fromarray(values)))
+    np.testing.assert_allclose(image[0].numpy(), values, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r'expected values in \[0, 1\]'):
+        read_image(save(tmp_path, 'hdr.tiff', Image.fromarray(values * 4)))
+
+
+def test_eight_bit_images_stay_uint8_rgb(tmp_path):
+    gray = read_image(save(tmp_path, 'g.png', Image.fromarray(np.full((5, 4), 7, np.uint8))))
+    assert gray.dtype == torch.uint8 and gray.shape == (3, 5, 4) and int(gray.max()) == 7
+    assert float(as_float(gray).max()) == pytest.approx(7 / 255)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    pixels = np.zeros((4, 6, 3), np.uint8)
+    pixels[0, 0] = 255  # a white top-left corner on a 6-wide, 4-high image
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    path = save(tmp_path, 'r.jpg', Image.fromarray(pixels), exif=exif, quality=100)
+    image = read_image(path)
+    assert image.shape == (3, 6, 4)  # displayed upright: 4 wide, 6 high
+    assert int(image[:, 0, -1].min()) > 200  # the corner is now top-right
+
+
+def test_truncated_files_fail_even_when_pyiqa_allowed_them(tmp_path, monkeypatch):
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buffer, 'PNG')
+    path = tmp_path / 'cut.png'
+    path.write_bytes(buffer.getvalue()[:900])
+    monkeypatch.setattr(ImageFile, 'LOAD_TRUNCATED_IMAGES', True)  # as pyiqa's AVA dataset module does
+    with pytest.raises(OSError, match='truncated'):
+        read_image(path)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # restored
+
+
+def test_resize_for_the_benchmark(tmp_path):
+    path = save(tmp_path, 'a.png', Image.fromarray(np.full((30, 40, 3), 128, np.uint8)))
+    assert read_image(path, resize=(12, 20)).shape == (3, 12, 20)
+    deep = save(tmp_path, 'd.png', Image.fromarray(np.full((30, 40), 30000, np.uint16)))
+    resized = read_image(deep, resize=(12, 20), resize_mode='lanczos')
+    assert resized.shape == (1, 12, 20)
+    torch.testing.assert_close(resized, torch.full((1, 12, 20), 30000 / 65535), rtol=0, atol=1e-5)
