@@ -6,6 +6,9 @@ with the distortion level, plus one file that is not an image.
 """
 from __future__ import annotations
 
+import contextlib
+import io
+
 import shutil
 from pathlib import Path
 
@@ -22,8 +25,11 @@ import pyiqa
 from pyiqa_maclip import cli
 from pyiqa_maclip.benchmark import BenchmarkConfigError, SUMMARY_COLUMNS, evaluate, fit_logistic, logistic_5, parse_config
 from pyiqa_maclip.benchmark.config import load_config
-from pyiqa_maclip.benchmark.datasets import Item, load_items, read_image
-from pyiqa_maclip.benchmark.runner import pair_scores, read_scores, score_items
+from pyiqa_maclip.benchmark.datasets import Item, load_items
+from pyiqa_maclip.benchmark.runner import pair_table, read_scores
+from pyiqa_maclip.scoring import Journal, score_into
+from pyiqa_maclip.scoring.decoding import as_float, read_image
+from pyiqa_maclip.scoring.scorers import PyiqaScorer
 from pyiqa_maclip.testing import random_images
 
 OPTIONS = Path(__file__).resolve().parents[1] / 'options'
@@ -185,10 +191,10 @@ def test_summary_has_every_pair_with_counts_and_signs(run_dir):
 
 
 def test_per_image_scores_match_direct_scoring(run_dir, synthetic, tiny_rn):
-    maclip = read_scores(run_dir / 'scores' / 'maclip__synth.csv')
+    maclip = read_scores(run_dir / 'scores' / 'maclip' / 'synth.csv')
     assert list(maclip.columns) == ['image', 'mos', 'prediction', 'error', 'score', 'q_sim', 'q_mag', 'w_sim', 'w_mag']
     broken = maclip[maclip['image'].str.endswith('broken.png')]
-    assert len(broken) == 1 and 'cannot read the image' in broken['error'].iloc[0]
+    assert len(broken) == 1 and broken['error'].iloc[0].startswith('UnidentifiedImageError')
     scored = maclip[maclip['error'] == '']
     metric = pyiqa.create_metric('maclip', device='cpu', backbone=str(tiny_rn))
     for row in scored.head(4).itertuples():
@@ -197,21 +203,20 @@ def test_per_image_scores_match_direct_scoring(run_dir, synthetic, tiny_rn):
         assert row.score == pytest.approx(direct.score.item(), abs=1e-5)
         assert row.q_mag == pytest.approx(direct.q_mag.item(), abs=1e-5)
     assert np.allclose(scored['prediction'], scored['score'])
-    qsim = read_scores(run_dir / 'scores' / 'maclip_qsim__synth.csv')
+    qsim = read_scores(run_dir / 'scores' / 'maclip_qsim' / 'synth.csv')
     assert np.allclose(qsim.loc[qsim['error'] == '', 'prediction'], scored['q_sim'])  # one shared pass
-    piqe = read_scores(run_dir / 'scores' / 'piqe__synth.csv')
+    piqe = read_scores(run_dir / 'scores' / 'piqe' / 'synth.csv')
     assert list(piqe.columns) == ['image', 'mos', 'prediction', 'error']
     direct_piqe = pyiqa.create_metric('piqe', device='cpu')
     first = piqe.iloc[0]
-    assert first['prediction'] == pytest.approx(direct_piqe(read_image(first['image'])).item(), abs=1e-5)
+    assert first['prediction'] == pytest.approx(direct_piqe(as_float(read_image(first['image']))[None]).item(), abs=1e-5)
 
 
 def test_plots_are_png_files(run_dir):
-    names = {p.name for p in (run_dir / 'plots').glob('*.png')}
-    expected = {'srcc_bars.png', 'scatter_maclip__synth.png', 'scatter_maclip_qsim__synth.png',
-                'scatter_piqe__synth.png', 'qsim_qmag_maclip__synth.png'}
-    assert expected <= names
-    assert 'qsim_qmag_piqe__synth.png' not in names
+    names = {str(p.relative_to(run_dir / 'plots')) for p in (run_dir / 'plots').rglob('*.png')}
+    expected = {'srcc_bars.png', 'maclip/scatter_synth.png', 'maclip_qsim/scatter_synth.png',
+                'piqe/scatter_synth.png', 'maclip/qsim_qmag_synth.png', 'maclip_qsim/qsim_qmag_synth.png'}
+    assert expected == names
     for name in expected:
         path = run_dir / 'plots' / name
         assert path.read_bytes()[:8] == PNG_SIGNATURE
@@ -230,7 +235,7 @@ def test_rerun_skips_complete_pairs_and_recomputes_changed_ones(run_dir, synthet
         return create_metric(name, **kwargs)
 
     monkeypatch.setattr(pyiqa, 'create_metric', counting)
-    piqe_csv = output / 'scores' / 'piqe__synth.csv'
+    piqe_csv = output / 'scores' / 'piqe' / 'synth.csv'
     stamp = piqe_csv.stat().st_mtime_ns
     same = _write_config(tmp_path / 'same.yml', _synthetic_config(synthetic, tiny_rn))
     assert _run(same, output) == 0
@@ -240,8 +245,8 @@ def test_rerun_skips_complete_pairs_and_recomputes_changed_ones(run_dir, synthet
     assert _run(changed, output) == 0
     assert builds == [('maclip', 0.0)]  # both MA-CLIP pairs from one model; PIQE untouched
     assert piqe_csv.stat().st_mtime_ns == stamp
-    before = pd.read_csv(run_dir / 'scores' / 'maclip__synth.csv')
-    after = pd.read_csv(output / 'scores' / 'maclip__synth.csv')
+    before = pd.read_csv(run_dir / 'scores' / 'maclip' / 'synth.csv')
+    after = pd.read_csv(output / 'scores' / 'maclip' / 'synth.csv')
     assert not np.allclose(before['q_mag'].dropna(), after['q_mag'].dropna())
     assert np.allclose(before['q_sim'].dropna(), after['q_sim'].dropna())  # lambda only moves Q_mag
 
@@ -279,7 +284,7 @@ def test_pyiqa_datasets_from_a_data_root(tmp_path):
     # CSIQ reports DMOS: PIQE and DMOS are both lower-is-better, so nothing is negated.
     assert summary.loc['csiq', 'mos_lower_better'] and not summary.loc['csiq', 'flipped']
     assert summary.loc['csiq', 'srcc'] == pytest.approx(summary.loc['koniq10k', 'srcc'])
-    scores = pd.read_csv(tmp_path / 'out' / 'scores' / 'piqe__koniq10k.csv')
+    scores = pd.read_csv(tmp_path / 'out' / 'scores' / 'piqe' / 'koniq10k.csv')
     assert all('1024x768' in path for path in scores['image'])  # the paper's KonIQ release
 
 
@@ -296,7 +301,7 @@ def test_paper_preprocessing_defaults_and_overrides(tmp_path):
     assert specs['livec'].resize is None and specs['spaq_native'].resize is None
     path = tmp_path / 'x.png'
     _save_rgb(_distorted_images(1)[0], path)
-    resized = read_image(str(path), (448, 300), 'bicubic')
+    resized = as_float(read_image(str(path), (448, 300), 'bicubic'))[None]
     expected = to_tensor(Image.open(path).convert('RGB').resize((300, 448), Image.Resampling.BICUBIC))
     assert resized.shape == (1, 3, 448, 300) and torch.equal(resized[0], expected)
 
@@ -404,22 +409,82 @@ def test_a_metric_that_cannot_be_built_fails_alone(tmp_path, synthetic, capsys):
 
 
 def test_unreadable_failing_and_non_finite_images_are_recorded(tmp_path):
-    good = tmp_path / 'good.png'
+    good, other = tmp_path / 'good.png', tmp_path / 'other.png'
     _save_rgb(_distorted_images(1)[0], good)
-    items = [Item(str(good), 1.0), Item(str(good), 2.0), Item(str(tmp_path / 'absent.png'), 3.0)]
-    outputs = iter([torch.tensor([float('nan')]), RuntimeError('out of memory')])
+    _save_rgb(_distorted_images(1)[0], other)
+    items = [Item(str(good), 1.0), Item(str(other), 2.0), Item(str(tmp_path / 'absent.png'), 3.0)]
+    outputs = iter([RuntimeError('a batch'), torch.tensor([float('nan')]), RuntimeError('out of memory')])
 
-    def model(image):
+    def model(images):
         out = next(outputs)
         if isinstance(out, Exception):
             raise out
         return out
 
     spec = parse_config({'datasets': {'d': {'images': 'i', 'mos': 'm'}}, 'metrics': {'piqe': {}}})
-    scored = score_items(model, items, spec.datasets[0], components=False, description='test')
-    frame = pair_scores(scored, spec.metrics[0])
+    with Journal(tmp_path / 'j.sqlite3') as journal:
+        score_into(journal, [item.image for item in items], PyiqaScorer(model, 'piqe', {}), torch.device('cpu'))
+        results = {r.path: r for r in journal.results()}
+    frame = pair_table(items, results, spec.metrics[0], PyiqaScorer.columns)
     errors = list(frame['error'])
-    assert errors[0] == 'non-finite prediction: nan'
-    assert errors[1] == 'scoring failed: RuntimeError: out of memory'
-    assert errors[2].startswith('cannot read the image: FileNotFoundError')
-    assert list(frame['mos']) == [1.0, 2.0, 3.0]
+    assert errors[0].startswith('ValueError: non-finite value')  # the batch failed, then each image alone
+    assert errors[1] == 'RuntimeError: out of memory'
+    assert errors[2].startswith('FileNotFoundError')
+    assert list(frame['mos']) == [1.0, 2.0, 3.0] and frame['prediction'].isna().all()
+
+
+def test_names_that_shared_files_now_give_four_results(tmp_path, synthetic):
+    """Metrics a, a__b and datasets b__c, c: four pairs, four files; a rerun computes nothing."""
+    data = {'images': str(synthetic / 'images'), 'mos': str(synthetic / 'mos.csv')}
+    config = _write_config(tmp_path / 'config.yml', {
+        'datasets': {'b__c': data, 'c': data},
+        'metrics': {'a': {'base': 'piqe'}, 'a__b': {'base': 'piqe'}},
+    })
+    assert _run(config, tmp_path / 'out') == 0
+    files = sorted(str(p.relative_to(tmp_path / 'out' / 'scores')) for p in (tmp_path / 'out' / 'scores').rglob('*.csv'))
+    assert files == ['a/b__c.csv', 'a/c.csv', 'a__b/b__c.csv', 'a__b/c.csv']
+    summary = pd.read_csv(tmp_path / 'out' / 'summary.csv')
+    assert len(summary) == 4 and (summary['n'] == LEVELS).all()
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert _run(config, tmp_path / 'out') == 0
+    assert out.getvalue().count('complete, skipped') == 4
+
+
+def test_ctrl_c_is_one_line_and_resumes_image_by_image(tmp_path, synthetic, monkeypatch, capsys):
+    from pyiqa_maclip.scoring import scorers
+
+    config = _write_config(tmp_path / 'config.yml', {
+        'datasets': {'synth': {'images': str(synthetic / 'images'), 'mos': str(synthetic / 'mos.csv')}},
+        'metrics': {'piqe': {}},
+    })
+    calls = []
+    original = scorers.PyiqaScorer.__call__
+
+    def interrupted_second_batch(self, images):
+        calls.append(len(images))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(self, images)
+
+    monkeypatch.setattr(scorers.PyiqaScorer, '__call__', interrupted_second_batch)
+    assert _run(config, tmp_path / 'out') == 130
+    err = capsys.readouterr().err
+    assert 'interrupted' in err and 'run the same command again' in err and 'Traceback' not in err
+    monkeypatch.setattr(scorers.PyiqaScorer, '__call__', original)
+    seen = []
+    monkeypatch.setattr(scorers.PyiqaScorer, '__call__', lambda self, images: seen.append(len(images)) or original(self, images))
+    assert _run(config, tmp_path / 'out') == 0
+    assert sum(seen) == LEVELS - calls[0]  # the first batch was kept; the broken file is known to fail
+
+
+def test_an_output_folder_that_cannot_be_written_stops_before_scoring(tmp_path, synthetic, capsys):
+    config = _write_config(tmp_path / 'config.yml', {
+        'datasets': {'synth': {'images': str(synthetic / 'images'), 'mos': str(synthetic / 'mos.csv')}},
+        'metrics': {'piqe': {}},
+    })
+    blocker = tmp_path / 'file'
+    blocker.write_text('x')
+    assert _run(config, blocker / 'out') == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and '--output-dir' in err and 'cannot write' in err

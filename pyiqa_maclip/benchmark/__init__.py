@@ -10,7 +10,8 @@ PLCC/RMSE after the 5-parameter logistic fit. It writes ``summary.csv``,
 * :mod:`.config`: the YAML format and its validation.
 * :mod:`.datasets`: (image, MOS) lists from custom tables or pyiqa's dataset configs.
 * :mod:`.evaluation`: correlations and the logistic fit (pure functions).
-* :mod:`.runner`: scoring, resuming, summary; :mod:`.plots`: the figures.
+* :mod:`.runner`: scoring (through :mod:`pyiqa_maclip.scoring`'s engine), resuming, summary;
+  :mod:`.plots`: the figures.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ __all__ = [
     'BenchmarkConfigError',
     'SUMMARY_COLUMNS',
     'add_subcommand',
+    'benchmark_command',
     'evaluate',
     'fit_logistic',
     'load_config',
@@ -54,17 +56,32 @@ def add_subcommand(subparsers) -> None:
     parser.set_defaults(func=_benchmark_command)
 
 
-def _benchmark_command(args: argparse.Namespace) -> int:
+def benchmark_command(args: argparse.Namespace) -> int:
+    """Run ``pyiqa-maclip benchmark`` with parsed arguments; returns the exit status."""
+    def fail(message: str) -> int:
+        print(f'pyiqa-maclip benchmark: error: {" ".join(str(message).split())}', file=sys.stderr)
+        return 2
+
     try:
         if args.device is not None:
             import torch
 
+            from ..scoring.run import device_problem
+
             try:
-                torch.device(args.device)
-            except RuntimeError as error:
-                raise BenchmarkConfigError(f'--device: {error}') from error
+                problem = device_problem(torch.device(args.device))
+            except RuntimeError:
+                problem = 'expected a torch device such as cpu, cuda, cuda:1 or mps'
+            if problem:
+                return fail(f'--device {args.device}: {problem}')
         config = load_config(args.config, data_root=args.data_root)
         return run_benchmark(config, args.output_dir, device=args.device, force=args.force)
     except BenchmarkConfigError as error:
-        print(f'pyiqa-maclip benchmark: error: {error}', file=sys.stderr)
-        return 2
+        return fail(str(error))
+    except KeyboardInterrupt:
+        print(f'interrupted: every finished image is kept in {args.output_dir}; run the same command again to resume',
+              file=sys.stderr)
+        return 130
+
+
+_benchmark_command = benchmark_command  # TEMPORARY: the parser above, until the light command line lands

@@ -3,15 +3,18 @@
 Output directory layout::
 
     summary.csv, summary.md            one row per metric and dataset (complete pairs)
-    scores/<metric>__<dataset>.csv     per image: image, mos, prediction, error (+ MA-CLIP components)
-    scores/<metric>__<dataset>.json    done marker: the pair's fingerprint, timing, counts
-    plots/scatter_<metric>__<dataset>.png, plots/qsim_qmag_<metric>__<dataset>.png, plots/srcc_bars.png
+    scores/<metric>/<dataset>.csv      per image: image, mos, prediction, error (+ MA-CLIP components)
+    scores/<metric>/<dataset>.json     done marker: the pair's fingerprint, timing, counts
+    plots/<metric>/scatter_<dataset>.png, plots/<metric>/qsim_qmag_<dataset>.png, plots/srcc_bars.png
+    journal/<fingerprint>.sqlite3      finished images of one model on one dataset's preprocessing
 
-A pair is complete when its marker holds the fingerprint of the metric's options,
-the dataset's options and its (image, MOS) list; both files are written atomically,
-the CSV first, so an interrupted run loses at most the pair in flight. Metrics that
-build the same model (variants differing only in ``component:``) share one scoring
-pass. Summary and plots are rebuilt at the end of every run from the complete pairs.
+Images are scored by the collection scorer's engine
+(:func:`pyiqa_maclip.scoring.score_into`): decoding workers, batches, strict
+decoding, and a journal committed per batch, so an interrupted run resumes image
+by image. A pair is complete when its marker holds the fingerprint of the
+metric's options and weights, the dataset's options and its (image, MOS) list.
+Metrics that build the same model (variants differing only in ``component:``)
+share one scoring pass. Summary and plots are rebuilt at the end of every run.
 """
 from __future__ import annotations
 
@@ -28,18 +31,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from ..arch import MACLIP, QualityComponents
-from ..safe_io import atomic_file, error_text
+from ..safe_io import atomic_file
+from ..scoring import Journal, default_num_workers, score_into
+from ..scoring.scorers import MaclipScorer, PyiqaScorer, checkpoint_sha256, maclip_fingerprint, pyiqa_fingerprint
 from ..version import __version__
 from .config import BenchmarkConfig, DatasetSpec, MetricSpec, file_stem
-from .datasets import Item, items_digest, load_items, read_image
+from .datasets import Item, items_digest, load_items
 from .evaluation import Agreement, evaluate
 from .plots import plot_qsim_qmag, plot_scatter, plot_srcc_bars
 
-__all__ = ['SUMMARY_COLUMNS', 'Pair', 'run_benchmark', 'read_scores', 'summarise', 'markdown_summary']
+__all__ = ['SUMMARY_COLUMNS', 'Pair', 'run_benchmark', 'read_scores', 'pair_table', 'summarise', 'markdown_summary']
 
 SUMMARY_COLUMNS = (
     'metric', 'dataset', 'n', 'srcc', 'krcc', 'plcc', 'plcc_logistic', 'rmse_logistic', 'n_failed', 'seconds',
@@ -47,6 +51,7 @@ SUMMARY_COLUMNS = (
 )
 COMPONENT_COLUMNS = QualityComponents._fields  # score, q_sim, q_mag, w_sim, w_mag
 FLIP_MARK = '†'
+_MACLIP_ARCH = 'MACLIP'
 
 
 @dataclass(frozen=True)
@@ -58,8 +63,14 @@ class Pair:
     key: str
 
     @property
+    def folder(self) -> str:
+        """The metric's folder name under scores/ and plots/."""
+        return file_stem(self.metric.name)
+
+    @property
     def stem(self) -> str:
-        return f'{file_stem(self.metric.name)}__{file_stem(self.dataset.name)}'
+        """The dataset's file name stem inside the metric's folder."""
+        return file_stem(self.dataset.name)
 
     @property
     def sign(self) -> int:
@@ -67,10 +78,15 @@ class Pair:
         return -1 if self.metric.lower_better != self.dataset.mos_lower_better else 1
 
 
-def pair_key(metric: MetricSpec, dataset: DatasetSpec, digest: str) -> str:
-    """The fingerprint of a pair: metric options, dataset options and the (image, MOS) list's digest."""
-    record = {'metric': metric.fingerprint(), 'dataset': dataset.fingerprint(), 'items': digest}
+def _digest(record) -> str:
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def pair_key(metric: MetricSpec, dataset: DatasetSpec, digest: str, scorer: dict) -> str:
+    """The fingerprint of a pair: metric options, the scorer's (weights, versions), dataset options
+    and the (image, MOS) list's digest."""
+    return _digest({'metric': metric.fingerprint(), 'scorer': scorer, 'dataset': dataset.fingerprint(),
+                    'items': digest})
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -86,12 +102,16 @@ class Layout:
         self.root = Path(root)
         self.scores = self.root / 'scores'
         self.plots = self.root / 'plots'
+        self.journals = self.root / 'journal'
 
     def scores_csv(self, pair: Pair) -> Path:
-        return self.scores / f'{pair.stem}.csv'
+        return self.scores / pair.folder / f'{pair.stem}.csv'
 
     def marker(self, pair: Pair) -> Path:
-        return self.scores / f'{pair.stem}.json'
+        return self.scores / pair.folder / f'{pair.stem}.json'
+
+    def journal(self, fingerprint: dict) -> Path:
+        return self.journals / f'{_digest(fingerprint)[:32]}.sqlite3'
 
     def is_complete(self, pair: Pair) -> bool:
         try:
@@ -101,56 +121,23 @@ class Layout:
         return isinstance(marker, dict) and marker.get('key') == pair.key and self.scores_csv(pair).is_file()
 
 
-def _scalar(value, name: str) -> float:
-    """One image's value from a metric's output (a 1-element tensor or a number)."""
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            raise ValueError(f'the metric returned {value.numel()} values of {name} for one image')
-        return float(value.detach().reshape(()).cpu())
-    return float(value)
-
-
-def _score_one(model: torch.nn.Module, image: torch.Tensor, components: bool) -> dict[str, float]:
-    with torch.no_grad():
-        if components:
-            out = model(image, return_components=True)
-            return {field: _scalar(getattr(out, field), field) for field in COMPONENT_COLUMNS}
-        return {'score': _scalar(model(image), 'score')}
-
-
-def score_items(model: torch.nn.Module, items: Sequence[Item], dataset: DatasetSpec, *, components: bool,
-                description: str) -> pd.DataFrame:
-    """Score every image; a failure is recorded in the ``error`` column, never raised."""
+def pair_table(items: Sequence[Item], results: dict, metric: MetricSpec, columns: Sequence[str]) -> pd.DataFrame:
+    """The per-image table of one metric: image, mos, prediction (its component), error, and the
+    scorer's columns when it has several (MA-CLIP's components)."""
     rows = []
-    for item in tqdm(items, desc=description, unit='img', dynamic_ncols=True):
-        row = {'image': item.image, 'mos': item.mos, 'error': ''}
-        try:
-            image = read_image(item.image, dataset.resize, dataset.resize_mode)
-        except (OSError, ValueError, Image.DecompressionBombError) as error:
-            rows.append({**row, 'error': f'cannot read the image: {error_text(error)}'})
-            continue
-        try:
-            rows.append({**row, **_score_one(model, image, components)})
-        # A third-party metric may raise anything on one odd image: record it and go on.
-        except Exception as error:  # noqa: BLE001
-            rows.append({**row, 'error': f'scoring failed: {error_text(error)}'})
-    columns = ['image', 'mos', 'error', *(COMPONENT_COLUMNS if components else ('score',))]
-    return pd.DataFrame(rows, columns=columns)
-
-
-def pair_scores(scored: pd.DataFrame, metric: MetricSpec) -> pd.DataFrame:
-    """The per-image table of one metric: its prediction (chosen component), errors for non-finite ones."""
-    frame = scored.copy()
-    frame.insert(2, 'prediction', frame[metric.component].astype(float))
-    bad = (frame['error'] == '') & ~np.isfinite(frame['prediction'])
-    frame.loc[bad, 'error'] = [f'non-finite prediction: {value}' for value in frame.loc[bad, 'prediction']]
-    if 'q_sim' not in frame.columns:  # a plain metric: its score is the prediction
-        frame = frame.drop(columns='score')
-    return frame
+    for item in items:
+        result = results.get(item.image)
+        values = {} if result is None or result.error is not None else result.values
+        error = 'not scored' if result is None else (result.error or '')
+        rows.append({'image': item.image, 'mos': item.mos, 'prediction': values.get(metric.component, math.nan),
+                     'error': error, **({c: values.get(c, math.nan) for c in columns} if len(columns) > 1 else {})})
+    extra = list(columns) if len(columns) > 1 else []
+    return pd.DataFrame(rows, columns=['image', 'mos', 'prediction', 'error', *extra])
 
 
 def _write_pair(layout: Layout, pair: Pair, frame: pd.DataFrame, seconds: float) -> None:
-    _write_text(layout.scores_csv(pair), frame.to_csv(index=False))
+    # CRLF rows: a CR inside an image name is then quoted too (RFC 4180).
+    _write_text(layout.scores_csv(pair), frame.to_csv(index=False, lineterminator='\r\n'))
     failed = int((frame['error'] != '').sum())
     marker = {
         'metric': pair.metric.name, 'dataset': pair.dataset.name, 'key': pair.key,
@@ -255,11 +242,11 @@ def write_plots(layout: Layout, results: Sequence[PairResult], summary: pd.DataF
         x_label, mos_label = _labels(pair)
         title = f'{pair.metric.name} on {pair.dataset.name}'
         made.append(plot_scatter(pair.sign * scored['prediction'].to_numpy(float), scored['mos'].to_numpy(float),
-                                 result.agreement, layout.plots / f'scatter_{pair.stem}.png',
+                                 result.agreement, layout.plots / pair.folder / f'scatter_{pair.stem}.png',
                                  title=title, x_label=x_label, mos_label=mos_label))
         if {'q_sim', 'q_mag'} <= set(scored.columns):
             made.append(plot_qsim_qmag(scored['q_sim'].to_numpy(float), scored['q_mag'].to_numpy(float),
-                                       scored['mos'].to_numpy(float), layout.plots / f'qsim_qmag_{pair.stem}.png',
+                                       scored['mos'].to_numpy(float), layout.plots / pair.folder / f'qsim_qmag_{pair.stem}.png',
                                        title=f'Q_sim vs Q_mag: {title}', mos_label=mos_label))
     if len(summary):
         made.append(plot_srcc_bars(summary, layout.plots / 'srcc_bars.png'))
@@ -274,27 +261,89 @@ def _groups(metrics: Sequence[MetricSpec]) -> list[list[MetricSpec]]:
     return list(groups.values())
 
 
-def _build(metric: MetricSpec, device: str | None) -> torch.nn.Module:
+def _is_maclip(metric: MetricSpec) -> bool:
+    from pyiqa.default_model_configs import DEFAULT_CONFIGS
+
+    return DEFAULT_CONFIGS[metric.pyiqa_name]['metric_opts'].get('type') == _MACLIP_ARCH
+
+
+def _scorer_fingerprint(metric: MetricSpec) -> dict:
+    """What determines the metric's numbers; for MA-CLIP the weights' SHA-256 (resolving them)."""
+    if _is_maclip(metric):
+        return maclip_fingerprint(metric.options, checkpoint_sha256(metric.options.get('backbone', 'RN50')))
+    return pyiqa_fingerprint(metric.pyiqa_name, metric.options)
+
+
+def _build(metric: MetricSpec, device: str | None):
+    """The metric's scorer: MA-CLIP's arch with its components, or any pyiqa metric."""
     import pyiqa  # looked up at call time, so tests can count builds
 
-    return pyiqa.create_metric(metric.pyiqa_name, device=device, **metric.options)
+    model = pyiqa.create_metric(metric.pyiqa_name, device=device, **metric.options)
+    if isinstance(getattr(model, 'net', None), MACLIP):
+        return MaclipScorer(model.net.eval(), metric.options, '')
+    if metric.component != 'score':
+        raise ValueError(f'component: needs the MA-CLIP arch of this package, got {type(model.net).__name__}')
+    return PyiqaScorer(model, metric.pyiqa_name, metric.options)
+
+
+def _score_dataset(layout: Layout, scorer, fingerprint: dict, spec: DatasetSpec, items: Sequence[Item],
+                   device: torch.device, force: bool, description: str) -> dict:
+    """Score the dataset's images not yet in the journal of (scorer, preprocessing); all their results."""
+    fingerprint = {**fingerprint, 'resize': spec.resize, 'resize_mode': spec.resize_mode}
+    file = layout.journal(fingerprint)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    if force:
+        file.unlink(missing_ok=True)
+    paths = [item.image for item in items]
+    with Journal(file) as journal:
+        journal.fingerprint = fingerprint
+        finished = journal.finished()
+        pending = [p for p in paths if p not in finished]
+        with tqdm(total=len(paths), initial=len(paths) - len(pending), desc=description, unit='img',
+                  dynamic_ncols=True) as bar:
+            score_into(journal, pending, scorer, device, batch_size=8, num_workers=default_num_workers(),
+                       resize=spec.resize, resize_mode=spec.resize_mode, bar=bar)
+        return {result.path: result for result in journal.results(paths)}
+
+
+def _check_writable(root: Path) -> None:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with atomic_file(root / '.write-test'):
+            pass
+        (root / '.write-test').unlink()
+    except OSError as error:
+        from .config import BenchmarkConfigError
+
+        raise BenchmarkConfigError(f'--output-dir {root}: cannot write there: {error.strerror or error}') from error
 
 
 def run_benchmark(config: BenchmarkConfig, output_dir: str | os.PathLike, *, device: str | None = None,
                   force: bool = False, log: Callable[[str], object] = print) -> int:
     """Score, evaluate and report every pair; returns 0, or 1 if a metric could not be built or run.
 
-    Every dataset's (image, MOS) list is read before any scoring, so a wrong path
-    fails at once (:class:`~pyiqa_maclip.benchmark.config.BenchmarkConfigError`).
+    Every dataset's (image, MOS) list is read, and the output folder checked, before any
+    scoring, so a wrong path fails at once
+    (:class:`~pyiqa_maclip.benchmark.config.BenchmarkConfigError`).
     """
     layout = Layout(Path(output_dir))
     items = {spec.name: load_items(spec) for spec in config.datasets}
+    _check_writable(layout.root)
+    device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     digests = {name: items_digest(value) for name, value in items.items()}
-    pairs = {(m.name, d.name): Pair(m, d, pair_key(m, d, digests[d.name]))
-             for m in config.metrics for d in config.datasets}
+    pairs: dict[tuple[str, str], Pair] = {}
     status = 0
     for group in _groups(config.metrics):
         names = ', '.join(m.name for m in group)
+        try:
+            fingerprint = _scorer_fingerprint(group[0])
+        # The weights cannot be resolved (missing file, no download): the metric cannot be built.
+        except (OSError, ValueError) as error:
+            log(f'error: cannot build metric {names}: {" ".join(str(error).split())}')
+            status = 1
+            continue
+        pairs.update({(m.name, d.name): Pair(m, d, pair_key(m, d, digests[d.name], fingerprint))
+                      for m in group for d in config.datasets})
         todo = {d.name: [m for m in group if force or not layout.is_complete(pairs[m.name, d.name])]
                 for d in config.datasets}
         for dataset, metrics in todo.items():
@@ -304,31 +353,26 @@ def run_benchmark(config: BenchmarkConfig, output_dir: str | os.PathLike, *, dev
         if not any(todo.values()):
             continue
         try:
-            model = _build(group[0], device)
+            scorer = _build(group[0], str(device))
         # create_metric fails in many ways (assert, download, bad option): report it, run the rest.
         except Exception as error:  # noqa: BLE001
-            log(f'error: cannot build metric {names}: {error_text(error)}')
-            status = 1
-            continue
-        components = isinstance(getattr(model, 'net', model), MACLIP)
-        if not components and any(m.component != 'score' for m in group):
-            log(f'error: {names}: component: needs the MA-CLIP arch of this package, got {type(model.net).__name__}')
+            log(f'error: cannot build metric {names}: {" ".join(str(error).split())}')
             status = 1
             continue
         for spec in config.datasets:
             if not todo[spec.name]:
                 continue
             start = time.perf_counter()
-            scored = score_items(model, items[spec.name], spec, components=components,
-                                 description=f'{names[:40]} | {spec.name}')
+            results = _score_dataset(layout, scorer, fingerprint, spec, items[spec.name], device, force,
+                                     f'{names[:40]} | {spec.name}')
             seconds = time.perf_counter() - start
             for metric in todo[spec.name]:
-                frame = pair_scores(scored, metric)
+                frame = pair_table(items[spec.name], results, metric, scorer.columns)
                 _write_pair(layout, pairs[metric.name, spec.name], frame, seconds)
                 failed = int((frame['error'] != '').sum())
                 first = '' if not failed else f'; first failure: {frame.loc[frame["error"] != "", "error"].iloc[0]}'
                 log(f'{metric.name} on {spec.name}: {len(frame) - failed} scored, {failed} failed{first}')
-        del model
+        del scorer
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     results = [load_result(layout, pair) for pair in pairs.values() if layout.is_complete(pair)]
@@ -336,5 +380,6 @@ def run_benchmark(config: BenchmarkConfig, output_dir: str | os.PathLike, *, dev
     _write_text(layout.root / 'summary.csv', summary.to_csv(index=False))
     _write_text(layout.root / 'summary.md', markdown_summary(summary))
     write_plots(layout, results, summary)
-    log(f'summary of {len(results)} of {len(pairs)} pairs: {layout.root / "summary.csv"}')
+    log(f'summary of {len(results)} of {len(config.metrics) * len(config.datasets)} pairs: '
+        f'{layout.root / "summary.csv"}')
     return status

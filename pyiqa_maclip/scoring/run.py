@@ -30,7 +30,7 @@ from ..arch import MACLIP
 from ..safe_io import error_text
 from .decoding import ImageFiles, as_float
 from .journal import Journal, OutputConflictError, Result, export_csv
-from .scorers import MaclipScorer, checkpoint_sha256
+from .scorers import MaclipScorer, checkpoint_sha256, maclip_fingerprint
 
 __all__ = ['WorkFiles', 'ScoreSummary', 'BackboneError', 'default_num_workers', 'device_problem', 'score_into',
            'score_paths']
@@ -322,8 +322,7 @@ def score_paths(paths: Sequence[str | os.PathLike], output: str | os.PathLike, *
     with _exclusive(files, state):
         journal, pending = None, None
         if state.is_main_process:
-            scorer_fingerprint = MaclipScorer(None, options, sha256).fingerprint
-            journal = _open_main_journal(files, scorer_fingerprint, overwrite)
+            journal = _open_main_journal(files, maclip_fingerprint(options, sha256), overwrite)
             finished = journal.finished(retry_failed)
             pending = [p for p in paths if p not in finished]
             del finished

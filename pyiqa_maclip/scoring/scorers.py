@@ -17,7 +17,7 @@ from ..arch import MACLIP, QualityComponents
 from ..version import __version__
 from ..weights import OFFICIAL_CHECKPOINTS, resolve_checkpoint, sha256sum
 
-__all__ = ['checkpoint_sha256', 'MaclipScorer', 'PyiqaScorer']
+__all__ = ['checkpoint_sha256', 'maclip_fingerprint', 'pyiqa_fingerprint', 'MaclipScorer', 'PyiqaScorer']
 
 # Options that change no number: where the weights are (their SHA-256 counts) and the encoder's chunking.
 _NOT_IN_FINGERPRINT = ('backbone', 'chunk_size')
@@ -38,6 +38,23 @@ def _json_ready(value):
     return value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
 
 
+def maclip_fingerprint(options: Mapping, sha256: str) -> dict:
+    """What determines MA-CLIP's numbers: the weights' SHA-256, every option (defaults filled in), the version."""
+    defaults = {name: p.default for name, p in inspect.signature(MACLIP).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    settings = {k: v for k, v in {**defaults, **options}.items() if k not in _NOT_IN_FINGERPRINT}
+    return {'metric': 'maclip', 'checkpoint_sha256': sha256, 'options': _json_ready(settings),
+            'pyiqa_maclip': __version__}
+
+
+def pyiqa_fingerprint(name: str, options: Mapping) -> dict:
+    """What determines another pyiqa metric's numbers, as far as can be told: name, options, versions."""
+    import pyiqa
+
+    return {'metric': name, 'options': _json_ready(dict(options)), 'pyiqa': pyiqa.__version__,
+            'pyiqa_maclip': __version__}
+
+
 class MaclipScorer:
     """This package's MA-CLIP: its views of all images share encoder chunks; five columns."""
 
@@ -45,11 +62,7 @@ class MaclipScorer:
 
     def __init__(self, metric: MACLIP, options: Mapping, sha256: str) -> None:
         self.metric = metric
-        defaults = {name: p.default for name, p in inspect.signature(MACLIP).parameters.items()
-                    if p.default is not inspect.Parameter.empty}
-        settings = {k: v for k, v in {**defaults, **options}.items() if k not in _NOT_IN_FINGERPRINT}
-        self.fingerprint = {'metric': 'maclip', 'checkpoint_sha256': sha256, 'options': _json_ready(settings),
-                            'pyiqa_maclip': __version__}
+        self.fingerprint = maclip_fingerprint(options, sha256)
 
     def __call__(self, images: Sequence[torch.Tensor]) -> list[dict[str, float]]:
         parts = self.metric.score_images(list(images))
@@ -62,11 +75,8 @@ class PyiqaScorer:
     columns = ('score',)
 
     def __init__(self, model: torch.nn.Module, name: str, options: Mapping) -> None:
-        import pyiqa
-
         self.model = model
-        self.fingerprint = {'metric': name, 'options': _json_ready(dict(options)), 'pyiqa': pyiqa.__version__,
-                            'pyiqa_maclip': __version__}
+        self.fingerprint = pyiqa_fingerprint(name, options)
 
     def __call__(self, images: Sequence[torch.Tensor]) -> list[dict[str, float]]:
         images = [image.expand(3, -1, -1) for image in images]  # grayscale: pyiqa metrics take RGB
