@@ -12,6 +12,7 @@ import csv
 import json
 import math
 import os
+import re
 import sqlite3
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import NamedTuple
 
 from ..safe_io import atomic_file
 
-__all__ = ['VALUE_COLUMNS', 'OutputConflictError', 'Result', 'Journal', 'display_path', 'export_csv']
+__all__ = ['VALUE_COLUMNS', 'OutputConflictError', 'Result', 'Journal', 'display_path', 'file_path', 'export_csv']
 
 #: Every value a result can hold; a scorer fills a prefix-free subset (others stay NULL).
 VALUE_COLUMNS = ('score', 'q_sim', 'q_mag', 'w_sim', 'w_mag')
@@ -60,6 +61,15 @@ class Result(NamedTuple):
 def display_path(raw: bytes) -> str:
     """A stored path as CSV text: itself if valid UTF-8, else each other byte as ``\\xNN``."""
     return raw.decode('utf-8', 'backslashreplace')
+
+
+def file_path(text: str) -> str:
+    """The file a CSV ``path`` names: ``text`` itself, or, if no such file exists, ``text`` with
+    its ``\\xNN`` escapes turned back into bytes (the inverse of :func:`display_path`)."""
+    if os.path.lexists(text) or '\\x' not in text:
+        return text
+    raw = re.sub(rb'\\x([0-9a-f]{2})', lambda m: bytes([int(m[1], 16)]), text.encode('utf-8'))
+    return os.fsdecode(raw)
 
 
 class Journal:

@@ -1,0 +1,61 @@
+"""``pyiqa-maclip report`` (issue 15, point 3): quantile selection by numbers, the picture by its size."""
+import argparse
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from pyiqa_maclip.report import _paths_at, report_command, select_quantiles
+
+
+def test_quantile_selection_picks_ranks_worst_to_best():
+    scores = np.array([0.5, 0.1, 0.9, 0.3, 0.7])  # ascending order: rows 1, 3, 0, 4, 2
+    selection = select_quantiles(scores, 3)
+    assert selection.rows.tolist() == [1, 0, 2]  # ranks 0, 2, 4: quantiles 0, 0.5, 1
+    assert selection.quantiles.tolist() == [0.0, 0.5, 1.0]
+    assert selection.scores.tolist() == [0.1, 0.5, 0.9]
+    # More thumbnails than images: each image once; ties keep file order.
+    assert select_quantiles(np.array([0.2, 0.2]), 10).rows.tolist() == [0, 1]
+    many = select_quantiles(np.arange(1001.0)[::-1], 11)  # 1000, 999, ..., 0
+    assert many.scores.tolist() == [0.0, 100.0, 200.0, 300.0, 400.0, 500.0, 600.0, 700.0, 800.0, 900.0, 1000.0]
+    with pytest.raises(ValueError, match='at least 1'):
+        select_quantiles(scores, 0)
+
+
+def test_paths_are_read_by_row_across_chunks(tmp_path, monkeypatch):
+    import pyiqa_maclip.report as report
+
+    monkeypatch.setattr(report, '_CHUNK', 7)
+    csv = tmp_path / 'scores.csv'
+    pd.DataFrame({'path': [f'/p/{i}\r,"x".png' for i in range(30)], 'score': np.arange(30.0)}).to_csv(
+        csv, index=False, lineterminator='\r\n')
+    assert _paths_at(csv, np.array([29, 0, 13])) == ['/p/29\r,"x".png', '/p/0\r,"x".png', '/p/13\r,"x".png']
+
+
+def test_report_picture_and_errors(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(12):
+        path = tmp_path / f'img{i}.png'
+        Image.fromarray(rng.integers(0, 255, (30 + i, 40, 3), dtype=np.uint8)).save(path)
+        rows.append((str(path), i / 12))
+    rows.append((str(tmp_path / 'moved.png'), 0.99))  # no longer there: shown as unreadable
+    pd.DataFrame(rows, columns=['path', 'score']).to_csv(tmp_path / 'scores.csv', index=False)
+    pd.DataFrame([('/x/a.png', 'OSError: x'), ('/x/b.png', 'OSError: y')], columns=['path', 'error']).to_csv(
+        tmp_path / 'scores.errors.csv', index=False)
+    output = tmp_path / 'out' / 'report.png'
+    args = argparse.Namespace(scores=str(tmp_path / 'scores.csv'), output=str(output), thumbnails=9)
+    assert report_command(args) == 0
+    out = capsys.readouterr().out
+    assert '13 scores, 9 thumbnails' in out and '2 failed files' in out
+    with Image.open(output) as picture:
+        assert picture.format == 'PNG' and picture.size[0] >= 1200 and picture.size[1] >= 600
+
+    args.scores = str(tmp_path / 'missing.csv')
+    assert report_command(args) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and 'does not exist' in err
+    (tmp_path / 'junk.csv').write_text('a,b\n1,2\n')
+    args.scores = str(tmp_path / 'junk.csv')
+    assert report_command(args) == 2 and 'score column' in capsys.readouterr().err
