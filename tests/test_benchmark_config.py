@@ -54,7 +54,7 @@ def _one_line_error(raw) -> str:
     ({'datasets': {'spaq': {'resize': [448]}}, 'metrics': _PIQE}, 'datasets.spaq.resize must be [height, width]'),
     # Strict types: YAML would hand these over as text or floats; nothing is coerced.
     ({'datasets': {'spaq': {'resize': '448'}}, 'metrics': _PIQE},
-     "datasets.spaq.resize must be [height, width] in pixels (positive integers), one side N for N x N, "
+     "datasets.spaq.resize must be [height, width] in pixels (integers from 1 to 8192), one side N for N x N, "
      "or null for the native size, got '448'"),
     ({'datasets': {'spaq': {'resize': 448.0}}, 'metrics': _PIQE}, 'datasets.spaq.resize must be'),
     ({'datasets': {'spaq': {'resize': [448, True]}}, 'metrics': _PIQE}, 'datasets.spaq.resize must be'),
@@ -72,14 +72,17 @@ def _one_line_error(raw) -> str:
     ({'datasets': {'s': {'images': 'i', 'mos': 'm', 'image_column': 'x', 'mos_column': 'x'}}, 'metrics': _PIQE},
      "datasets.s: image_column and mos_column are both 'x'"),
     ({'datasets': _DATA, 'metrics': _PIQE, 'data_root': 3}, 'data_root must be non-empty text'),
-    ({'datasets': {1: {}}, 'metrics': _PIQE}, 'datasets: the name 1 must be text'),
-    ({'datasets': {'x' * 101: {}}, 'metrics': _PIQE}, 'must be text of 1 to 100 characters'),
+    ({'datasets': {1: {}}, 'metrics': _PIQE}, 'datasets: the name 1 must be printable text'),
+    ({'datasets': {'x' * 101: {}}, 'metrics': _PIQE}, 'must be printable text of 1 to 100 characters'),
+    ({'datasets': _DATA, 'metrics': {'a\nb': {'base': 'piqe'}}}, "metrics: the name 'a\\nb' must be printable text"),
+    ({'datasets': {'spaq': {'resize': [448, 10 ** 20]}}, 'metrics': _PIQE},
+     'datasets.spaq.resize must be [height, width] in pixels (integers from 1 to 8192)'),
     # Metrics.
     ({'datasets': _DATA, 'metrics': {'nometric': {}}}, "metrics.nometric: 'nometric' is not a pyiqa metric"),
     ({'datasets': _DATA, 'metrics': {'piqe': 5}}, 'metrics.piqe must be a mapping'),
     ({'datasets': _DATA, 'metrics': {'a': {'base': 'b'}, 'b': {'base': 'a'}}}, 'chain loops: a -> b -> a'),
     ({'datasets': _DATA, 'metrics': {'a': {'base': 'zzz'}}}, "metrics.a.base: 'zzz' is neither"),
-    ({'datasets': _DATA, 'metrics': {'a': {'base': 5}}}, 'metrics.a.base must be text'),
+    ({'datasets': _DATA, 'metrics': {'a': {'base': 5}}}, 'metrics.a.base must be printable text'),
     ({'datasets': _DATA, 'metrics': {'piqe': {'component': 'q_sim'}}}, 'only MA-CLIP metrics have components'),
     ({'datasets': _DATA, 'metrics': {'m': {'base': 'maclip', 'component': 'q_x'}}},
      "metrics.m.component must be one of score, q_sim, q_mag, got 'q_x'"),
@@ -221,7 +224,7 @@ def test_merge_keys_may_be_overridden(tmp_path):
     (b'\xff\xfe\x00junk', 'is not UTF-8 text'),
     ('[' * 3000 + ']' * 3000, 'nested too deeply'),
     ('', 'datasets: needs at least one entry'),
-    ('datasets:\n  no: {}\nmetrics: {piqe: {}}\n', 'datasets: the name False must be text'),
+    ('datasets:\n  no: {}\nmetrics: {piqe: {}}\n', 'datasets: the name False must be printable text'),
 ])
 def test_unreadable_configurations_are_one_line_errors(tmp_path, content, message):
     path = tmp_path / 'config.yml'
@@ -411,6 +414,14 @@ def test_pyiqa_dataset_with_a_duplicated_image(tmp_path):
 def test_pyiqa_dataset_with_a_missing_mos(tmp_path):
     root = _koniq_root(tmp_path, ['a.png', 'b.png'], [60.0, math.nan])
     assert 'entry 2 of the list pyiqa reads from' in _items_error(_koniq(root))
+
+
+def test_missing_folder_and_table(tmp_path):
+    spec = _table(tmp_path, 'image,mos\na.png,1\n')
+    folder_is_file = parse_config({'datasets': {'d': {'images': spec.mos, 'mos': spec.mos}}, 'metrics': _PIQE})
+    assert f'datasets.d.images: the image folder {spec.mos} is not a folder' in _items_error(folder_is_file.datasets[0])
+    table_is_folder = parse_config({'datasets': {'d': {'images': spec.images, 'mos': tmp_path}}, 'metrics': _PIQE})
+    assert f'datasets.d.mos: the MOS table {tmp_path} is not a file' in _items_error(table_is_folder.datasets[0])
 
 
 def test_pyiqa_dataset_without_meta_info_explains_the_layout(tmp_path):

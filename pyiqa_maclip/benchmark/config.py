@@ -47,6 +47,7 @@ COMPONENTS = ('score', 'q_sim', 'q_mag')
 RESIZE_MODES = ('bicubic', 'bilinear', 'lanczos', 'nearest', 'box', 'hamming')
 RESERVED_METRIC_KEYS = ('base', 'component')
 MAX_NAME_LENGTH = 100  # names become file names, two of them in a plot's name
+MAX_SIDE = 8192  # pixels of a resized side: 8192 x 8192 is already 0.8 GB as a float tensor
 MAX_CONFIG_BYTES = 1 << 20
 _MACLIP_ARCH = 'MACLIP'
 
@@ -162,14 +163,21 @@ def _finite_throughout(value):
     return value
 
 
-_Side = Annotated[int, Field(gt=0)]
+def _printable(name: str) -> str:
+    """Names appear in logs and tables: no line breaks or control characters."""
+    if not name.isprintable():
+        raise ValueError('not printable')
+    return name
+
+
+_Side = Annotated[int, Field(gt=0, le=MAX_SIDE)]
 Text = Annotated[str, BeforeValidator(_fspath), Field(pattern=r'\S'), _expecting('non-empty text (a name or a path)')]
-Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH),
-                 _expecting(f'text of 1 to {MAX_NAME_LENGTH} characters (quote names that YAML reads '
+Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH), AfterValidator(_printable),
+                 _expecting(f'printable text of 1 to {MAX_NAME_LENGTH} characters (quote names that YAML reads '
                             "otherwise, such as '1' or 'no')")]
 Flag = Annotated[bool, _expecting('true or false')]
 Resize = Annotated[Optional[tuple[_Side, _Side]], BeforeValidator(_sides),
-                   _expecting('[height, width] in pixels (positive integers), one side N for N x N, '
+                   _expecting(f'[height, width] in pixels (integers from 1 to {MAX_SIDE}), one side N for N x N, '
                               'or null for the native size')]
 ResizeMode = Annotated[Literal[RESIZE_MODES], _expecting(f'one of {", ".join(RESIZE_MODES)}')]
 Component = Annotated[Literal[COMPONENTS], _expecting(f'one of {", ".join(COMPONENTS)}')]

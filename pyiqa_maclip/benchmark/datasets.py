@@ -218,9 +218,11 @@ def _custom_items(spec: DatasetSpec) -> list[Item]:
     where = f'datasets.{spec.name}'
     images, table_path = Path(spec.images), Path(spec.mos)
     if not images.is_dir():
-        raise BenchmarkConfigError(f'{where}.images: the image folder {images} does not exist')
+        problem = 'is not a folder' if images.exists() else 'does not exist'
+        raise BenchmarkConfigError(f'{where}.images: the image folder {images} {problem}')
     if not table_path.is_file():
-        raise BenchmarkConfigError(f'{where}.mos: the MOS table {table_path} does not exist')
+        problem = 'is not a file' if table_path.exists() else 'does not exist'
+        raise BenchmarkConfigError(f'{where}.mos: the MOS table {table_path} {problem}')
     records = _table_records(table_path, f'{where}.mos')
     if not records:
         raise BenchmarkConfigError(f'{where}.mos: {table_path} is empty; expected a header line '
