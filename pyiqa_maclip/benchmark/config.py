@@ -306,6 +306,7 @@ def _pyiqa_datasets() -> dict:
 
 
 def _dataset(name: str, entry, data_root: str) -> DatasetSpec:
+    """The spec of one dataset entry: the paper's defaults for its name, then its own keys, checked."""
     custom = isinstance(entry, Mapping) and ('images' in entry or 'mos' in entry)
     schema = CustomDatasetEntry if custom else PyiqaDatasetEntry
     if isinstance(entry, Mapping) or entry is None:
