@@ -29,6 +29,8 @@ setup(
         'scipy',
         'matplotlib',
         'PyYAML',
+        # The benchmark configuration's schema (JsonValue came in 2.5).
+        'pydantic>=2.5',
         'Pillow',
         # pandas' reader for .xlsx MOS tables (AGIQA-1K ships one).
         'openpyxl',
