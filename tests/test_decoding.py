@@ -68,3 +68,16 @@ def test_resize_for_the_benchmark(tmp_path):
     resized = read_image(deep, resize=(12, 20), resize_mode='lanczos')
     assert resized.shape == (1, 12, 20)
     torch.testing.assert_close(resized, torch.full((1, 12, 20), 30000 / 65535), rtol=0, atol=1e-5)
+
+
+def test_special_files_are_refused_without_blocking(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / 'fifo.png')
+    with pytest.raises(ValueError, match='not a regular file'):
+        read_image(tmp_path / 'fifo.png')
+    with pytest.raises(FileNotFoundError):
+        read_image(tmp_path / 'missing.png')
+    (tmp_path / 'empty.png').write_bytes(b'')
+    with pytest.raises(ValueError, match='empty file'):
+        read_image(tmp_path / 'empty.png')

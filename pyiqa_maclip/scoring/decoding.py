@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import NamedTuple
@@ -71,7 +72,10 @@ def read_image(path: str | os.PathLike, resize: tuple[int, int] | None = None,
 
     Raises on an empty, unidentifiable, truncated or unreadable file.
     """
-    if os.path.getsize(path) == 0:
+    status = os.stat(path)
+    if not stat.S_ISREG(status.st_mode):  # a FIFO would block the decoder for ever
+        raise ValueError('not a regular file (a folder, FIFO, socket or device)')
+    if status.st_size == 0:
         raise ValueError('empty file (0 bytes)')
     with _strict_decoding(), Image.open(path) as opened:
         opened.load()
