@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import nullcontext
@@ -47,7 +48,7 @@ RANGE_TOLERANCE = 1e-3
 
 def _real(name: str, value) -> float:
     low, high = OPTION_RANGES[name]
-    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
             or not low <= value <= high):
         raise ValueError(f'{name} must be a real number in [{low:g}, {high:g}], got {value!r}')
     return float(value)
@@ -121,12 +122,15 @@ def check_images(x) -> None:
     if not (math.isfinite(low) and math.isfinite(high)):
         raise ValueError(f'images contain NaN or Inf values; {expected}')
     if not x.requires_grad and (low < -RANGE_TOLERANCE or high > 1 + RANGE_TOLERANCE):
-        if high > 1.5:
+        tolerance = RANGE_TOLERANCE
+        if low >= -tolerance and 1.5 < high <= 255 + tolerance:
             fix = 'for 0..255 images use x / 255'
-        elif low < -0.5:
+        elif -1 - tolerance <= low < -0.5 and high <= 1 + tolerance:
             fix = 'for [-1, 1] images use (x + 1) / 2'
-        else:
+        elif low >= -0.5 and high <= 1.5:
             fix = 'clamp values that drifted out with x.clamp(0, 1)'
+        else:
+            fix = 'rescale them to [0, 1]'
         raise ValueError(f'image values lie in [{low:.4g}, {high:.4g}]; {expected} ({fix})')
 
 

@@ -312,6 +312,11 @@ def test_every_accepted_option_value_gives_finite_scores(tiny_rn, options):
         assert torch.isfinite(getattr(parts, field)).all(), (options, field)
 
 
+def test_numpy_option_values_are_accepted(tiny_rn):
+    metric = MACLIP(backbone=str(tiny_rn), box_lam=np.float32(0.25), alpha=np.int64(2))
+    assert (metric.box_lam, metric.alpha) == (0.25, 2.0)
+
+
 def test_tiny_box_lam_is_the_log_limit(tiny_rn):
     """box_lam = 1e-300 (0 in float32) scores as box_lam = 0, the Box-Cox limit, within 1e-6."""
     image = random_images(1, 230, 260, seed=1)
@@ -320,15 +325,16 @@ def test_tiny_box_lam_is_the_log_limit(tiny_rn):
     torch.testing.assert_close(tiny, log, rtol=0, atol=EXACT)
 
 
-@pytest.mark.parametrize('scale, words', [
-    (255.0, 'for 0..255 images use x / 255'),
-    (-1.0, 'for [-1, 1] images use (x + 1) / 2'),
-    (1.01, 'clamp values that drifted out with x.clamp(0, 1)'),
+@pytest.mark.parametrize('convert, words', [
+    (lambda x: x * 255, 'for 0..255 images use x / 255'),
+    (lambda x: x * 2 - 1, 'for [-1, 1] images use (x + 1) / 2'),
+    (lambda x: x * 1.01, 'clamp values that drifted out with x.clamp(0, 1)'),
+    (lambda x: x * 1e30, 'rescale them to [0, 1]'),
 ])
-def test_images_outside_the_unit_range_are_rejected(tiny_rn, monkeypatch, scale, words):
+def test_images_outside_the_unit_range_are_rejected(tiny_rn, monkeypatch, convert, words):
     metric = MACLIP(backbone=str(tiny_rn))
     monkeypatch.setattr(metric.visual, 'forward', lambda *a, **k: pytest.fail('encoder ran on bad input'))
-    image = random_images(1, 224, 224) * scale if scale != -1.0 else random_images(1, 224, 224) * 2 - 1
+    image = convert(random_images(1, 224, 224))
     with pytest.raises(ValueError) as raised:
         metric(image)
     assert words in str(raised.value) and 'values in [0, 1]' in str(raised.value)
