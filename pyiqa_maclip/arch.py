@@ -4,18 +4,20 @@ Liao et al., "Beyond Cosine Similarity: Magnitude-Aware CLIP for No-Reference
 Image Quality Assessment", AAAI 2026, arXiv 2511.09948.
 Official code: https://github.com/zhix000/MA-CLIP.
 
-The equations live in :mod:`pyiqa_maclip.functional`; this module loads CLIP,
-validates input, feeds the views through the image encoder a bounded chunk at
-a time and embeds the prompts once, when the metric is built.
+The method lives in :mod:`pyiqa_maclip.functional`. This module loads CLIP and
+embeds the prompts once, validates options and images, makes each image's views,
+feeds them through the image encoder a bounded chunk at a time and hands each
+image's features to :func:`~pyiqa_maclip.functional.image_components`
+(:meth:`MACLIP._score` reads that path top to bottom).
 """
 from __future__ import annotations
 
 import itertools
-from contextlib import nullcontext
 import math
+import numbers
 import os
-from collections.abc import Iterator, Sequence
-from typing import NamedTuple
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import nullcontext
 
 import torch
 from torch import nn
@@ -24,30 +26,31 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from pyiqa.archs.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from . import functional as MF
+from .functional import QualityComponents
 from .weights import load_clip
 
-__all__ = ['MACLIP', 'QualityComponents']
+__all__ = ['MACLIP', 'QualityComponents', 'check_images', 'OPTION_RANGES', 'RANGE_TOLERANCE']
 
+#: Accepted ranges of the real-valued options. Within them every score of a finite image is
+#: finite in float32: Box-Cox of |f| / std(|f|) (at most about sqrt(D)) stays below 1e30 for
+#: |box_lam| <= 10, and the fusion logits stay far from float32's 3.4e38.
+OPTION_RANGES = {
+    'box_lam': (-10.0, 10.0),
+    'base_cos': (-1e6, 1e6),
+    'base_norm': (-1e6, 1e6),
+    'alpha': (-1e6, 1e6),
+}
 
-class QualityComponents(NamedTuple):
-    """Per-image output of ``MACLIP(x, return_components=True)``; each field has shape (B,).
-
-    ``score`` is the MA-CLIP quality; the other fields are the means over the
-    image's views (patches and global view) of Q_sim, Q_mag and the two fusion
-    weights. The score is the mean of the per-view fused values, so in general
-    it differs from ``w_sim * q_sim + w_mag * q_mag`` of these means.
-    """
-
-    score: torch.Tensor
-    q_sim: torch.Tensor
-    q_mag: torch.Tensor
-    w_sim: torch.Tensor
-    w_mag: torch.Tensor
+#: How far image values may lie outside [0, 1] (rounding of earlier processing) and still
+#: be scored as they are. Farther out is another convention (0..255, [-1, 1], CLIP-normalised).
+RANGE_TOLERANCE = 1e-3
 
 
 def _real(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f'{name} must be a finite real number, got {value!r}')
+    low, high = OPTION_RANGES[name]
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
+            or not low <= value <= high):
+        raise ValueError(f'{name} must be a real number in [{low:g}, {high:g}], got {value!r}')
     return float(value)
 
 
@@ -95,7 +98,12 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
 
 
 def check_images(x) -> None:
-    """Raise TypeError/ValueError unless ``x`` is a finite real (B, 1|3, H, W) tensor with B, H, W >= 1."""
+    """Raise TypeError/ValueError unless ``x`` is a real (B, 1|3, H, W) tensor of finite values in [0, 1].
+
+    Values may exceed [0, 1] by :data:`RANGE_TOLERANCE`. A tensor that requires grad (the
+    input of a loss, which optimisation may push out of range) is only checked for
+    finiteness: pyiqa turns its own range check off for losses too.
+    """
     expected = 'expected a float tensor of shape (B, C, H, W) with C = 1 or 3 and values in [0, 1]'
     if not isinstance(x, torch.Tensor):
         raise TypeError(f'images must be a torch.Tensor, got {type(x).__name__}; {expected}')
@@ -110,8 +118,27 @@ def check_images(x) -> None:
         raise ValueError(f'images have {x.shape[1]} channels (shape {tuple(x.shape)}); {expected}')
     if x.numel() == 0:
         raise ValueError(f'images tensor is empty (shape {tuple(x.shape)}); {expected} and B, H, W >= 1')
-    if not bool(torch.isfinite(x).all()):
+    low, high = (float(v) for v in torch.aminmax(x.detach()))  # NaN propagates; no full-size mask
+    if not (math.isfinite(low) and math.isfinite(high)):
         raise ValueError(f'images contain NaN or Inf values; {expected}')
+    if not x.requires_grad and (low < -RANGE_TOLERANCE or high > 1 + RANGE_TOLERANCE):
+        tolerance = RANGE_TOLERANCE
+        if low >= -tolerance and 1.5 < high <= 255 + tolerance:
+            fix = 'for 0..255 images use x / 255'
+        elif -1 - tolerance <= low < -0.5 and high <= 1 + tolerance:
+            fix = 'for [-1, 1] images use (x + 1) / 2'
+        elif low >= -0.5 and high <= 1.5:
+            fix = 'clamp values that drifted out with x.clamp(0, 1)'
+        else:
+            fix = 'rescale them to [0, 1]'
+        raise ValueError(f'image values lie in [{low:.4g}, {high:.4g}]; {expected} ({fix})')
+
+
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
+    """Consecutive lists of ``size`` items (the last one shorter)."""
+    items = iter(items)
+    while chunk := list(itertools.islice(items, size)):
+        yield chunk
 
 
 class MACLIP(nn.Module):
@@ -125,9 +152,9 @@ class MACLIP(nn.Module):
         backbone: an OpenAI CLIP name (``RN50``, ``ViT-B/32``, ...) or the path of a
             checkpoint file (TorchScript archive or state dict).
         prompts: (positive, negative) prompt pairs for Q_sim.
-        box_lam: Box-Cox lambda for Q_mag (0 means log).
-        base_cos, base_norm: base logits of the two cues in the fusion softmax.
-        alpha: how strongly the cue discrepancy shifts the fusion weights.
+        box_lam: Box-Cox lambda for Q_mag (0 means log), in [-10, 10].
+        base_cos, base_norm: base logits of the two cues in the fusion softmax, in [-1e6, 1e6].
+        alpha: how strongly the cue discrepancy shifts the fusion weights, in [-1e6, 1e6].
         patch_size: side of the square patches and of the global view.
         stride: step between patches.
         pos_embedding: add CLIP's (resized) positional embedding in the image
@@ -141,14 +168,19 @@ class MACLIP(nn.Module):
         model_type: accepted for compatibility with pyiqa's own ``maclip`` entry
             in ``DEFAULT_CONFIGS``; only ``'maclip'`` is valid.
 
-    Module dtype conversions work as in PyTorch: ``.half()`` / ``.bfloat16()`` put the
-    image encoder's weights in that type, while LayerNorms (as in CLIP), the prompt
-    embeddings and the MA-CLIP math stay float32 and scores are float32; ``.double()``
-    makes everything float64 but LayerNorm, which pyiqa's CLIP computes in float32.
+    Images are float tensors in [0, 1] (see :func:`check_images`; input that requires
+    grad, as a loss's, is taken whatever its range). An image whose shorter side is below
+    ``patch_size`` is cut as if resized by :func:`~pyiqa_maclip.functional.working_size`,
+    without materialising the resized image; its global view is taken from the original.
 
-    Images whose shorter side is below ``patch_size`` are first upscaled
-    (bilinear, aspect kept) so that the shorter side equals ``patch_size``;
-    the global view is always taken from the original image.
+    The CLIP image encoder (:attr:`visual`) is frozen and held outside the module tree,
+    as pyiqa's clipiqa holds CLIP: its weights are not in ``state_dict()`` (they come
+    from ``backbone``), ``parameters()`` or ``apply()``, so a model using this metric as
+    a loss saves small checkpoints. ``.to()`` and dtype conversions still reach it:
+    ``.half()`` / ``.bfloat16()`` put its weights in that type, while LayerNorms (as in
+    CLIP), the prompt embeddings and the MA-CLIP math stay float32 and scores are
+    float32; ``.double()`` makes everything float64 but LayerNorm, which pyiqa's CLIP
+    computes in float32.
     """
 
     def __init__(
@@ -185,8 +217,8 @@ class MACLIP(nn.Module):
         self.backbone = backbone
 
         clip = load_clip(backbone)
-        #: The CLIP image encoder; the text tower is dropped once the prompts are embedded.
-        self.visual = clip.visual
+        # A list hides the encoder from the module tree (see the class docstring and _apply).
+        self._encoder = [clip.visual]
         self._check_patch_size_fits_encoder()
         self.visual.requires_grad_(False)
         # Same math, less work: BatchNorm folded into the convolutions, channels_last layout.
@@ -196,6 +228,11 @@ class MACLIP(nn.Module):
         self.register_buffer('logit_scale', clip.logit_scale.detach().exp(), persistent=False)
         self.register_buffer('mean', torch.tensor(OPENAI_CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer('std', torch.tensor(OPENAI_CLIP_STD).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def visual(self) -> nn.Module:
+        """The frozen CLIP image encoder (the text tower is dropped once the prompts are embedded)."""
+        return self._encoder[0]
 
     def _embed_prompts(self, clip: nn.Module) -> torch.Tensor:
         """L2-normalised prompt embeddings (2K, D), pairs interleaved positive, negative.
@@ -223,13 +260,8 @@ class MACLIP(nn.Module):
                     f'{self.backbone!r}, got {self.patch_size}'
                 )
 
-    def _normalise(self, views: torch.Tensor) -> torch.Tensor:
-        # Per chunk rather than on the whole image: no full-size copy of a large photo.
-        # (Resizing commutes with this per-channel affine map, so the order is immaterial.)
-        return (views.expand(-1, 3, -1, -1) - self.mean) / self.std
-
     def _apply(self, fn, recurse=True):
-        """``.to()``, ``.half()``, ``.double()``, ...: then restore float32 where it is needed.
+        """``.to()``, ``.half()``, ``.double()``, ...: reach the hidden encoder, then restore float32 where needed.
 
         pyiqa's CLIP LayerNorm casts its input to float32, so its weights must be float32;
         the prompt embeddings and constants of the MA-CLIP math are kept out of 16-bit floats.
@@ -240,6 +272,8 @@ class MACLIP(nn.Module):
         float32_at_least = [(self, name) for name in ('text_features', 'logit_scale', 'mean', 'std')]
         before = {(owner, name): getattr(owner, name) for owner, name in exactly_float32 + float32_at_least}
         super()._apply(fn, recurse)
+        if recurse:
+            self.visual._apply(fn)
         for (owner, name), old in before.items():
             new = getattr(owner, name)
             exact = (owner, name) in exactly_float32
@@ -247,52 +281,56 @@ class MACLIP(nn.Module):
                 new.data = old.data.to(device=new.device, dtype=torch.float32)
         return self
 
+    def _patch_grid(self, image: torch.Tensor) -> tuple[tuple[int, int], int, int]:
+        """Working size, patch rows and patch columns of a (1, C, H, W) image."""
+        size = MF.working_size(*image.shape[-2:], self.patch_size)
+        return (size, *MF.num_patches(*size, self.patch_size, self.stride))
+
+    def _num_views(self, image: torch.Tensor) -> int:
+        _, rows, cols = self._patch_grid(image)
+        return rows * cols + 1
+
+    def _views(self, image: torch.Tensor) -> Iterator[torch.Tensor]:
+        """The (C, p, p) views of one (1, C, H, W) image, lazily: its patches row by row, then the global view."""
+        size, rows, cols = self._patch_grid(image)
+        for row in range(rows):
+            for col in range(cols):
+                yield MF.image_patch(image, size, row * self.stride, col * self.stride, self.patch_size)[0]
+        yield MF.global_view(image, self.patch_size)[0]
+
     def encode_views(self, views: torch.Tensor) -> torch.Tensor:
         """Raw CLIP image features of a chunk of (N, C, p, p) views in [0, 1]: (N, D)."""
         encoder_dtype = self.visual.conv1.weight.dtype
-        views = self._normalise(views).to(encoder_dtype).contiguous(memory_format=torch.channels_last)
+        # Normalised per chunk rather than on the whole image: no full-size copy of a large photo.
+        views = ((views.expand(-1, 3, -1, -1) - self.mean) / self.std).to(encoder_dtype)
+        views = views.contiguous(memory_format=torch.channels_last)
         half = torch.autocast(views.device.type, dtype=torch.float16) if self.half_precision else nullcontext()
         with half:
             features = self.visual(views, pos_embedding=self.pos_embedding)
         return features.to(self.text_features.dtype)
 
-    def _views(self, image: torch.Tensor) -> Iterator[torch.Tensor]:
-        """The views of one (1, C, H, W) image, lazily: its sliding patches, then the global view."""
-        patches = MF.sliding_patches(MF.upscale_short_side(image, self.patch_size), self.patch_size, self.stride)[0]
-        rows, cols = patches.shape[:2]
-        for r in range(rows):
-            for c in range(cols):
-                yield patches[r, c]
-        yield MF.global_view(image, self.patch_size)[0]
+    def _score(self, images: list[torch.Tensor]) -> QualityComponents:
+        """Score validated (1, C, H, W) images: image -> views -> features -> components.
 
-    def _features(self, images: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Features (views, D) of each (1, C, H, W) image.
-
-        Views of consecutive images share chunks, so the encoder always sees full
-        chunks of ``chunk_size`` and no more than that is ever materialised.
+        Views of consecutive images share chunks, so the encoder always sees full chunks
+        of ``chunk_size`` and no more than that is ever materialised.
         """
-        counts = []
-        views = itertools.chain.from_iterable(self._counted(self._views(image), counts) for image in images)
-        chunks = []
-        while chunk := list(itertools.islice(views, self.chunk_size)):
-            chunks.append(self.encode_views(torch.stack(chunk)))
-        return list(torch.cat(chunks).split(counts))
-
-    @staticmethod
-    def _counted(views: Iterator[torch.Tensor], counts: list[int]) -> Iterator[torch.Tensor]:
-        counts.append(0)
-        for view in views:
-            counts[-1] += 1
-            yield view
-
-    def _components(self, features: torch.Tensor) -> QualityComponents:
-        """Per-image components from the features (views, D) of one image: 0-d tensors."""
-        q_sim = MF.similarity_quality(features, self.text_features, self.logit_scale)
-        q_mag = MF.magnitude_quality(features, self.box_lam)
-        fused = MF.fuse(q_sim, q_mag, self.base_cos, self.base_norm, self.alpha)
-        return QualityComponents(
-            fused.score.mean(-1), q_sim.mean(-1), q_mag.mean(-1), fused.w_sim.mean(-1), fused.w_mag.mean(-1)
-        )
+        device, dtype = self.logit_scale.device, self.text_features.dtype
+        images = [image.to(device=device, dtype=dtype) for image in images]
+        grad = torch.is_grad_enabled()
+        with torch.inference_mode(not grad):
+            views = itertools.chain.from_iterable(self._views(image) for image in images)
+            features = torch.cat([self.encode_views(torch.stack(chunk)) for chunk in _chunks(views, self.chunk_size)])
+            per_image = features.split([self._num_views(image) for image in images])
+            parts = [
+                MF.image_components(f, self.text_features, self.logit_scale,
+                                    self.box_lam, self.base_cos, self.base_norm, self.alpha)
+                for f in per_image
+            ]
+            out = QualityComponents(*(torch.stack(field) for field in zip(*parts)))
+        if not grad:  # hand back ordinary tensors that callers may modify in place
+            out = QualityComponents(*(t.clone() for t in out))
+        return out
 
     def score_images(self, images: Sequence[torch.Tensor]) -> QualityComponents:
         """Score images of different sizes together: each (C, H, W) or (1, C, H, W) in [0, 1].
@@ -315,18 +353,6 @@ class MACLIP(nn.Module):
                 raise ValueError(f'score_images takes single images, (C, H, W) or (1, C, H, W); got shape '
                                  f'{tuple(image.shape)}')
         return self._score(batched)
-
-    def _score(self, images: list[torch.Tensor]) -> QualityComponents:
-        """Score validated (1, C, H, W) images."""
-        device, dtype = self.logit_scale.device, self.text_features.dtype
-        images = [image.to(device=device, dtype=dtype) for image in images]
-        grad = torch.is_grad_enabled()
-        with torch.inference_mode(not grad):
-            parts = [self._components(features) for features in self._features(images)]
-            out = QualityComponents(*(torch.stack(field) for field in zip(*parts)))
-        if not grad:  # hand back ordinary tensors that callers may modify in place
-            out = QualityComponents(*(t.clone() for t in out))
-        return out
 
     def forward(self, x: torch.Tensor, return_components: bool = False):
         """Score (B, C, H, W) images in [0, 1] (C = 1 or 3, any H, W >= 1).

@@ -1,18 +1,21 @@
-"""The MA-CLIP equations as small pure functions on tensors.
+"""The MA-CLIP method as small pure functions on tensors.
 
 Liao et al., "Beyond Cosine Similarity: Magnitude-Aware CLIP for No-Reference
 Image Quality Assessment", AAAI 2026 (arXiv 2511.09948); official code
 https://github.com/zhix000/MA-CLIP.
 
-Every function here is stateless and works on a leading batch dimension, so the
-paper's pipeline reads top to bottom:
+An image goes through the method top to bottom in this file:
 
-    views    = sliding_patches(x) + [global_view(x)]       # Sec. "Implementation"
-    f        = CLIP image encoder(views)                   # raw features
-    Q_sim    = similarity_quality(f, text_features, s)     # CLIP-IQA prompt cue
-    Q_mag    = magnitude_quality(f, lam)                   # |f| -> Box-Cox -> mean
-    Q, w     = fuse(Q_sim, Q_mag, base_cos, base_norm, a)  # confidence-guided softmax
-    score    = mean of Q over the views of each image
+    size     = working_size(H, W, p)                        # small images are enlarged
+    views    = [image_patch(x, size, top, left, p)           # p x p patches at the stride,
+                for each of num_patches(*size, p, stride)]   #   row-major, as nn.Unfold
+               + [global_view(x, p)]                         # and the whole image at p x p
+    f        = CLIP image encoder(views)                     # raw features (views, D): the arch
+    image_components(f, text_features, logit_scale, ...):
+        Q_sim = similarity_quality(f, text_features, s)      # CLIP-IQA prompt cue
+        Q_mag = magnitude_quality(f, lam)                    # |f| / std -> box_cox -> mean
+        Q, w  = fuse(Q_sim, Q_mag, base_cos, base_norm, a)   # confidence-guided softmax
+        score = mean of Q over the views
 """
 from __future__ import annotations
 
@@ -23,15 +26,19 @@ import torch.nn.functional as F
 
 __all__ = [
     'DEFAULT_PROMPTS',
+    'MAX_ASPECT_RATIO',
+    'QualityComponents',
     'FusedQuality',
-    'upscale_short_side',
-    'sliding_patches',
+    'working_size',
     'num_patches',
+    'bilinear_taps',
+    'image_patch',
     'global_view',
     'similarity_quality',
     'box_cox',
     'magnitude_quality',
     'fuse',
+    'image_components',
 ]
 
 #: The five antonym prompt pairs of the official code, positive first.
@@ -43,37 +50,109 @@ DEFAULT_PROMPTS: tuple[tuple[str, str], ...] = (
     ('Noise-free image', 'noisy image'),
 )
 
+#: Most elongated shape (long side / short side) an enlarged image keeps: more elongated
+#: images are stretched across to this ratio, which bounds their number of patches.
+MAX_ASPECT_RATIO = 32
 
-def upscale_short_side(x: torch.Tensor, min_side: int) -> torch.Tensor:
-    """Resize (B, C, H, W) images whose shorter side is below ``min_side``.
 
-    The aspect ratio is kept (bilinear, ``align_corners=False``) and the shorter
-    side becomes exactly ``min_side``, so at least one ``min_side`` patch fits.
-    Images already large enough are returned unchanged (the same tensor), which
-    keeps the reference's numbers for every image with both sides >= ``min_side``.
+class QualityComponents(NamedTuple):
+    """MA-CLIP's output for an image (0-d tensors) or a batch ((B,) tensors).
+
+    ``score`` is the MA-CLIP quality; the other fields are the means over the
+    image's views (patches and global view) of Q_sim, Q_mag and the two fusion
+    weights. The score is the mean of the per-view fused values, so in general
+    it differs from ``w_sim * q_sim + w_mag * q_mag`` of these means.
     """
-    h, w = x.shape[-2:]
-    if min(h, w) >= min_side:
-        return x
-    scale = min_side / min(h, w)
-    size = (max(min_side, round(h * scale)), max(min_side, round(w * scale)))
-    return F.interpolate(x, size=size, mode='bilinear', align_corners=False)
+
+    score: torch.Tensor
+    q_sim: torch.Tensor
+    q_mag: torch.Tensor
+    w_sim: torch.Tensor
+    w_mag: torch.Tensor
+
+
+class FusedQuality(NamedTuple):
+    """Result of :func:`fuse`: the fused quality and the weight given to each cue."""
+
+    score: torch.Tensor
+    w_sim: torch.Tensor
+    w_mag: torch.Tensor
+
+
+def working_size(height: int, width: int, patch_size: int) -> tuple[int, int]:
+    """The size (height, width) at which an image is cut into ``patch_size`` patches.
+
+    An image with both sides >= ``patch_size`` keeps its size (the reference's case).
+    Otherwise its shorter side s becomes ``patch_size`` p and its longer side L becomes
+    ``min(round(L * p / s), MAX_ASPECT_RATIO * p)``: the aspect ratio is kept up to
+    32:1, and more elongated images (a 1x6000 strip) are stretched across to 32:1.
+    """
+    short, long = min(height, width), max(height, width)
+    if short >= patch_size:
+        return height, width
+    long = min(round(long * patch_size / short), MAX_ASPECT_RATIO * patch_size)
+    return (patch_size, long) if height <= width else (long, patch_size)
 
 
 def num_patches(height: int, width: int, patch_size: int, stride: int) -> tuple[int, int]:
-    """Rows and columns of ``patch_size`` windows at ``stride`` (as ``nn.Unfold``)."""
+    """Rows and columns of ``patch_size`` windows at ``stride`` (as ``nn.Unfold``).
+
+    Like the official ``nn.Unfold(kernel_size=patch_size, stride=stride)``, the right and
+    bottom margins that do not fill a whole stride are not covered.
+    """
     return (height - patch_size) // stride + 1, (width - patch_size) // stride + 1
 
 
-def sliding_patches(x: torch.Tensor, patch_size: int = 224, stride: int = 128) -> torch.Tensor:
-    """Overlapping square patches of (B, C, H, W) images, as a view: (B, rows, cols, C, p, p).
+def bilinear_taps(
+    out_index: torch.Tensor, in_size: int, out_size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where the output pixels ``out_index`` of a 1-D bilinear resize read their input.
 
-    Same windows, in the same row-major order, as the official
-    ``nn.Unfold(kernel_size=patch_size, stride=stride)``; like it, the right and
-    bottom margins that do not fill a whole stride are not covered. No memory is
-    copied: callers gather the patches they need a chunk at a time.
+    Resizing ``in_size`` samples to ``out_size`` as ``F.interpolate(mode='bilinear',
+    align_corners=False)`` does (its source index, clamping and weights, computed in
+    the dtype of ``out_index``), output ``k`` is
+    ``(1 - weight[k]) * input[low[k]] + weight[k] * input[high[k]]``.
+
+    Returns:
+        ``(low, high, weight)``: two long tensors and one of ``out_index``'s dtype.
     """
-    return x.unfold(2, patch_size, stride).unfold(3, patch_size, stride).permute(0, 2, 3, 1, 4, 5)
+    scale = torch.tensor(in_size, dtype=out_index.dtype) / out_size
+    source = (scale * (out_index + 0.5) - 0.5).clamp(min=0)
+    low = source.floor().clamp(max=in_size - 1)
+    weight = (source - low).clamp(0, 1)
+    low = low.long()
+    return low, (low + 1).clamp(max=in_size - 1), weight
+
+
+def image_patch(x: torch.Tensor, size: tuple[int, int], top: int, left: int, patch_size: int) -> torch.Tensor:
+    """The ``patch_size`` square at (``top``, ``left``) of (B, C, H, W) images resized to ``size``.
+
+    The patch is computed from the source pixels it needs only: the resized image is
+    never materialised, so a patch costs the same memory whatever the image's shape.
+    Bilinear resizing is separable, so each output pixel mixes the four source pixels at
+    the :func:`bilinear_taps` of its row and column; the result equals
+    ``F.interpolate(x, size, mode='bilinear', align_corners=False)`` then cropping, to
+    float rounding. When ``size`` is the image's own size, the patch is a view of ``x``
+    (no copy, no arithmetic: the reference's own pixels).
+    """
+    height, width = x.shape[-2:]
+    if (height, width) == tuple(size):
+        return x[..., top:top + patch_size, left:left + patch_size]
+    # F.interpolate's index arithmetic runs in float32 but for float64 images.
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    offsets = torch.arange(patch_size, dtype=dtype)
+    row_low, row_high, row_weight = bilinear_taps(offsets + top, height, size[0])
+    col_low, col_high, col_weight = bilinear_taps(offsets + left, width, size[1])
+    row_low, row_high, col_low, col_high = (i.to(x.device) for i in (row_low, row_high, col_low, col_high))
+    row_weight = row_weight.to(device=x.device, dtype=x.dtype)[:, None]
+    col_weight = col_weight.to(device=x.device, dtype=x.dtype)
+
+    def pixels(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        return x[..., rows[:, None], cols[None, :]]
+
+    upper = pixels(row_low, col_low) * (1 - col_weight) + pixels(row_low, col_high) * col_weight
+    lower = pixels(row_high, col_low) * (1 - col_weight) + pixels(row_high, col_high) * col_weight
+    return upper * (1 - row_weight) + lower * row_weight
 
 
 def global_view(x: torch.Tensor, size: int = 224) -> torch.Tensor:
@@ -93,38 +172,42 @@ def similarity_quality(
         logit_scale: CLIP's temperature, already exponentiated.
 
     Returns:
-        (...) tensor in (0, 1).
+        (...) tensor in (0, 1); 0.5 for an all-zero feature vector (which has no direction).
     """
-    image = features / features.norm(dim=-1, keepdim=True)
+    image = F.normalize(features, dim=-1)
     logits = logit_scale * image @ text_features.t()
     probs = logits.unflatten(-1, (-1, 2)).softmax(dim=-1)
     return probs[..., 0].mean(dim=-1)
 
 
-def box_cox(x: torch.Tensor, lam: float = 0.5, eps: float = 1e-6) -> torch.Tensor:
-    """Box-Cox transform of features scaled by their standard deviation (paper Eq. "Q_mag").
+def box_cox(x: torch.Tensor, lam: float = 0.5) -> torch.Tensor:
+    """The Box-Cox transform of ``1 + x`` (``scipy.special.boxcox1p``), for ``x > -1``.
 
-    ``x`` is first divided by its standard deviation over the last dimension
-    (unbiased, plus ``eps``) to remove the semantic scale of the features; then
-    ``((x + 1) ** lam - 1) / lam``, or ``log(x + 1)`` when ``lam == 0``.
+    ``((x + 1) ** lam - 1) / lam``, or ``log(x + 1)`` when ``lam == 0``. Computed as
+    ``log1p(x) * expm1(z) / z`` with ``z = lam * log1p(x)``, which equals it and stays
+    accurate however small ``lam`` is: where ``|z|`` is below the dtype's resolution,
+    ``expm1(z) / z = 1 + z / 2 + ...`` rounds to 1 and the result is ``log(x + 1)``
+    (rather than 0 / 0 once ``lam`` underflows).
     """
-    x = x / (x.std(dim=-1, keepdim=True) + eps)
+    log = torch.log1p(x)
     if lam == 0:
-        return torch.log1p(x)
-    return ((x + 1) ** lam - 1) / lam
+        return log
+    z = lam * log
+    tiny = z.abs() < torch.finfo(z.dtype).eps
+    safe_z = torch.where(tiny, torch.ones_like(z), z)  # keeps 0 / 0 out of the gradient too
+    return torch.where(tiny, log, log * torch.expm1(safe_z) / safe_z)
 
 
 def magnitude_quality(features: torch.Tensor, lam: float = 0.5, eps: float = 1e-6) -> torch.Tensor:
-    """Q_mag: the mean Box-Cox-normalised magnitude ``|f|`` of raw features (..., D) -> (...)."""
-    return box_cox(features.abs(), lam=lam, eps=eps).mean(dim=-1)
+    """Q_mag: the mean Box-Cox-normalised magnitude of raw features (..., D) -> (...).
 
-
-class FusedQuality(NamedTuple):
-    """Result of :func:`fuse`: the fused quality and the weight given to each cue."""
-
-    score: torch.Tensor
-    w_sim: torch.Tensor
-    w_mag: torch.Tensor
+    The magnitudes ``|f|`` are divided by their standard deviation over the feature
+    dimensions (unbiased, plus ``eps``), which removes the semantic scale of the
+    features, then Box-Cox transformed (:func:`box_cox`) and averaged over dimensions.
+    """
+    magnitude = features.abs()
+    scaled = magnitude / (magnitude.std(dim=-1, keepdim=True) + eps)
+    return box_cox(scaled, lam).mean(dim=-1)
 
 
 def fuse(
@@ -145,3 +228,34 @@ def fuse(
     w_sim, w_mag = gamma.softmax(dim=-1).unbind(dim=-1)
     return FusedQuality(w_sim * q_sim + w_mag * q_mag, w_sim, w_mag)
 
+
+def image_components(
+    features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale: torch.Tensor | float,
+    box_lam: float = 0.5,
+    base_cos: float = 1.0,
+    base_norm: float = 0.6,
+    alpha: float = 1.0,
+) -> QualityComponents:
+    """MA-CLIP's components of an image from the raw CLIP features of its views.
+
+    Every view gets Q_sim (:func:`similarity_quality`), Q_mag (:func:`magnitude_quality`)
+    and their fusion (:func:`fuse`); the image's score and parts are means over its views.
+
+    Args:
+        features: raw image features (..., views, D) of one image's views (patches and
+            global view).
+        text_features, logit_scale: as in :func:`similarity_quality`.
+        box_lam: Box-Cox lambda of Q_mag.
+        base_cos, base_norm, alpha: the fusion constants of :func:`fuse`.
+
+    Returns:
+        :class:`QualityComponents` of (...) tensors (0-d for one image).
+    """
+    q_sim = similarity_quality(features, text_features, logit_scale)
+    q_mag = magnitude_quality(features, box_lam)
+    fused = fuse(q_sim, q_mag, base_cos, base_norm, alpha)
+    return QualityComponents(
+        fused.score.mean(-1), q_sim.mean(-1), q_mag.mean(-1), fused.w_sim.mean(-1), fused.w_mag.mean(-1)
+    )

@@ -2,7 +2,10 @@
 
 pyiqa calls :func:`register` through the ``pyiqa.archs`` entry point the first
 time it looks anything up in ``ARCH_REGISTRY``, so the plugin wins even when it
-is never imported; ``import pyiqa_maclip`` calls it too. It is idempotent.
+is never imported; ``import pyiqa_maclip`` calls it too. It is idempotent, and it
+never discards configuration: scripts such as pyiqa's ``benchmark_results.py``
+write the user's options into ``DEFAULT_CONFIGS`` and may build another metric
+(which loads the entry point) before building this one.
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from pyiqa.utils.registry import ARCH_REGISTRY
 
 from .arch import MACLIP
 
-__all__ = ['METRIC_NAME', 'ARCH_NAME', 'METRIC_CONFIG', 'register']
+__all__ = ['METRIC_NAME', 'ARCH_NAME', 'METRIC_CONFIG', 'VARIANTS', 'register']
 
 METRIC_NAME = 'maclip'
 ARCH_NAME = 'MACLIP'
@@ -29,17 +32,66 @@ METRIC_CONFIG = {
     'score_range': '0, ~1.5',
 }
 
+#: The paper's other backbones as named metrics, following pyiqa's naming of variants
+#: (``clipiqa+_vitL14_512``, ``topiq_iaa_res50``: an underscore and the architecture).
+VARIANTS = {
+    'maclip_rn101': 'RN101',
+    'maclip_vitB32': 'ViT-B/32',
+    'maclip_vitB16': 'ViT-B/16',
+    'maclip_vitL14': 'ViT-L/14',
+}
+
+# pyiqa 0.1.15+ ships this entry; its score_range ('0, 1') does not hold for MA-CLIP.
+_PYIQA_BUILTIN_ENTRY = {
+    'metric_opts': {'type': ARCH_NAME, 'model_type': 'maclip'},
+    'metric_mode': 'NR',
+    'score_range': '0, 1',
+}
+
 # pyiqa's own CUDA-only, batch-1 implementation registers the same arch name.
 _BUILTIN_MODULE = 'pyiqa.archs.maclip_arch'
 
 
+def _metric_configs() -> dict[str, dict]:
+    """Every ``DEFAULT_CONFIGS`` entry this package provides, by metric name."""
+    configs = {METRIC_NAME: METRIC_CONFIG}
+    for name, backbone in VARIANTS.items():
+        configs[name] = {**METRIC_CONFIG, 'metric_opts': {**METRIC_CONFIG['metric_opts'], 'backbone': backbone}}
+    return configs
+
+
+def _fill_in(name: str, config: dict) -> None:
+    """Add ``config`` to ``DEFAULT_CONFIGS[name]`` without replacing what is already there.
+
+    A missing entry gets a copy of ``config``; an existing one (a user's, a script's, pyiqa's)
+    gets only the keys it lacks, in place, at both levels. pyiqa's own shipped entry is the
+    one exception: its score range is replaced by this metric's. Entries that are not
+    mappings are left alone, for pyiqa to report.
+    """
+    entry = DEFAULT_CONFIGS.get(name)
+    if entry is None:
+        DEFAULT_CONFIGS[name] = copy.deepcopy(config)
+        return
+    if not isinstance(entry, dict):
+        return
+    if name == METRIC_NAME and entry == _PYIQA_BUILTIN_ENTRY:
+        entry['score_range'] = config['score_range']
+    options = entry.setdefault('metric_opts', {})
+    if isinstance(options, dict):
+        for key, value in config['metric_opts'].items():
+            options.setdefault(key, value)
+    for key, value in config.items():
+        entry.setdefault(key, copy.deepcopy(value))
+
+
 def register() -> None:
-    """Register MACLIP in ``ARCH_REGISTRY`` and ``DEFAULT_CONFIGS['maclip']`` (idempotent).
+    """Register MACLIP in ``ARCH_REGISTRY`` and fill in its ``DEFAULT_CONFIGS`` entries (idempotent).
 
     pyiqa's built-in module is imported first so that its own
     ``@ARCH_REGISTRY.register()`` has already run: a later import of it is then
     a cached no-op, whatever order user code imports things in, and ours
-    overrides it.
+    overrides it. Every ``DEFAULT_CONFIGS`` entry whose ``metric_opts.type`` is
+    ``'MACLIP'``, whatever its name, then builds this package's class.
     """
     try:
         importlib.import_module(_BUILTIN_MODULE)
@@ -48,4 +100,5 @@ def register() -> None:
     except AssertionError:  # it was imported after our class took the name: keep ours
         pass
     ARCH_REGISTRY.register(MACLIP, name=ARCH_NAME, override=True)
-    DEFAULT_CONFIGS[METRIC_NAME] = copy.deepcopy(METRIC_CONFIG)
+    for name, config in _metric_configs().items():
+        _fill_in(name, config)

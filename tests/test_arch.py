@@ -16,7 +16,7 @@ from torch import nn
 from conftest import random_images
 
 from pyiqa_maclip import MACLIP, QualityComponents
-from pyiqa_maclip.functional import DEFAULT_PROMPTS
+from pyiqa_maclip.functional import DEFAULT_PROMPTS, image_components, working_size
 
 EXACT = 1e-6  # what batching, chunking and memory format may change in float32
 
@@ -150,6 +150,53 @@ def test_any_size_gives_a_finite_score(tiny_metric, size):
     assert score.shape == (2,) and torch.isfinite(score).all()
 
 
+def _materialised_components(metric, image):
+    """The small-image rule computed the plain way: resize the whole image to its working size
+    with F.interpolate, cut it with nn.Unfold, add the global view of the original image."""
+    size = working_size(*image.shape[-2:], 224)
+    resized = F.interpolate(image, size=size, mode='bilinear', align_corners=False)
+    patches = nn.Unfold(224, stride=128)(resized).view(1, 3, 224, 224, -1)[0].permute(3, 0, 1, 2)
+    views = torch.cat([patches, F.interpolate(image, size=(224, 224), mode='bilinear', align_corners=False)])
+    features = torch.cat([metric.encode_views(chunk) for chunk in views.split(16)])
+    return image_components(features, metric.text_features, metric.logit_scale), len(views)
+
+
+@pytest.mark.parametrize('height, width', [(100, 300), (1, 40), (1, 6000), (6000, 1)])
+def test_small_and_elongated_images_score_as_if_resized_whole(tiny_metric, height, width):
+    """Patches computed from the source pixels give the scores of the materialised resize (1e-6)."""
+    image = random_images(1, height, width, seed=8)
+    with torch.no_grad():
+        got = tiny_metric(image, return_components=True)
+        expected, views = _materialised_components(tiny_metric, image)
+    assert torch.isfinite(got.score).all()
+    for field in got._fields:
+        assert abs(getattr(got, field).item() - getattr(expected, field).item()) < EXACT, field
+    assert tiny_metric._num_views(image) == views
+
+
+def test_a_1x6000_strip_has_a_bounded_number_of_views_and_is_never_resized_whole(tiny_metric, monkeypatch):
+    """32:1 at most: a 224 x 7168 working size, 55 patches and the global view; no tensor
+    the size of the 224 x 1,344,000 upscale (or of the 224 x 7168 one) is ever made."""
+    image = random_images(1, 1, 6000, seed=9)
+    largest = []
+    encode = tiny_metric.encode_views
+    monkeypatch.setattr(tiny_metric, 'encode_views', lambda views: largest.append(views.numel()) or encode(views))
+    resize = F.interpolate
+    monkeypatch.setattr(F, 'interpolate', lambda x, size=None, **kw: largest.append(math.prod(size)) or resize(x, size, **kw))
+    with torch.no_grad():
+        score = tiny_metric(image)
+    assert tiny_metric._num_views(image) == 56
+    assert torch.isfinite(score).all()
+    assert max(largest) <= 16 * 3 * 224 * 224  # one encoder chunk
+
+
+def test_gradient_reaches_every_pixel_of_a_small_image(tiny_rn):
+    metric = MACLIP(backbone=str(tiny_rn))
+    image = random_images(1, 30, 200, seed=2).requires_grad_()
+    metric(image).sum().backward()
+    assert torch.isfinite(image.grad).all() and (image.grad != 0).float().mean() > 0.9
+
+
 def test_grayscale_equals_replicated_rgb(tiny_metric):
     gray = random_images(2, 230, 260, channels=1, seed=6)
     torch.testing.assert_close(tiny_metric(gray), tiny_metric(gray.expand(-1, 3, -1, -1)), rtol=0, atol=EXACT)
@@ -240,10 +287,86 @@ def test_bad_input_is_rejected_before_any_work(tiny_rn, monkeypatch, bad, error,
     ('prompts', ['Good image'], 'even number'),
     ('prompts', [('Good image', '')], 'pairs'),
     ('model_type', 'clipiqa', 'model_type'),
+    ('box_lam', 1e6, re.escape('box_lam must be a real number in [-10, 10], got 1000000.0')),
+    ('box_lam', -10.5, re.escape('[-10, 10]')),
+    ('base_cos', 1e300, re.escape('base_cos must be a real number in [-1e+06, 1e+06]')),
+    ('base_norm', -2e6, 'base_norm'),
+    ('alpha', 1e7, 'alpha'),
 ])
 def test_bad_options_are_rejected(tiny_rn, option, value, words):
     with pytest.raises(ValueError, match=words):
         MACLIP(backbone=str(tiny_rn), **{option: value})
+
+
+@pytest.mark.parametrize('options', [
+    {'box_lam': 10.0}, {'box_lam': -10.0}, {'box_lam': 1e-300}, {'box_lam': -1e-300},
+    {'base_cos': 1e6, 'base_norm': -1e6}, {'base_cos': -1e6}, {'alpha': 1e6}, {'alpha': -1e6},
+    {'box_lam': 10.0, 'alpha': 1e6, 'base_norm': 1e6},
+])
+def test_every_accepted_option_value_gives_finite_scores(tiny_rn, options):
+    """The ends of the accepted ranges, on photos-like, constant and extreme images."""
+    metric = MACLIP(backbone=str(tiny_rn), **options)
+    images = torch.cat([random_images(2, 224, 300, seed=3), torch.zeros(1, 3, 224, 300), torch.ones(1, 3, 224, 300)])
+    parts = metric(images, return_components=True)
+    for field in parts._fields:
+        assert torch.isfinite(getattr(parts, field)).all(), (options, field)
+
+
+def test_numpy_option_values_are_accepted(tiny_rn):
+    metric = MACLIP(backbone=str(tiny_rn), box_lam=np.float32(0.25), alpha=np.int64(2))
+    assert (metric.box_lam, metric.alpha) == (0.25, 2.0)
+
+
+def test_tiny_box_lam_is_the_log_limit(tiny_rn):
+    """box_lam = 1e-300 (0 in float32) scores as box_lam = 0, the Box-Cox limit, within 1e-6."""
+    image = random_images(1, 230, 260, seed=1)
+    tiny = MACLIP(backbone=str(tiny_rn), box_lam=1e-300)(image, return_components=True).q_mag
+    log = MACLIP(backbone=str(tiny_rn), box_lam=0.0)(image, return_components=True).q_mag
+    torch.testing.assert_close(tiny, log, rtol=0, atol=EXACT)
+
+
+@pytest.mark.parametrize('convert, words', [
+    (lambda x: x * 255, 'for 0..255 images use x / 255'),
+    (lambda x: x * 2 - 1, 'for [-1, 1] images use (x + 1) / 2'),
+    (lambda x: x * 1.01, 'clamp values that drifted out with x.clamp(0, 1)'),
+    (lambda x: x * 1e30, 'rescale them to [0, 1]'),
+])
+def test_images_outside_the_unit_range_are_rejected(tiny_rn, monkeypatch, convert, words):
+    metric = MACLIP(backbone=str(tiny_rn))
+    monkeypatch.setattr(metric.visual, 'forward', lambda *a, **k: pytest.fail('encoder ran on bad input'))
+    image = convert(random_images(1, 224, 224))
+    with pytest.raises(ValueError) as raised:
+        metric(image)
+    assert words in str(raised.value) and 'values in [0, 1]' in str(raised.value)
+    with pytest.raises(ValueError, match=re.escape(words)):
+        metric.score_images([image[0]])
+
+
+def test_rounding_outside_the_unit_range_is_tolerated(tiny_metric):
+    """Values up to RANGE_TOLERANCE (1e-3) outside [0, 1] are scored as they are."""
+    image = random_images(1, 224, 224)
+    image[..., 0, 0] = -0.0009
+    image[..., 0, 1] = 1.0009
+    assert torch.isfinite(tiny_metric(image)).all()
+
+
+def test_loss_input_may_leave_the_unit_range(tiny_rn):
+    """Input that requires grad (a loss's) is taken as it is, as pyiqa does for as_loss, with finite gradients."""
+    metric = MACLIP(backbone=str(tiny_rn))
+    drifted = (random_images(2, 224, 260) * 1.2 - 0.1).requires_grad_()
+    noise = torch.randn(2, 3, 224, 260, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    for image in (drifted, noise):
+        metric(image).sum().backward()
+        assert torch.isfinite(image.grad).all() and image.grad.abs().sum() > 0
+
+
+def test_clip_weights_are_not_in_the_state_dict_but_follow_to(tiny_rn):
+    metric = MACLIP(backbone=str(tiny_rn))
+    assert metric.state_dict() == {} and list(metric.parameters()) == []
+    metric.load_state_dict({}, strict=True)
+    metric.to(torch.float64)
+    assert metric.visual.conv1.weight.dtype == torch.float64
+    assert metric.text_features.dtype == torch.float64
 
 
 def test_vit_patch_size_must_fit_its_grid(checkpoints):

@@ -9,24 +9,102 @@ from pyiqa_maclip import functional as MF
 
 
 @pytest.mark.parametrize('height, width', [(224, 224), (351, 224), (300, 517), (480, 640)])
-def test_sliding_patches_match_nn_unfold(height, width):
-    """Same windows in the same order as the official nn.Unfold(224, stride=128)."""
+def test_patches_of_large_images_match_nn_unfold(height, width):
+    """Same windows in the same order as the official nn.Unfold(224, stride=128), as views of the image."""
     x = torch.rand(2, 3, height, width)
     expected = nn.Unfold(kernel_size=224, stride=128)(x).view(2, 3, 224, 224, -1).permute(0, 4, 1, 2, 3)
-    patches = MF.sliding_patches(x, 224, 128)
-    rows, cols = MF.num_patches(height, width, 224, 128)
-    assert patches.shape == (2, rows, cols, 3, 224, 224)
-    assert torch.equal(patches.reshape(2, rows * cols, 3, 224, 224), expected)
-    assert patches.data_ptr() == x.data_ptr()  # a view: no copy of the image
+    size = MF.working_size(height, width, 224)
+    rows, cols = MF.num_patches(*size, 224, 128)
+    patches = [MF.image_patch(x, size, r * 128, c * 128, 224) for r in range(rows) for c in range(cols)]
+    assert size == (height, width) and len(patches) == expected.shape[1]
+    assert torch.equal(torch.stack(patches, dim=1), expected)
+    assert all(p.untyped_storage().data_ptr() == x.untyped_storage().data_ptr() for p in patches)  # no copy
 
 
-@pytest.mark.parametrize('lam', [0.0, 0.5, 1.0, -0.5, 0.3])
+@pytest.mark.parametrize('size, expected', [
+    ((1, 1), (224, 224)),
+    ((100, 300), (224, 672)),
+    ((300, 100), (672, 224)),
+    ((223, 1000), (224, 1004)),
+    ((5, 2), (560, 224)),
+    ((224, 50), (1004, 224)),
+    ((100, 3200), (224, 7168)),   # exactly 32:1 is kept
+    ((1, 40), (224, 7168)),       # 40:1 is stretched to 32:1
+    ((6000, 1), (7168, 224)),
+    ((224, 100000), (224, 100000)),  # both sides >= 224: untouched, however elongated
+])
+def test_working_size(size, expected):
+    """Shorter side to 224, longer side min(round(L * 224 / s), 32 * 224) (values worked out by hand)."""
+    assert MF.working_size(*size, 224) == expected
+
+
+@pytest.mark.parametrize('in_size, out_size', [(1, 224), (3, 7), (100, 224), (300, 672), (6000, 7168), (9000, 224)])
+def test_bilinear_taps_reproduce_interpolate_along_one_axis(in_size, out_size):
+    """A 1 x in_size row resized by F.interpolate equals the taps' weighted sum (float32 rounding)."""
+    row = torch.rand(1, 1, 1, in_size)
+    expected = torch.nn.functional.interpolate(row, size=(1, out_size), mode='bilinear', align_corners=False)[0, 0, 0]
+    low, high, weight = MF.bilinear_taps(torch.arange(out_size, dtype=torch.float32), in_size, out_size)
+    assert low.min() >= 0 and high.max() <= in_size - 1 and ((weight >= 0) & (weight <= 1)).all()
+    torch.testing.assert_close((1 - weight) * row[0, 0, 0, low] + weight * row[0, 0, 0, high], expected,
+                               rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize('height, width', [(100, 300), (1, 40), (40, 1), (1, 1), (2, 3), (223, 1000), (17, 500)])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_image_patch_equals_resizing_then_cutting(height, width, dtype):
+    """Every patch computed from the source pixels equals the patch of the materialised resize, to 1e-6."""
+    x = torch.rand(2, 3, height, width, dtype=dtype)
+    size = MF.working_size(height, width, 224)
+    resized = torch.nn.functional.interpolate(x, size=size, mode='bilinear', align_corners=False)
+    rows, cols = MF.num_patches(*size, 224, 128)
+    for r in range(rows):
+        for c in range(cols):
+            patch = MF.image_patch(x, size, r * 128, c * 128, 224)
+            expected = resized[..., r * 128:r * 128 + 224, c * 128:c * 128 + 224]
+            torch.testing.assert_close(patch, expected, rtol=0, atol=1e-6)
+
+
+def test_image_patch_passes_gradients_like_interpolate():
+    x = torch.rand(1, 3, 50, 80, dtype=torch.float64, requires_grad=True)
+    size = MF.working_size(50, 80, 224)
+    weights = torch.rand(1, 3, 224, 224, dtype=torch.float64)
+    (MF.image_patch(x, size, 0, 128, 224) * weights).sum().backward()
+    got, x.grad = x.grad, None
+    resized = torch.nn.functional.interpolate(x, size=size, mode='bilinear', align_corners=False)
+    (resized[..., :, 128:352] * weights).sum().backward()
+    torch.testing.assert_close(got, x.grad, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize('lam', [0.0, 0.5, 1.0, -0.5, 0.3, 1e-9, 10.0, -10.0])
 def test_box_cox_matches_scipy(lam):
-    """((x/s + 1)^lam - 1) / lam, log1p at 0: scipy.special.boxcox1p of the std-scaled values."""
-    x = torch.rand(4, 1024, dtype=torch.float64) * 3
-    scaled = x.numpy() / (x.numpy().std(axis=1, ddof=1, keepdims=True) + 1e-6)
-    expected = scipy.special.boxcox1p(scaled, lam)
-    np.testing.assert_allclose(MF.box_cox(x, lam).numpy(), expected, rtol=1e-12, atol=1e-12)
+    """((x + 1)^lam - 1) / lam, log1p at 0: scipy.special.boxcox1p."""
+    x = torch.rand(4, 1024, dtype=torch.float64) * 30
+    np.testing.assert_allclose(MF.box_cox(x, lam).numpy(), scipy.special.boxcox1p(x.numpy(), lam),
+                               rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize('lam', [1e-300, 1e-45, 1e-30])
+def test_box_cox_with_lambda_below_float32_resolution_is_the_log_limit(lam):
+    """lam * log1p(x) underflows in float32; the result is then log1p(x) (scipy's limit), not 0 / 0."""
+    x = torch.rand(3, 512) * 30
+    expected = scipy.special.boxcox1p(x.double().numpy(), lam)
+    np.testing.assert_allclose(MF.box_cox(x, lam).numpy(), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_box_cox_gradient_is_finite_at_zero():
+    x = torch.tensor([0.0, 0.5, 3.0], requires_grad=True)
+    MF.box_cox(x, 1e-300).sum().backward()
+    torch.testing.assert_close(x.grad, 1 / (1 + x.detach()))  # d/dx log1p(x)
+
+
+def test_magnitude_quality_scales_by_the_standard_deviation():
+    """Q_mag = mean(boxcox1p(|f| / (std(|f|, ddof=1) + 1e-6), lam)), computed with NumPy/SciPy."""
+    features = torch.randn(4, 1024, dtype=torch.float64)
+    magnitude = features.abs().numpy()
+    scaled = magnitude / (magnitude.std(axis=1, ddof=1, keepdims=True) + 1e-6)
+    for lam in (0.0, 0.5):
+        np.testing.assert_allclose(MF.magnitude_quality(features, lam).numpy(),
+                                   scipy.special.boxcox1p(scaled, lam).mean(axis=1), rtol=1e-12)
 
 
 def test_magnitude_quality_is_scale_invariant_and_non_negative():
@@ -69,18 +147,33 @@ def test_fuse_matches_formula():
     np.testing.assert_allclose(score.numpy(), (e_sim * q_sim.numpy() + e_mag * q_mag.numpy()) / (e_sim + e_mag))
 
 
-@pytest.mark.parametrize('size, expected', [
-    ((1, 1), (224, 224)),
-    ((100, 300), (224, 672)),
-    ((300, 100), (672, 224)),
-    ((223, 1000), (224, 1004)),
-    ((5, 2), (560, 224)),
-])
-def test_upscale_short_side(size, expected):
-    x = torch.rand(1, 3, *size)
-    assert MF.upscale_short_side(x, 224).shape[-2:] == expected
+def test_similarity_quality_of_a_zero_feature_is_one_half():
+    text = torch.nn.functional.normalize(torch.randn(10, 64), dim=-1)
+    assert MF.similarity_quality(torch.zeros(3, 64), text, 100.0).tolist() == [0.5] * 3
 
 
-def test_upscale_short_side_keeps_large_images_untouched():
-    x = torch.rand(1, 3, 224, 300)
-    assert MF.upscale_short_side(x, 224) is x
+def test_image_components_are_means_over_views_of_the_parts():
+    """One image's components from its (views, D) features, against the formulas written out in NumPy."""
+    torch.manual_seed(1)
+    features = torch.randn(7, 64, dtype=torch.float64)
+    text = torch.nn.functional.normalize(torch.randn(10, 64, dtype=torch.float64), dim=-1)
+    got = MF.image_components(features, text, 50.0, box_lam=0.3, base_cos=0.9, base_norm=0.4, alpha=1.5)
+    f = features.numpy()
+    logits = 50.0 * (f / np.linalg.norm(f, axis=1, keepdims=True)) @ text.numpy().T
+    q_sim = scipy.special.softmax(logits.reshape(7, 5, 2), axis=-1)[..., 0].mean(axis=1)
+    a = np.abs(f)
+    q_mag = scipy.special.boxcox1p(a / (a.std(axis=1, ddof=1, keepdims=True) + 1e-6), 0.3).mean(axis=1)
+    w = scipy.special.softmax(np.stack([0.9 + 1.5 * (q_sim - q_mag), 0.4 - 1.5 * (q_sim - q_mag)], -1), axis=-1)
+    expected = ((w[:, 0] * q_sim + w[:, 1] * q_mag).mean(), q_sim.mean(), q_mag.mean(), w[:, 0].mean(), w[:, 1].mean())
+    assert isinstance(got, MF.QualityComponents)
+    for field, value in zip(got._fields, expected):
+        assert got_value_close(getattr(got, field), value), field
+    # Batched over images: the same as one image at a time.
+    batched = MF.image_components(torch.stack([features, features.flip(0) * 2]), text, 50.0, box_lam=0.3)
+    single = MF.image_components(features, text, 50.0, box_lam=0.3)
+    for field in got._fields:
+        torch.testing.assert_close(getattr(batched, field)[0], getattr(single, field), rtol=0, atol=1e-12)
+
+
+def got_value_close(tensor, value):
+    return tensor.shape == () and abs(tensor.item() - value) < 1e-12

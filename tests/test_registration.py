@@ -2,6 +2,7 @@
 
 Each scenario runs in a fresh interpreter, since registration is process state.
 """
+import json
 import os
 import re
 import subprocess
@@ -63,8 +64,135 @@ def test_listed_and_configured():
     assert 'maclip' in pyiqa.list_models(metric_mode='NR')
     assert ARCH_REGISTRY.get('MACLIP') is pyiqa_maclip.MACLIP
     config = DEFAULT_CONFIGS['maclip']
-    assert config['metric_opts'] == {'type': 'MACLIP'}
+    assert config['metric_opts']['type'] == 'MACLIP'  # pyiqa's own entry, completed (model_type kept)
     assert config['metric_mode'] == 'NR' and config['lower_better'] is False
+
+
+VARIANTS = {'maclip_rn101': 'RN101', 'maclip_vitB32': 'ViT-B/32', 'maclip_vitB16': 'ViT-B/16', 'maclip_vitL14': 'ViT-L/14'}
+
+
+def test_backbone_variants_are_listed_and_build_their_backbone(checkpoints, monkeypatch):
+    import pyiqa
+    import pyiqa_maclip.arch
+    from pyiqa_maclip.weights import load_clip
+
+    assert set(VARIANTS) <= set(pyiqa.list_models(metric_mode='NR', filter='maclip_*'))
+    requested = []
+    tiny = str(checkpoints('tiny-ViT'))
+    monkeypatch.setattr(pyiqa_maclip.arch, 'load_clip', lambda name: requested.append(name) or load_clip(tiny))
+    for name, backbone in VARIANTS.items():
+        metric = pyiqa.create_metric(name, device='cpu')
+        assert isinstance(metric.net, pyiqa_maclip.MACLIP) and metric.net.backbone == backbone
+        assert metric.lower_better is False and metric.score_range == '0, ~1.5'
+    assert requested == list(VARIANTS.values())
+
+
+def test_register_fills_in_and_keeps_what_is_there(monkeypatch):
+    from pyiqa.default_model_configs import DEFAULT_CONFIGS
+    from pyiqa_maclip import register
+
+    user = {'metric_opts': {'type': 'MACLIP', 'box_lam': 0.0}, 'metric_mode': 'NR', 'score_range': '0, 1'}
+    monkeypatch.setitem(DEFAULT_CONFIGS, 'maclip', user)
+    monkeypatch.setitem(DEFAULT_CONFIGS, 'maclip_vitB32', {'metric_opts': {'type': 'MACLIP', 'backbone': '/my/vit.pt'}})
+    monkeypatch.setitem(DEFAULT_CONFIGS, 'maclip_vitB16', 'not a mapping')
+    register()
+    register()
+    assert DEFAULT_CONFIGS['maclip'] is user  # edited in place, never replaced
+    assert user == {'metric_opts': {'type': 'MACLIP', 'box_lam': 0.0}, 'metric_mode': 'NR',
+                    'score_range': '0, 1', 'lower_better': False}
+    assert DEFAULT_CONFIGS['maclip_vitB32']['metric_opts'] == {'type': 'MACLIP', 'backbone': '/my/vit.pt'}
+    assert DEFAULT_CONFIGS['maclip_vitB32']['score_range'] == '0, ~1.5'
+    assert DEFAULT_CONFIGS['maclip_vitB16'] == 'not a mapping'
+    # pyiqa's shipped entry, untouched by anyone: its '0, 1' is replaced by this metric's range.
+    shipped = {'metric_opts': {'type': 'MACLIP', 'model_type': 'maclip'}, 'metric_mode': 'NR', 'score_range': '0, 1'}
+    monkeypatch.setitem(DEFAULT_CONFIGS, 'maclip', shipped)
+    register()
+    assert shipped['score_range'] == '0, ~1.5' and shipped['metric_opts']['model_type'] == 'maclip'
+
+
+# The steps of pyiqa's benchmark_results.py (chaofengc/IQA-PyTorch, read at 01ae427) with
+# --metric_opt: the YAML is read with pyiqa's ordered loader, DEFAULT_CONFIGS.update(it),
+# then each metric of the file is built in order with create_metric(name, device,
+# metric_mode=entry['metric_mode'], **entry['metric_opts']) and run. The plugin is never
+# imported unless a scenario says so; piqe (offline, no weights) is built first, which loads
+# the pyiqa.archs entry point.
+BENCHMARK_REPLAY = textwrap.dedent('''
+    import json, os, sys, torch, yaml
+    {before}
+    from pyiqa import create_metric
+    from pyiqa.default_model_configs import DEFAULT_CONFIGS
+    from pyiqa.utils.options import ordered_yaml
+    with open(os.environ['METRIC_OPT']) as f:
+        custom = yaml.load(f, Loader=ordered_yaml()[0])
+    {at_edit}
+    DEFAULT_CONFIGS.update(custom)
+    {after}
+    image = torch.load(os.environ['IMAGE'])
+    out = {{}}
+    for name in custom:
+        entry = DEFAULT_CONFIGS[name]
+        metric = create_metric(name, device='cpu', metric_mode=entry['metric_mode'], **entry['metric_opts'])
+        net = type(metric.net)
+        out[name] = [net.__module__ + '.' + net.__name__, metric(image).item(), DEFAULT_CONFIGS[name].get('score_range')]
+    print(json.dumps(out))
+    print('plugin imported:', 'pyiqa_maclip' in sys.modules, file=sys.stderr)
+''')
+
+# scenario: (code slots, whether register() runs after the update and so fills in the entry:
+# the entry point calls it on the first registry lookup even when the plugin was imported)
+REPLAY_ORDERS = {
+    'benchmark script as is': ({}, True),
+    "pyiqa's maclip_arch imported first": ({'before': 'import pyiqa.archs.maclip_arch'}, True),
+    'plugin imported first': ({'before': 'import pyiqa_maclip'}, True),
+    'plugin imported between reading and update': ({'at_edit': 'import pyiqa_maclip'}, True),
+    'plugin imported after the update': ({'after': 'import pyiqa_maclip'}, True),
+    'entry point loaded before the update': (
+        {'at_edit': 'import pyiqa; pyiqa.create_metric("piqe", device="cpu")'}, False),
+}
+
+
+@pytest.mark.parametrize('order, filled', REPLAY_ORDERS.values(), ids=REPLAY_ORDERS.keys())
+def test_benchmark_script_options_are_never_dropped(tiny_rn, tmp_path, order, filled):
+    """User options reach the metric whatever runs first, under maclip and under a custom name."""
+    from pyiqa_maclip import MACLIP
+
+    options = tmp_path / 'opts.yml'
+    options.write_text(textwrap.dedent(f'''
+        piqe:
+          metric_opts: {{type: PIQE}}
+          metric_mode: NR
+        maclip:
+          metric_opts: {{type: MACLIP, backbone: '{tiny_rn}', box_lam: 0.0}}
+          metric_mode: NR
+        my_maclip:
+          metric_opts: {{type: MACLIP, backbone: '{tiny_rn}', alpha: 2.5, base_norm: 0.2}}
+          metric_mode: NR
+          lower_better: false
+    '''))
+    image = random_images(1, 240, 300, seed=3)
+    torch.save(image, tmp_path / 'image.pt')
+    script = BENCHMARK_REPLAY.format(**{'before': '', 'at_edit': '', 'after': '', **order})
+    result = subprocess.run(
+        [sys.executable, '-c', script], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        env={**os.environ, 'METRIC_OPT': str(options), 'IMAGE': str(tmp_path / 'image.pt')},
+    )
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    with torch.no_grad():
+        expected = {
+            'maclip': MACLIP(backbone=str(tiny_rn), box_lam=0.0)(image).item(),
+            'my_maclip': MACLIP(backbone=str(tiny_rn), alpha=2.5, base_norm=0.2)(image).item(),
+        }
+        default = MACLIP(backbone=str(tiny_rn))(image).item()
+    for name, score in expected.items():
+        assert out[name][0] == BUILT_BY_US, name
+        assert abs(out[name][1] - score) < 1e-6, (name, out[name][1], score)
+        assert abs(score - default) > 1e-4  # the options change the score: dropping them would show
+    # The user's entry has no score_range: register() fills it in when it runs after the update
+    # (once registered, nothing watches DEFAULT_CONFIGS: an entry replaced later stays as given).
+    assert out['maclip'][2] == ('0, ~1.5' if filled else None)
+    if not order:
+        assert 'plugin imported: True' in result.stderr  # by the entry point, not by the script
 
 
 def test_score_range_holds_what_the_metric_returns(tiny_metric):
