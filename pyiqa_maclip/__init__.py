@@ -7,7 +7,7 @@
 """
 from .version import __version__
 from . import functional
-from .arch import MACLIP, QualityComponents
+from .arch import MACLIP, QualityComponents, QualityMap
 from .functional import DEFAULT_PROMPTS
 from .registration import register
 from .weights import OFFICIAL_CHECKPOINTS, WeightsUnavailableError, load_clip
@@ -19,6 +19,7 @@ __all__ = [
     'functional',
     'MACLIP',
     'QualityComponents',
+    'QualityMap',
     'DEFAULT_PROMPTS',
     'register',
     'OFFICIAL_CHECKPOINTS',

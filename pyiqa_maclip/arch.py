@@ -18,6 +18,7 @@ import numbers
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import nullcontext
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -29,7 +30,7 @@ from . import functional as MF
 from .functional import QualityComponents
 from .weights import load_clip
 
-__all__ = ['MACLIP', 'QualityComponents', 'check_images', 'OPTION_RANGES', 'RANGE_TOLERANCE']
+__all__ = ['MACLIP', 'QualityComponents', 'QualityMap', 'check_images', 'OPTION_RANGES', 'RANGE_TOLERANCE']
 
 #: Accepted ranges of the real-valued options. Within them every score of a finite image is
 #: finite in float32: Box-Cox of |f| / std(|f|) (at most about sqrt(D)) stays below 1e30 for
@@ -139,6 +140,21 @@ def _chunks(items: Iterable, size: int) -> Iterator[list]:
     items = iter(items)
     while chunk := list(itertools.islice(items, size)):
         yield chunk
+
+
+class QualityMap(NamedTuple):
+    """Per-patch MA-CLIP of one image (:meth:`MACLIP.quality_maps`).
+
+    ``patches``: :class:`QualityComponents` of (rows, cols) tensors, patches in ``nn.Unfold``
+    order; ``global_view``: the whole-image view's components (0-d tensors); ``boxes``:
+    (rows, cols, 4) of (top, left, bottom, right) in the original image's pixels;
+    ``score``: the image's score, the mean over all its views.
+    """
+
+    patches: QualityComponents
+    global_view: QualityComponents
+    boxes: torch.Tensor
+    score: torch.Tensor
 
 
 class MACLIP(nn.Module):
@@ -309,28 +325,52 @@ class MACLIP(nn.Module):
             features = self.visual(views, pos_embedding=self.pos_embedding)
         return features.to(self.text_features.dtype)
 
-    def _score(self, images: list[torch.Tensor]) -> QualityComponents:
-        """Score validated (1, C, H, W) images: image -> views -> features -> components.
+    def _view_features(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Raw features (views, D) of each validated (1, C, H, W) image: image -> views -> features.
 
         Views of consecutive images share chunks, so the encoder always sees full chunks
         of ``chunk_size`` and no more than that is ever materialised.
         """
         device, dtype = self.logit_scale.device, self.text_features.dtype
         images = [image.to(device=device, dtype=dtype) for image in images]
+        views = itertools.chain.from_iterable(self._views(image) for image in images)
+        features = torch.cat([self.encode_views(torch.stack(chunk)) for chunk in _chunks(views, self.chunk_size)])
+        return list(features.split([self._num_views(image) for image in images]))
+
+    def _components(self, features: torch.Tensor, per_view: bool = False) -> QualityComponents:
+        """The image's components from its views' features, or each view's (features -> components)."""
+        compute = MF.view_components if per_view else MF.image_components
+        return compute(features, self.text_features, self.logit_scale, self.box_lam, self.base_cos,
+                       self.base_norm, self.alpha)
+
+    def _score(self, images: list[torch.Tensor]) -> QualityComponents:
+        """Score validated (1, C, H, W) images."""
         grad = torch.is_grad_enabled()
         with torch.inference_mode(not grad):
-            views = itertools.chain.from_iterable(self._views(image) for image in images)
-            features = torch.cat([self.encode_views(torch.stack(chunk)) for chunk in _chunks(views, self.chunk_size)])
-            per_image = features.split([self._num_views(image) for image in images])
-            parts = [
-                MF.image_components(f, self.text_features, self.logit_scale,
-                                    self.box_lam, self.base_cos, self.base_norm, self.alpha)
-                for f in per_image
-            ]
+            parts = [self._components(features) for features in self._view_features(images)]
             out = QualityComponents(*(torch.stack(field) for field in zip(*parts)))
         if not grad:  # hand back ordinary tensors that callers may modify in place
             out = QualityComponents(*(t.clone() for t in out))
         return out
+
+    @staticmethod
+    def _single_images(images: Sequence[torch.Tensor], caller: str) -> list[torch.Tensor]:
+        """Validate a list of (C, H, W) or (1, C, H, W) images; return them as (1, C, H, W)."""
+        if isinstance(images, torch.Tensor) or not isinstance(images, Sequence):
+            raise TypeError(
+                f'{caller} takes a list of (C, H, W) image tensors, got {type(images).__name__}; '
+                'for one (B, C, H, W) tensor call the metric itself'
+            )
+        if len(images) == 0:
+            raise ValueError(f'{caller} got an empty list: expected at least one (C, H, W) image tensor')
+        batched = [image[None] if isinstance(image, torch.Tensor) and image.dim() == 3 else image
+                   for image in images]
+        for image in batched:
+            check_images(image)
+            if image.shape[0] != 1:
+                raise ValueError(f'{caller} takes single images, (C, H, W) or (1, C, H, W); got shape '
+                                 f'{tuple(image.shape)}')
+        return batched
 
     def score_images(self, images: Sequence[torch.Tensor]) -> QualityComponents:
         """Score images of different sizes together: each (C, H, W) or (1, C, H, W) in [0, 1].
@@ -338,21 +378,30 @@ class MACLIP(nn.Module):
         Their patches share encoder chunks, which keeps the encoder busy with small
         images. Returns :class:`QualityComponents` of (N,) tensors, in input order.
         """
-        if isinstance(images, torch.Tensor) or not isinstance(images, Sequence):
-            raise TypeError(
-                f'score_images takes a list of (C, H, W) image tensors, got {type(images).__name__}; '
-                'for one (B, C, H, W) tensor call the metric itself'
-            )
-        if len(images) == 0:
-            raise ValueError('score_images got an empty list: expected at least one (C, H, W) image tensor')
-        batched = [image[None] if isinstance(image, torch.Tensor) and image.dim() == 3 else image
-                   for image in images]
-        for image in batched:
-            check_images(image)
-            if image.shape[0] != 1:
-                raise ValueError(f'score_images takes single images, (C, H, W) or (1, C, H, W); got shape '
-                                 f'{tuple(image.shape)}')
-        return self._score(batched)
+        return self._score(self._single_images(images, 'score_images'))
+
+    def quality_maps(self, images: Sequence[torch.Tensor]) -> list[QualityMap]:
+        """Per-patch MA-CLIP of each image of a list of (C, H, W) tensors in [0, 1]: a :class:`QualityMap` each.
+
+        The same chunked encoding as scoring (no encoder pass beyond it, bounded memory);
+        each map's ``score`` is the image's score (the mean over its views).
+        """
+        batched = self._single_images(images, 'quality_maps')
+        grad = torch.is_grad_enabled()
+        maps = []
+        with torch.inference_mode(not grad):
+            for image, features in zip(batched, self._view_features(batched)):
+                views = self._components(features, per_view=True)
+                boxes = MF.patch_boxes(*image.shape[-2:], self.patch_size, self.stride)
+                rows, cols = boxes.shape[:2]
+                patches = QualityComponents(*(part[:-1].reshape(rows, cols) for part in views))
+                whole = QualityComponents(*(part[-1] for part in views))
+                maps.append(QualityMap(patches, whole, boxes, views.score.mean()))
+        if not grad:  # ordinary tensors, as from scoring
+            maps = [QualityMap(QualityComponents(*(t.clone() for t in m.patches)),
+                               QualityComponents(*(t.clone() for t in m.global_view)), m.boxes, m.score.clone())
+                    for m in maps]
+        return maps
 
     def forward(self, x: torch.Tensor, return_components: bool = False):
         """Score (B, C, H, W) images in [0, 1] (C = 1 or 3, any H, W >= 1).

@@ -38,7 +38,9 @@ __all__ = [
     'box_cox',
     'magnitude_quality',
     'fuse',
+    'view_components',
     'image_components',
+    'patch_boxes',
 ]
 
 #: The five antonym prompt pairs of the official code, positive first.
@@ -229,6 +231,26 @@ def fuse(
     return FusedQuality(w_sim * q_sim + w_mag * q_mag, w_sim, w_mag)
 
 
+def view_components(
+    features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale: torch.Tensor | float,
+    box_lam: float = 0.5,
+    base_cos: float = 1.0,
+    base_norm: float = 0.6,
+    alpha: float = 1.0,
+) -> QualityComponents:
+    """MA-CLIP's components of every view from its raw CLIP features (..., D) -> (...) each.
+
+    Each view gets Q_sim (:func:`similarity_quality`), Q_mag (:func:`magnitude_quality`)
+    and their fusion (:func:`fuse`): ``score`` is the view's fused quality Q.
+    """
+    q_sim = similarity_quality(features, text_features, logit_scale)
+    q_mag = magnitude_quality(features, box_lam)
+    fused = fuse(q_sim, q_mag, base_cos, base_norm, alpha)
+    return QualityComponents(fused.score, q_sim, q_mag, fused.w_sim, fused.w_mag)
+
+
 def image_components(
     features: torch.Tensor,
     text_features: torch.Tensor,
@@ -240,8 +262,8 @@ def image_components(
 ) -> QualityComponents:
     """MA-CLIP's components of an image from the raw CLIP features of its views.
 
-    Every view gets Q_sim (:func:`similarity_quality`), Q_mag (:func:`magnitude_quality`)
-    and their fusion (:func:`fuse`); the image's score and parts are means over its views.
+    Every view gets its components (:func:`view_components`); the image's score and
+    parts are their means over the views.
 
     Args:
         features: raw image features (..., views, D) of one image's views (patches and
@@ -253,9 +275,22 @@ def image_components(
     Returns:
         :class:`QualityComponents` of (...) tensors (0-d for one image).
     """
-    q_sim = similarity_quality(features, text_features, logit_scale)
-    q_mag = magnitude_quality(features, box_lam)
-    fused = fuse(q_sim, q_mag, base_cos, base_norm, alpha)
-    return QualityComponents(
-        fused.score.mean(-1), q_sim.mean(-1), q_mag.mean(-1), fused.w_sim.mean(-1), fused.w_mag.mean(-1)
-    )
+    views = view_components(features, text_features, logit_scale, box_lam, base_cos, base_norm, alpha)
+    return QualityComponents(*(part.mean(-1) for part in views))
+
+
+def patch_boxes(height: int, width: int, patch_size: int, stride: int) -> torch.Tensor:
+    """Where each patch lies in the original ``height`` x ``width`` image: (rows, cols, 4) of
+    (top, left, bottom, right) pixel coordinates, in :func:`num_patches` order.
+
+    Patches are cut at :func:`working_size`; for an enlarged image their windows are
+    scaled back to the original pixels (fractional then), and never leave the image.
+    """
+    size = working_size(height, width, patch_size)
+    rows, cols = num_patches(*size, patch_size, stride)
+    top = torch.arange(rows, dtype=torch.float64) * stride * (height / size[0])
+    left = torch.arange(cols, dtype=torch.float64) * stride * (width / size[1])
+    bottom = torch.clamp(top + patch_size * (height / size[0]), max=height)
+    right = torch.clamp(left + patch_size * (width / size[1]), max=width)
+    grid = torch.broadcast_tensors(top[:, None], left[None, :], bottom[:, None], right[None, :])
+    return torch.stack(grid, dim=-1)

@@ -26,3 +26,75 @@ def test_maps_are_sampled_at_a_scale():
 def test_output_names_are_unique(tmp_path):
     names = _output_names(['/a/x.png', '/b/x.jpg', '/c/y.png'], tmp_path)
     assert [p.name for p in names] == ['x_0_explain.png', 'x_1_explain.png', 'y_explain.png']
+
+
+# ---------------------------------------------------------------- MACLIP.quality_maps (issue 15, point 1)
+
+import argparse  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from pyiqa_maclip import MACLIP, QualityComponents  # noqa: E402
+from pyiqa_maclip.explain import explain_command  # noqa: E402
+from pyiqa_maclip.testing import random_images  # noqa: E402
+
+
+@pytest.mark.parametrize('height, width', [(384, 512), (224, 224), (300, 257), (100, 300), (1, 40), (500, 8)])
+def test_maps_agree_with_scores_and_boxes_stay_in_the_image(tiny_metric, height, width):
+    image = random_images(1, height, width, seed=3)[0]
+    with torch.no_grad():
+        qmap = tiny_metric.quality_maps([image])[0]
+        scored = tiny_metric.score_images([image])
+    rows, cols = qmap.boxes.shape[:2]
+    size = tiny_metric._patch_grid(image[None])[0]
+    assert (rows, cols) == ((size[0] - 224) // 128 + 1, (size[1] - 224) // 128 + 1)
+    for field in QualityComponents._fields:
+        assert getattr(qmap.patches, field).shape == (rows, cols)
+        assert getattr(qmap.global_view, field).shape == ()
+        # The image's value is the mean over its views (patches, then the global view).
+        views = torch.cat([getattr(qmap.patches, field).reshape(-1), getattr(qmap.global_view, field).reshape(1)])
+        assert float(views.mean()) == pytest.approx(float(getattr(scored, field)[0]), abs=1e-6)
+    assert float(qmap.score) == pytest.approx(float(scored.score[0]), abs=1e-6)
+    boxes = qmap.boxes
+    assert float(boxes[..., :2].min()) >= 0 and float(boxes[..., 2].max()) <= height and float(boxes[..., 3].max()) <= width
+    assert bool((boxes[..., 2] > boxes[..., 0]).all() and (boxes[..., 3] > boxes[..., 1]).all())
+    if min(height, width) >= 224:  # not enlarged: the windows of nn.Unfold, in pixels
+        assert boxes[0, 0].tolist() == [0, 0, 224, 224]
+        assert boxes[-1, -1].tolist() == [128 * (rows - 1), 128 * (cols - 1), 128 * (rows - 1) + 224, 128 * (cols - 1) + 224]
+    else:  # enlarged: the patches together span the original image's short side
+        short = 2 if height < width else 3
+        assert float(boxes[..., short].max()) == pytest.approx(min(height, width))
+
+
+def test_maps_take_no_encoder_pass_beyond_scoring(tiny_rn, monkeypatch):
+    metric = MACLIP(backbone=str(tiny_rn), chunk_size=4).eval()
+    images = [random_images(1, 400, 600, seed=1)[0], random_images(1, 230, 300, seed=2)[0]]
+    calls = []
+    encode = MACLIP.encode_views
+    monkeypatch.setattr(MACLIP, 'encode_views', lambda self, views: calls.append(len(views)) or encode(self, views))
+    with torch.no_grad():
+        metric.score_images(images)
+        scoring = list(calls)
+        calls.clear()
+        maps = metric.quality_maps(images)
+    assert calls == scoring and max(calls) <= 4  # the same chunks: bounded memory, no extra work
+    assert [m.boxes.shape[:2] for m in maps] == [(2, 3), (1, 1)]
+
+
+def test_explain_writes_one_wide_picture_per_image(tiny_rn, tmp_path, capsys):
+    paths = []
+    for i, (h, w) in enumerate([(300, 450), (90, 700)]):
+        array = (random_images(1, h, w, seed=i)[0].permute(1, 2, 0).numpy() * 255).astype('uint8')
+        paths.append(str(tmp_path / f'photo{i}.png'))
+        Image.fromarray(array).save(paths[-1])
+    args = argparse.Namespace(images=paths, output=str(tmp_path / 'maps'), backbone=str(tiny_rn), device=None)
+    assert explain_command(args) == 0
+    written = capsys.readouterr().out.split()
+    assert [p.rsplit('/', 1)[1] for p in written] == ['photo0_explain.png', 'photo1_explain.png']
+    for path in written:
+        with Image.open(path) as picture:
+            assert picture.format == 'PNG' and picture.size[0] >= 800
+    args.images = [str(tmp_path / 'missing.png')]
+    assert explain_command(args) == 2 and capsys.readouterr().err.count('\n') == 1
