@@ -163,6 +163,7 @@ def test_torchscript_and_state_dict_give_identical_scores(checkpoints):
     ('/no/such/file.pt', FileNotFoundError, 'does not exist'),
     ('ViT-B/99', FileNotFoundError, 'ViT-B/32'),
     (50, TypeError, 'backbone must be'),
+    (' ', ValueError, 'the backbone is empty'),
 ])
 def test_unknown_backbones(cache, backbone, error, words):
     with pytest.raises(error, match=words):

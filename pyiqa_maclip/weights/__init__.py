@@ -83,6 +83,9 @@ def _resolve(backbone: str | os.PathLike, allow_download: bool | None) -> tuple[
         raise TypeError(
             f'backbone must be a CLIP model name or a checkpoint path, got {type(backbone).__name__}'
         )
+    if not os.fspath(backbone).strip():
+        raise ValueError(f'the backbone is empty: expected one of {", ".join(OFFICIAL_CHECKPOINTS)}, '
+                         'or the path of a local checkpoint file')
     if isinstance(backbone, os.PathLike) or backbone not in OFFICIAL_CHECKPOINTS:
         path = Path(backbone).expanduser()
         if path.is_dir():
