@@ -1,5 +1,6 @@
+"""``python -m pyiqa_maclip`` (and ``accelerate launch -m pyiqa_maclip``): the ``pyiqa-maclip`` command."""
 import sys
 
-from .cli import main
+from pyiqa_maclip_cli import main
 
 sys.exit(main())

@@ -4,9 +4,6 @@
 entry of the name under test is set to the served file's SHA-256; every other step
 (cache lookup, temporary file, hashing, atomic move, loading) is the real code.
 """
-import hashlib
-import http.server
-import os
 import threading
 import time
 
@@ -16,79 +13,10 @@ import torch
 from pyiqa.archs import clip_model
 
 from conftest import random_images
+from local_server import cache_fixture, files_in, server_fixture  # noqa: F401  (fixtures cache, server)
 
-from pyiqa_maclip import MACLIP, cli, weights
-from pyiqa_maclip.weights import Checkpoint, WeightsUnavailableError
-
-
-class _Server:
-    """Serves ``payload`` at any path; ``mode``: 'ok', 'truncate' (half, then close), 'hang', 'slow' (0.5 s late)."""
-
-    def __init__(self):
-        self.payload = b''
-        self.mode = 'ok'
-        self.requests = 0
-        self.release = threading.Event()
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                server.requests += 1
-                if server.mode == 'hang':
-                    server.release.wait(30)
-                    return
-                if server.mode == 'slow':
-                    time.sleep(0.5)
-                self.send_response(200)
-                self.send_header('Content-Length', str(len(server.payload)))
-                self.end_headers()
-                body = server.payload[: len(server.payload) // 2] if server.mode == 'truncate' else server.payload
-                self.wfile.write(body)
-                self.wfile.flush()
-                if server.mode == 'truncate':
-                    self.close_connection = True
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f'http://127.0.0.1:{self.httpd.server_address[1]}'
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.release.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    """An empty torch hub directory and no weights directory or offline switch from the environment."""
-    hub = tmp_path / 'hub'
-    monkeypatch.setattr(torch.hub, '_hub_dir', str(hub))
-    for name in (weights.WEIGHTS_DIR_ENV, weights.OFFLINE_ENV, weights.MIRROR_ENV):
-        monkeypatch.delenv(name, raising=False)
-    return hub / 'clip'
-
-
-@pytest.fixture
-def server(tiny_rn, monkeypatch):
-    """A local server serving the tiny checkpoint as 'RN50', registered under that name's checksum."""
-    s = _Server()
-    s.payload = tiny_rn.read_bytes()
-    monkeypatch.setenv(weights.MIRROR_ENV, s.url + '/clip/models')
-    monkeypatch.setitem(weights.OFFICIAL_CHECKPOINTS, 'RN50',
-                        Checkpoint('RN50.pt', hashlib.sha256(s.payload).hexdigest()))
-    yield s
-    s.close()
-
-
-def _files(directory):
-    """The files in ``directory`` but the lock files downloads leave (empty, never loaded)."""
-    if not directory.exists():
-        return []
-    return sorted(p.name for p in directory.iterdir() if not p.name.endswith('.lock'))
+from pyiqa_maclip import MACLIP, weights
+from pyiqa_maclip.weights import WeightsUnavailableError
 
 
 def test_table_matches_pyiqa_urls():
@@ -102,7 +30,7 @@ def test_download_is_verified_cached_and_reused(cache, server, tiny_rn):
     path = weights.resolve_checkpoint('RN50')
     assert path == cache / 'RN50.pt'
     assert path.read_bytes() == tiny_rn.read_bytes()
-    assert _files(cache) == ['RN50.pt']  # no temporary file left
+    assert files_in(cache) == ['RN50.pt']  # no temporary file left
     assert weights.resolve_checkpoint('RN50') == path
     assert server.requests == 1  # the second call used the verified cache
 
@@ -127,7 +55,7 @@ def test_concurrent_downloads_fetch_the_file_once(cache, server, tiny_rn):
     assert results == [cache / 'RN50.pt'] * 3
     assert server.requests == 1
     assert (cache / 'RN50.pt').read_bytes() == tiny_rn.read_bytes()
-    assert _files(cache) == ['RN50.pt']
+    assert files_in(cache) == ['RN50.pt']
 
 
 def test_metric_by_name_after_download_scores_like_the_local_file(cache, server, tiny_rn):
@@ -140,14 +68,14 @@ def test_checksum_mismatch_is_discarded(cache, server):
     server.payload = server.payload[:-1] + b'x'
     with pytest.raises(WeightsUnavailableError, match='SHA-256'):
         weights.resolve_checkpoint('RN50')
-    assert _files(cache) == []
+    assert files_in(cache) == []
 
 
 def test_interrupted_download_leaves_nothing_and_a_rerun_completes(cache, server, tiny_rn):
     server.mode = 'truncate'
     with pytest.raises(WeightsUnavailableError, match='download failed'):
         weights.resolve_checkpoint('RN50')
-    assert _files(cache) == []
+    assert files_in(cache) == []
     server.mode = 'ok'
     assert weights.resolve_checkpoint('RN50').read_bytes() == tiny_rn.read_bytes()
 
@@ -175,7 +103,7 @@ def test_weights_dir_is_searched_first_and_receives_downloads(cache, server, tmp
     own = tmp_path / 'my-weights'
     monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(own))
     assert weights.resolve_checkpoint('RN50') == own / 'RN50.pt'
-    assert _files(cache) == []
+    assert files_in(cache) == []
 
 
 def test_no_network_fails_fast_with_a_helpful_message(cache, monkeypatch):
@@ -187,18 +115,32 @@ def test_no_network_fails_fast_with_a_helpful_message(cache, monkeypatch):
     assert time.monotonic() - start < 10
     message = str(raised.value)
     for words in ("'ViT-B/32'", str(cache / 'ViT-B-32.pt'), weights.OFFICIAL_CHECKPOINTS['ViT-B/32'].url,
-                  'pyiqa-maclip download ViT-B/32', weights.WEIGHTS_DIR_ENV, 'backbone=<path'):
+                  'pyiqa-maclip download ViT-B/32', weights.WEIGHTS_DIR_ENV, 'mirror URL:',
+                  'give its path instead of the name'):
         assert words in message, words
+    assert 'backbone=' not in message  # what the command's user typed was --backbone
+
+
+def test_the_url_is_labelled_official_or_mirror(cache, monkeypatch):
+    monkeypatch.setenv(weights.OFFLINE_ENV, 'yes')
+    with pytest.raises(WeightsUnavailableError) as raised:
+        weights.resolve_checkpoint('RN50')
+    assert 'official URL:  https://openaipublic.azureedge.net/clip/models/afeb0e10' in str(raised.value)
+    monkeypatch.setenv(weights.MIRROR_ENV, 'http://127.0.0.1:9/clip/models')
+    with pytest.raises(WeightsUnavailableError) as raised:
+        weights.resolve_checkpoint('RN50')
+    assert 'mirror URL:    http://127.0.0.1:9/clip/models/afeb0e10' in str(raised.value)
+    assert 'official' not in str(raised.value)
 
 
 def test_unresponsive_server_times_out(cache, server, monkeypatch):
     server.mode = 'hang'
-    monkeypatch.setattr(weights, 'DOWNLOAD_TIMEOUT', 1.0)
+    monkeypatch.setattr(weights.downloading, 'DOWNLOAD_TIMEOUT', 1.0)
     start = time.monotonic()
     with pytest.raises(WeightsUnavailableError, match='timed out'):
         weights.resolve_checkpoint('RN50')
     assert time.monotonic() - start < 10
-    assert _files(cache) == []
+    assert files_in(cache) == []
 
 
 def test_offline_switch_never_touches_the_network(cache, server, monkeypatch):
@@ -215,59 +157,19 @@ def test_torchscript_and_state_dict_give_identical_scores(checkpoints):
     torch.testing.assert_close(plain, scripted, rtol=0, atol=0)
 
 
-class _Payload:
-    def __reduce__(self):
-        return (os.system, ('echo pwned',))
-
-
-def test_state_dicts_are_read_with_weights_only(tmp_path):
-    """A pickle that would run code is refused, not executed."""
-    path = tmp_path / 'evil.pth'
-    torch.save({'visual.proj': _Payload()}, path)
-    with pytest.raises(ValueError, match='not a readable CLIP checkpoint'):
-        weights.read_state_dict(path)
-
-
-@pytest.mark.parametrize('content, words', [
-    (b'', 'not a readable CLIP checkpoint'),
-    (b'garbage' * 10, 'not a readable CLIP checkpoint'),
-    ({'x': 1}, 'does not hold a CLIP state dict'),
-    ({'visual.conv1.weight': torch.zeros(1)}, 'not an OpenAI CLIP checkpoint'),
-])
-def test_bad_checkpoint_files(tmp_path, content, words):
-    path = tmp_path / 'bad.pt'
-    if isinstance(content, bytes):
-        path.write_bytes(content)
-    else:
-        torch.save(content, path)
-    with pytest.raises(ValueError, match=words) as raised:
-        weights.load_clip(str(path))
-    assert str(path) in str(raised.value)
-
-
 @pytest.mark.parametrize('backbone, error, words', [
-    ('RN5', ValueError, 'unknown CLIP backbone'),
+    ('RN5', ValueError, "unknown CLIP backbone 'RN5' \\(did you mean RN50\\?\\)"),
+    ('rn50', ValueError, 'did you mean RN50'),
     ('/no/such/file.pt', FileNotFoundError, 'does not exist'),
     ('ViT-B/99', FileNotFoundError, 'ViT-B/32'),
     (50, TypeError, 'backbone must be'),
+    (' ', ValueError, 'the backbone is empty'),
 ])
 def test_unknown_backbones(cache, backbone, error, words):
     with pytest.raises(error, match=words):
         weights.resolve_checkpoint(backbone)
 
 
-def test_download_command(cache, server, tmp_path, capsys):
-    target = tmp_path / 'offline'
-    assert cli.main(['download', '--verify', 'RN50', '--dir', str(target)]) == 1
-    assert 'RN50: MISSING' in capsys.readouterr().out
-    assert cli.main(['download', 'RN50', '--dir', str(target)]) == 0
-    captured = capsys.readouterr()
-    assert f'RN50: downloaded {target / "RN50.pt"}' in captured.out
-    assert 'CLIP RN50' in captured.err  # the progress bar
-    assert cli.main(['download', '--verify', 'RN50', '--dir', str(target)]) == 0
-    assert 'RN50: ok' in capsys.readouterr().out
-    (target / 'RN50.pt').write_bytes(b'broken')
-    assert cli.main(['download', '--verify', 'RN50', '--dir', str(target)]) == 1
-    assert 'RN50: CORRUPTED' in capsys.readouterr().out
-    with pytest.raises(ValueError, match='unknown CLIP backbone'):
-        cli.main(['download', 'RN5'])
+def test_a_folder_is_not_a_checkpoint(tmp_path):
+    with pytest.raises(IsADirectoryError, match='is a folder'):
+        weights.resolve_checkpoint(str(tmp_path))
