@@ -120,11 +120,43 @@ def _add_benchmark(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
+def _add_explain(subparsers) -> argparse.ArgumentParser:
+    """``pyiqa-maclip explain IMAGE [IMAGE ...] -o FOLDER [--backbone B] [--device D]``."""
+    parser = subparsers.add_parser(
+        'explain', help='per-patch quality maps of images, as pictures',
+        description='Draw, per image, the photo, the fused MA-CLIP score per pixel (patches averaged), the '
+                    'Q_sim and Q_mag maps and the weight of Q_mag, on fixed colour scales, into '
+                    'FOLDER/<image stem>_explain.png.',
+    )
+    parser.add_argument('images', nargs='+', metavar='IMAGE', help='image files')
+    parser.add_argument('-o', '--output', required=True, help='the folder to write the pictures into')
+    parser.add_argument('--backbone', default='RN50', help='CLIP name or checkpoint path (default: RN50)')
+    parser.add_argument('--device', default=None, help='torch device (default: cpu)')
+    return parser
+
+
+def _add_report(subparsers) -> argparse.ArgumentParser:
+    """``pyiqa-maclip report SCORES.csv -o REPORT.png [--thumbnails N]``."""
+    parser = subparsers.add_parser(
+        'report', help='score histogram and thumbnails at score quantiles of a scored collection',
+        description='Draw the histogram of the scores of a CSV written by `pyiqa-maclip score`, with '
+                    'quantile marks, and thumbnails at evenly spaced score quantiles from worst to best, '
+                    'to choose a filtering threshold by looking at images.',
+    )
+    parser.add_argument('scores', metavar='SCORES.csv', help='the CSV written by pyiqa-maclip score')
+    parser.add_argument('-o', '--output', required=True, help='the PNG to write, e.g. report.png')
+    parser.add_argument('--thumbnails', type=_integer_at_least(1), default=24,
+                        help='thumbnails at score quantiles (default: 24)')
+    return parser
+
+
 #: name -> (function adding its parser, its handler as 'module:function'), in the order of ``--help``.
 SUBCOMMANDS: dict[str, tuple[Callable, str]] = {
     'download': (_add_download, 'pyiqa_maclip.weights:download_command'),
     'score': (_add_score, 'pyiqa_maclip.scoring:score_command'),
     'benchmark': (_add_benchmark, 'pyiqa_maclip.benchmark:benchmark_command'),
+    'explain': (_add_explain, 'pyiqa_maclip.explain:explain_command'),
+    'report': (_add_report, 'pyiqa_maclip.report:report_command'),
 }
 
 

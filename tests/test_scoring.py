@@ -496,3 +496,20 @@ def test_module_help():
                          capture_output=True, text=True, timeout=120, check=False)
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith('usage: pyiqa-maclip score') and '--overwrite' in run.stdout
+
+
+def test_weights_that_fail_to_load_leave_no_trace(tiny_rn, tmp_path, monkeypatch):
+    image = tmp_path / 'in' / 'a.png'
+    image.parent.mkdir()
+    image.write_bytes(encoded(pixels(40, 40, 1), 'PNG'))
+    output = tmp_path / 'scores.csv'
+    junk = tmp_path / 'model.pt'
+    junk.write_text('<html><body>Not Found</body></html>')
+    status, _, stderr = score(image, '--output', output, '--backbone', junk)
+    assert status == 2 and stderr.count('\n') == 1 and stderr.startswith(f'pyiqa-maclip score: error: --backbone {junk}')
+    # The next run with good weights is not refused as "made with other settings".
+    assert score(image, '--output', output, '--backbone', tiny_rn)[0] == 0
+
+    monkeypatch.setenv('PYIQA_MACLIP_OFFLINE', 'maybe')
+    status, _, stderr = score(image, '--output', output, '--backbone', tiny_rn)
+    assert status == 2 and stderr.count('\n') == 1 and 'PYIQA_MACLIP_OFFLINE' in stderr and '--backbone' not in stderr

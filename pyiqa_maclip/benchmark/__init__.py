@@ -27,7 +27,6 @@ __all__ = [
     'BenchmarkConfig',
     'BenchmarkConfigError',
     'SUMMARY_COLUMNS',
-    'add_subcommand',
     'benchmark_command',
     'evaluate',
     'fit_logistic',
@@ -38,30 +37,18 @@ __all__ = [
 ]
 
 
-def add_subcommand(subparsers) -> None:
-    """``pyiqa-maclip benchmark --config FILE --output-dir DIR [--device DEV] [--data-root DIR] [--force]``."""
-    parser = subparsers.add_parser(
-        'benchmark', help='score datasets with MA-CLIP and other pyiqa metrics; correlations, tables, plots',
-        description='Score every dataset of a YAML configuration with every metric, compare with the MOS '
-                    '(SRCC, KRCC, PLCC raw and after the 5-parameter logistic fit, RMSE) and write '
-                    'summary.csv, summary.md, per-image scores and plots. Pairs already complete in '
-                    'the output directory are skipped.',
-    )
-    parser.add_argument('--config', required=True, help='the YAML configuration (datasets:, metrics:)')
-    parser.add_argument('--output-dir', required=True, help='where results go; reused to resume a run')
-    parser.add_argument('--device', default=None, help='torch device, e.g. cpu or cuda:0 (default: cuda if available)')
-    parser.add_argument('--data-root', default=None,
-                        help="folder replacing './datasets' in pyiqa's dataset configs (overrides data_root:)")
-    parser.add_argument('--force', action='store_true', help='recompute every pair, even complete ones')
-    parser.set_defaults(func=_benchmark_command)
-
-
 def benchmark_command(args: argparse.Namespace) -> int:
     """Run ``pyiqa-maclip benchmark`` with parsed arguments; returns the exit status."""
     def fail(message: str) -> int:
         print(f'pyiqa-maclip benchmark: error: {" ".join(str(message).split())}', file=sys.stderr)
         return 2
 
+    from ..weights import EnvironmentValueError, check_environment
+
+    try:
+        check_environment()
+    except EnvironmentValueError as error:
+        return fail(error)
     try:
         if args.device is not None:
             import torch
@@ -83,5 +70,3 @@ def benchmark_command(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 130
 
-
-_benchmark_command = benchmark_command  # TEMPORARY: the parser above, until the light command line lands

@@ -26,4 +26,3 @@ __all__ = [
     'collect_paths', 'default_num_workers', 'display_path', 'image_extensions', 'read_image',
     'score_command', 'score_into', 'score_paths',
 ]
-from .command import add_subcommand  # noqa: F401  TEMPORARY

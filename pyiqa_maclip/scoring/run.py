@@ -237,7 +237,8 @@ def _differences(stored: dict, wanted: dict, prefix: str = '') -> list[str]:
 
 
 def _open_main_journal(files: WorkFiles, fingerprint: dict, overwrite: bool) -> Journal:
-    """Main process, under the lock: the rank-0 journal, holding every earlier result, checked."""
+    """Main process, under the lock: the rank-0 journal, holding every earlier result, checked
+    against ``fingerprint`` (which the caller records once the metric is built)."""
     if overwrite:
         for path in (*files.journals(), files.output, files.errors):
             path.unlink(missing_ok=True)
@@ -255,7 +256,6 @@ def _open_main_journal(files: WorkFiles, fingerprint: dict, overwrite: bool) -> 
         if stored is not None and stored != fingerprint:
             raise OutputConflictError(f'{files.output} was made with other settings: '
                                       + '; '.join(_differences(stored, fingerprint)))
-        journal.fingerprint = fingerprint
     except BaseException:
         journal.close()
         raise
@@ -326,16 +326,20 @@ def score_paths(paths: Sequence[str | os.PathLike], output: str | os.PathLike, *
             finished = journal.finished(retry_failed)
             pending = [p for p in paths if p not in finished]
             del finished
-            processes = f' on {state.num_processes} processes' if several else ''
-            _log.info('%s: %d of %d images to score%s, %d done before',
-                      files.output, len(pending), len(paths), processes, len(paths) - len(pending))
         if several:
             pending = broadcast_object_list([pending])[0]
         shard = pending[state.process_index::state.num_processes]
         try:
+            # Built before anything is recorded: weights that fail to load leave no trace.
+            scorer = _scorer(backbone, chunk_size, half, metric_options, options, sha256, device) if shard else None
+            if journal is not None:
+                journal.fingerprint = maclip_fingerprint(options, sha256)
+                processes = f' on {state.num_processes} processes' if several else ''
+                _log.info('%s: %d of %d images to score%s, %d done before',
+                          files.output, len(pending), len(paths), processes, len(paths) - len(pending))
             if shard:
-                _score_shard(files, journal, shard, state, backbone, chunk_size, half, metric_options, options,
-                             sha256, device, batch_size, num_workers, progress and state.is_main_process)
+                _score_shard(files, journal, shard, state, scorer, device, batch_size, num_workers,
+                             progress and state.is_main_process)
             if several:  # not on an error: the others would wait for a process that has gone
                 state.wait_for_everyone()
             summary = None
@@ -355,15 +359,18 @@ def score_paths(paths: Sequence[str | os.PathLike], output: str | os.PathLike, *
         return broadcast_object_list([summary])[0] if several else summary
 
 
-def _score_shard(files: WorkFiles, journal: Journal | None, shard: Sequence[str], state, backbone, chunk_size: int,
-                 half: bool, metric_options: dict, options: dict, sha256: str, device: torch.device,
-                 batch_size: int, num_workers: int, progress: bool) -> None:
-    """Build the metric and score this process's share into its journal (the main one for rank 0)."""
+def _scorer(backbone, chunk_size: int, half: bool, metric_options: dict, options: dict, sha256: str,
+            device: torch.device) -> MaclipScorer:
     try:
         metric = MACLIP(backbone=backbone, chunk_size=chunk_size, half=half, **metric_options)
     except (OSError, ValueError) as error:
         raise BackboneError(str(error)) from error
-    scorer = MaclipScorer(metric.to(device).eval(), options, sha256)
+    return MaclipScorer(metric.to(device).eval(), options, sha256)
+
+
+def _score_shard(files: WorkFiles, journal: Journal | None, shard: Sequence[str], state, scorer: MaclipScorer,
+                 device: torch.device, batch_size: int, num_workers: int, progress: bool) -> None:
+    """Score this process's share into its journal (the main one for rank 0)."""
     own = journal if journal is not None else Journal(files.journal(state.process_index))
     try:
         own.fingerprint = scorer.fingerprint
