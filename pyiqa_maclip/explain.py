@@ -87,14 +87,14 @@ def explain_command(args: argparse.Namespace) -> int:
     import torch
 
     from .arch import MACLIP
-    from .scoring.command import _device_mistake, one_line
+    from .scoring.command import device_mistake, one_line
     from .scoring.decoding import as_float, read_image
 
     def fail(message: str) -> int:
         print(f'pyiqa-maclip explain: error: {one_line(message)}', file=sys.stderr)
         return 2
 
-    if mistake := _device_mistake(args.device):
+    if mistake := device_mistake(args.device):
         return fail(mistake)
     try:
         images = [as_float(read_image(path)) for path in args.images]

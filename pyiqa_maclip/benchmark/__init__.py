@@ -43,6 +43,7 @@ def benchmark_command(args: argparse.Namespace) -> int:
         print(f'pyiqa-maclip benchmark: error: {" ".join(str(message).split())}', file=sys.stderr)
         return 2
 
+    from ..scoring.command import device_mistake
     from ..weights import EnvironmentValueError, check_environment
 
     try:
@@ -50,17 +51,8 @@ def benchmark_command(args: argparse.Namespace) -> int:
     except EnvironmentValueError as error:
         return fail(error)
     try:
-        if args.device is not None:
-            import torch
-
-            from ..scoring.run import device_problem
-
-            try:
-                problem = device_problem(torch.device(args.device))
-            except RuntimeError:
-                problem = 'expected a torch device such as cpu, cuda, cuda:1 or mps'
-            if problem:
-                return fail(f'--device {args.device}: {problem}')
+        if mistake := device_mistake(args.device):
+            return fail(mistake)
         config = load_config(args.config, data_root=args.data_root)
         return run_benchmark(config, args.output_dir, device=args.device, force=args.force)
     except BenchmarkConfigError as error:

@@ -11,7 +11,7 @@ from .inputs import collect_paths, parse_extensions
 from .journal import OutputConflictError
 from .run import BackboneError, _distributed_state, device_problem, score_paths
 
-__all__ = ['score_command', 'one_line']
+__all__ = ['score_command', 'one_line', 'device_mistake']
 
 _log = logging.getLogger('pyiqa_maclip.scoring')
 
@@ -35,7 +35,8 @@ def _log_to_stderr() -> Iterator[None]:
         _log.setLevel(level)
 
 
-def _device_mistake(device: str | None) -> str | None:
+def device_mistake(device: str | None) -> str | None:
+    """``--device VALUE: why`` if this machine cannot use the device, else None."""
     import torch
 
     if device is None:
@@ -55,7 +56,7 @@ def score_command(args: argparse.Namespace) -> int:
 
     from ..weights import EnvironmentValueError, check_environment
 
-    if mistake := _device_mistake(args.device):
+    if mistake := device_mistake(args.device):
         return fail(mistake)
     try:
         check_environment()
