@@ -16,6 +16,7 @@ import itertools
 import math
 import numbers
 import os
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from typing import NamedTuple
@@ -135,11 +136,38 @@ def check_images(x) -> None:
         raise ValueError(f'image values lie in [{low:.4g}, {high:.4g}]; {expected} ({fix})')
 
 
+#: ``precision`` values and the type the image encoder computes in under each.
+PRECISIONS = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+
+
+def cpu_has_native(dtype: torch.dtype) -> bool | None:
+    """Whether this CPU computes ``dtype`` (bfloat16 or float16) natively in oneDNN; None if torch cannot tell.
+
+    Asks torch's private oneDNN checks (avx512_bf16 / AMX for bfloat16, avx512_fp16 / AMX-FP16
+    for float16), guarded because a private API may vanish from a torch release.
+    """
+    check = {torch.bfloat16: '_is_mkldnn_bf16_supported', torch.float16: '_is_mkldnn_fp16_supported'}[dtype]
+    try:
+        return bool(getattr(torch.ops.mkldnn, check)())
+    except (AttributeError, RuntimeError):
+        return None
+
+
 def _chunks(items: Iterable, size: int) -> Iterator[list]:
     """Consecutive lists of ``size`` items (the last one shorter)."""
     items = iter(items)
     while chunk := list(itertools.islice(items, size)):
         yield chunk
+
+
+def _precision(precision, half: bool) -> str:
+    """The ``precision`` option, with ``half=True`` as the alias of ``'fp16'``."""
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(map(repr, PRECISIONS))}, got {precision!r}")
+    if half and precision not in ('fp32', 'fp16'):
+        raise ValueError(f"half=True means precision='fp16' and contradicts precision={precision!r}; "
+                         f"pass precision={precision!r} alone")
+    return 'fp16' if half else precision
 
 
 class QualityMap(NamedTuple):
@@ -177,10 +205,14 @@ class MACLIP(nn.Module):
             encoder; off in the paper, which lets any patch size through.
         chunk_size: most views sent through the image encoder at once; bounds
             peak memory independently of image size and batch size.
-        half: run the image encoder under float16 autocast (convolutions and
-            matrix products in half, norms in float32), for GPUs; weights,
-            preprocessing, prompt embeddings and the MA-CLIP math stay float32.
-            Changes scores slightly (see README); off by default.
+        precision: what the image encoder computes in: ``'fp32'`` (exact), ``'bf16'`` or
+            ``'fp16'`` (autocast: convolutions and matrix products in that type, norms in
+            float32). Weights, preprocessing, prompt embeddings, the MA-CLIP math and the
+            scores stay float32. The 16-bit modes change scores slightly (see README's
+            Performance); ``'bf16'`` is for CPUs with bfloat16 instructions (avx512_bf16,
+            AMX) and recent GPUs, ``'fp16'`` for GPUs. A 16-bit mode this CPU has no
+            instructions for warns at the first CPU encoding, naming the faster choice.
+        half: ``True`` is the released spelling of ``precision='fp16'``.
         model_type: accepted for compatibility with pyiqa's own ``maclip`` entry
             in ``DEFAULT_CONFIGS``; only ``'maclip'`` is valid.
 
@@ -212,6 +244,7 @@ class MACLIP(nn.Module):
         pos_embedding: bool = False,
         chunk_size: int = 16,
         half: bool = False,
+        precision: str = 'fp32',
         model_type: str = 'maclip',
     ) -> None:
         super().__init__()
@@ -229,7 +262,8 @@ class MACLIP(nn.Module):
         self.stride = _positive_int('stride', stride)
         self.chunk_size = _positive_int('chunk_size', chunk_size)
         self.pos_embedding = pos_embedding
-        self.half_precision = half
+        self.precision = _precision(precision, half)
+        self._warned_slow_precision = False
         self.backbone = backbone
 
         clip = load_clip(backbone)
@@ -276,6 +310,16 @@ class MACLIP(nn.Module):
                     f'{self.backbone!r}, got {self.patch_size}'
                 )
 
+    def _warn_if_emulated(self, dtype: torch.dtype) -> None:
+        """Warn once per metric when this CPU has no instructions for ``dtype`` (it then runs slower than float32)."""
+        if self._warned_slow_precision or cpu_has_native(dtype) is not False:
+            return
+        self._warned_slow_precision = True
+        better = "precision='bf16' (this CPU has bfloat16 instructions)" if (
+            dtype == torch.float16 and cpu_has_native(torch.bfloat16)) else "precision='fp32'"
+        warnings.warn(f'precision={self.precision!r} on this CPU is emulated (no native {dtype} instructions) '
+                      f'and slower than float32; use {better}', RuntimeWarning, stacklevel=3)
+
     def _apply(self, fn, recurse=True):
         """``.to()``, ``.half()``, ``.double()``, ...: reach the hidden encoder, then restore float32 where needed.
 
@@ -320,8 +364,14 @@ class MACLIP(nn.Module):
         # Normalised per chunk rather than on the whole image: no full-size copy of a large photo.
         views = ((views.expand(-1, 3, -1, -1) - self.mean) / self.std).to(encoder_dtype)
         views = views.contiguous(memory_format=torch.channels_last)
-        half = torch.autocast(views.device.type, dtype=torch.float16) if self.half_precision else nullcontext()
-        with half:
+        compute_dtype = PRECISIONS[self.precision]
+        if compute_dtype == torch.float32:
+            autocast = nullcontext()
+        else:
+            if views.device.type == 'cpu':
+                self._warn_if_emulated(compute_dtype)
+            autocast = torch.autocast(views.device.type, dtype=compute_dtype)
+        with autocast:
             features = self.visual(views, pos_embedding=self.pos_embedding)
         return features.to(self.text_features.dtype)
 

@@ -43,6 +43,8 @@ def maclip_fingerprint(options: Mapping, sha256: str) -> dict:
     defaults = {name: p.default for name, p in inspect.signature(MACLIP).parameters.items()
                 if p.default is not inspect.Parameter.empty}
     settings = {k: v for k, v in {**defaults, **options}.items() if k not in _NOT_IN_FINGERPRINT}
+    if settings.pop('half', False):  # the released spelling of precision='fp16': the same numbers
+        settings['precision'] = 'fp16'
     return {'metric': 'maclip', 'checkpoint_sha256': sha256, 'options': _json_ready(settings),
             'pyiqa_maclip': __version__}
 
