@@ -55,6 +55,15 @@ def _integer_at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+PRECISIONS = ('fp32', 'bf16', 'fp16')
+
+
+def _add_precision(parser: argparse.ArgumentParser, which: str = '') -> None:
+    parser.add_argument('--precision', choices=PRECISIONS, default=None,
+                        help=f'what the image encoder computes in{which}: fp32 (default, exact), bf16 (CPUs with '
+                             'bfloat16 instructions, recent GPUs) or fp16 (GPUs); scores stay float32')
+
+
 def _add_download(subparsers) -> argparse.ArgumentParser:
     """``pyiqa-maclip download [BACKBONE ...] [--verify] [--dir DIR]``."""
     parser = subparsers.add_parser(
@@ -92,7 +101,8 @@ def _add_score(subparsers) -> argparse.ArgumentParser:
                         help='decoding processes, 0 to decode in the scoring process (default: one per CPU, at most 4)')
     parser.add_argument('--chunk-size', type=_integer_at_least(1), default=16,
                         help='most views sent through the image encoder at once (default: 16)')
-    parser.add_argument('--half', action='store_true', help='float16 autocast for the image encoder (GPUs)')
+    _add_precision(parser)
+    parser.add_argument('--half', action='store_true', help='the same as --precision fp16 (kept for earlier scripts)')
     # A comma-separated string: the handler checks it (the rules live with the folder scan).
     parser.add_argument('--extensions', default=None,
                         help='suffixes taken from folders, e.g. jpg,png (default: every format PIL opens)')
@@ -117,6 +127,7 @@ def _add_benchmark(subparsers) -> argparse.ArgumentParser:
     parser.add_argument('--data-root', default=None,
                         help="folder replacing './datasets' in pyiqa's dataset configs (overrides data_root:)")
     parser.add_argument('--force', action='store_true', help='recompute every pair, even complete ones')
+    _add_precision(parser, ' of MA-CLIP metrics whose options set none')
     return parser
 
 
@@ -132,6 +143,7 @@ def _add_explain(subparsers) -> argparse.ArgumentParser:
     parser.add_argument('-o', '--output', required=True, help='the folder to write the pictures into')
     parser.add_argument('--backbone', default='RN50', help='CLIP name or checkpoint path (default: RN50)')
     parser.add_argument('--device', default=None, help='torch device (default: cpu)')
+    _add_precision(parser)
     return parser
 
 

@@ -83,7 +83,7 @@ def _output_names(images: Sequence[str], folder: Path) -> list[Path]:
 
 
 def explain_command(args: argparse.Namespace) -> int:
-    """``pyiqa-maclip explain IMAGE [IMAGE ...] -o FOLDER [--backbone] [--device]``."""
+    """``pyiqa-maclip explain IMAGE [IMAGE ...] -o FOLDER [--backbone] [--device] [--precision]``."""
     import torch
 
     from .arch import MACLIP
@@ -101,7 +101,7 @@ def explain_command(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as error:
         return fail(error)
     try:
-        metric = MACLIP(backbone=args.backbone).to(args.device or 'cpu').eval()
+        metric = MACLIP(backbone=args.backbone, precision=args.precision or 'fp32').to(args.device or 'cpu').eval()
     except (OSError, ValueError) as error:
         return fail(f'--backbone {args.backbone}: {error}')
     folder = Path(args.output)
@@ -111,7 +111,8 @@ def explain_command(args: argparse.Namespace) -> int:
             for path, image, output in zip(args.images, images, _output_names(args.images, folder)):
                 qmap = metric.quality_maps([image])[0]
                 title = (f'{Path(path).name}: MA-CLIP {float(qmap.score):.4f} '
-                         f'({qmap.boxes.shape[0]}x{qmap.boxes.shape[1]} patches + the whole image; {args.backbone})')
+                         f'({qmap.boxes.shape[0]}x{qmap.boxes.shape[1]} patches + the whole image; {args.backbone}, '
+                         f'{args.precision or "fp32"})')
                 picture = image.expand(3, -1, -1).permute(1, 2, 0).cpu().numpy()
                 written.append(draw_explanation(picture, qmap, title, output))
     except OSError as error:

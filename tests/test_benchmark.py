@@ -422,3 +422,15 @@ def test_an_output_folder_that_cannot_be_written_stops_before_scoring(tmp_path, 
     assert _run(config, blocker / 'out') == 2
     err = capsys.readouterr().err
     assert err.count('\n') == 1 and '--output-dir' in err and 'cannot write' in err
+
+
+def test_precision_option_reaches_maclip_metrics_that_set_none():
+    from pyiqa_maclip.benchmark.runner import with_precision
+
+    config = parse_config({'datasets': {'d': {'images': 'i', 'mos': 'm'}},
+                           'metrics': {'maclip': {}, 'mine': {'base': 'maclip', 'precision': 'fp32'},
+                                       'old': {'base': 'maclip', 'half': True}, 'piqe': {}}})
+    options = {m.name: m.options for m in with_precision(config, 'bf16').metrics}
+    assert options == {'maclip': {'precision': 'bf16'}, 'mine': {'precision': 'fp32'}, 'old': {'half': True},
+                       'piqe': {}}
+    assert with_precision(config, None) is config

@@ -89,7 +89,8 @@ def test_explain_writes_one_wide_picture_per_image(tiny_rn, tmp_path, capsys):
         array = (random_images(1, h, w, seed=i)[0].permute(1, 2, 0).numpy() * 255).astype('uint8')
         paths.append(str(tmp_path / f'photo{i}.png'))
         Image.fromarray(array).save(paths[-1])
-    args = argparse.Namespace(images=paths, output=str(tmp_path / 'maps'), backbone=str(tiny_rn), device=None)
+    args = argparse.Namespace(images=paths, output=str(tmp_path / 'maps'), backbone=str(tiny_rn), device=None,
+                              precision=None)
     assert explain_command(args) == 0
     written = capsys.readouterr().out.split()
     assert [p.rsplit('/', 1)[1] for p in written] == ['photo0_explain.png', 'photo1_explain.png']

@@ -18,6 +18,7 @@ import stat
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -513,3 +514,28 @@ def test_weights_that_fail_to_load_leave_no_trace(tiny_rn, tmp_path, monkeypatch
     monkeypatch.setenv('PYIQA_MACLIP_OFFLINE', 'maybe')
     status, _, stderr = score(image, '--output', output, '--backbone', tiny_rn)
     assert status == 2 and stderr.count('\n') == 1 and 'PYIQA_MACLIP_OFFLINE' in stderr and '--backbone' not in stderr
+
+
+def test_a_resume_never_mixes_precisions(tiny_rn, tmp_path):
+    image = tmp_path / 'in' / 'a.png'
+    image.parent.mkdir()
+    image.write_bytes(encoded(pixels(40, 40, 1), 'PNG'))
+    output = tmp_path / 'scores.csv'
+    with pytest.warns(RuntimeWarning, match='precision') if not _native_bf16() else contextlib.nullcontext():
+        assert score(image, '--output', output, '--backbone', tiny_rn, '--precision', 'bf16')[0] == 0
+    status, _, stderr = score(image, '--output', output, '--backbone', tiny_rn)
+    assert status == 2 and "precision was 'bf16', now 'fp32'" in stderr
+    # --half is the released spelling of --precision fp16: one fingerprint, not two.
+    other = tmp_path / 'half.csv'
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', RuntimeWarning)  # float16 on a CPU without float16 instructions
+        assert score(image, '--output', other, '--backbone', tiny_rn, '--half')[0] == 0
+        assert score(image, '--output', other, '--backbone', tiny_rn, '--precision', 'fp16')[0] == 0
+    status, _, stderr = score(image, '--output', other, '--backbone', tiny_rn, '--half', '--precision', 'bf16')
+    assert status == 2 and '--half means --precision fp16' in stderr and stderr.count('\n') == 1
+
+
+def _native_bf16() -> bool:
+    from pyiqa_maclip.arch import cpu_has_native
+
+    return cpu_has_native(torch.bfloat16) is not False

@@ -20,7 +20,7 @@ import sys
 
 from .config import BenchmarkConfig, BenchmarkConfigError, load_config, parse_config
 from .evaluation import Agreement, evaluate, fit_logistic, logistic_5
-from .runner import SUMMARY_COLUMNS, run_benchmark
+from .runner import SUMMARY_COLUMNS, run_benchmark, with_precision
 
 __all__ = [
     'Agreement',
@@ -53,7 +53,7 @@ def benchmark_command(args: argparse.Namespace) -> int:
     try:
         if mistake := device_mistake(args.device):
             return fail(mistake)
-        config = load_config(args.config, data_root=args.data_root)
+        config = with_precision(load_config(args.config, data_root=args.data_root), args.precision)
         return run_benchmark(config, args.output_dir, device=args.device, force=args.force)
     except BenchmarkConfigError as error:
         return fail(str(error))

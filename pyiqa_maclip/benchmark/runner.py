@@ -18,6 +18,7 @@ share one scoring pass. Summary and plots are rebuilt at the end of every run.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -43,7 +44,7 @@ from .datasets import Item, items_digest, load_items
 from .evaluation import Agreement, evaluate
 from .plots import plot_qsim_qmag, plot_scatter, plot_srcc_bars
 
-__all__ = ['SUMMARY_COLUMNS', 'Pair', 'run_benchmark', 'read_scores', 'pair_table', 'summarise', 'markdown_summary']
+__all__ = ['SUMMARY_COLUMNS', 'Pair', 'run_benchmark', 'with_precision', 'read_scores', 'pair_table', 'summarise', 'markdown_summary']
 
 SUMMARY_COLUMNS = (
     'metric', 'dataset', 'n', 'srcc', 'krcc', 'plcc', 'plcc_logistic', 'rmse_logistic', 'n_failed', 'seconds',
@@ -265,6 +266,15 @@ def _is_maclip(metric: MetricSpec) -> bool:
     from pyiqa.default_model_configs import DEFAULT_CONFIGS
 
     return DEFAULT_CONFIGS[metric.pyiqa_name]['metric_opts'].get('type') == _MACLIP_ARCH
+
+
+def with_precision(config: BenchmarkConfig, precision: str | None) -> BenchmarkConfig:
+    """``config`` with ``precision`` given to every MA-CLIP metric whose options set none (``--precision``)."""
+    if precision is None:
+        return config
+    metrics = tuple(dataclasses.replace(m, options={**m.options, 'precision': precision})
+                    if _is_maclip(m) and not {'precision', 'half'} & set(m.options) else m for m in config.metrics)
+    return dataclasses.replace(config, metrics=metrics)
 
 
 def _scorer_fingerprint(metric: MetricSpec) -> dict:

@@ -58,6 +58,9 @@ def score_command(args: argparse.Namespace) -> int:
 
     if mistake := device_mistake(args.device):
         return fail(mistake)
+    precision = args.precision or ('fp16' if args.half else 'fp32')
+    if args.half and precision != 'fp16':
+        return fail(f'--half means --precision fp16 and contradicts --precision {args.precision}; pass one of them')
     try:
         check_environment()
     except EnvironmentValueError as error:
@@ -74,7 +77,7 @@ def score_command(args: argparse.Namespace) -> int:
                 return fail(f'no image files found in {", ".join(args.inputs)}')
             summary = score_paths(
                 paths, args.output, backbone=args.backbone, device=args.device, batch_size=args.batch_size,
-                num_workers=args.num_workers, chunk_size=args.chunk_size, half=args.half,
+                num_workers=args.num_workers, chunk_size=args.chunk_size, precision=precision,
                 overwrite=args.overwrite, retry_failed=args.retry_failed, progress=args.progress,
             )
         except KeyboardInterrupt:
