@@ -301,7 +301,8 @@ class MACLIP(nn.Module):
         self._warned_slow_precision = True
         better = "precision='bf16' (this CPU has bfloat16 instructions)" if (
             dtype == torch.float16 and cpu_has_native(torch.bfloat16)) else "precision='fp32'"
-        warnings.warn(f'precision={self.precision!r} on this CPU is emulated (no native {dtype} instructions) '
+        type_name = str(dtype).removeprefix('torch.')
+        warnings.warn(f'precision={self.precision!r} on this CPU is emulated (no native {type_name} instructions) '
                       f'and slower than float32; use {better}', RuntimeWarning, stacklevel=3)
 
     def _apply(self, fn, recurse=True):
