@@ -353,6 +353,12 @@ class MACLIP(nn.Module):
         if compute_dtype == torch.float32:
             autocast = nullcontext()
         else:
+            if encoder_dtype not in (torch.float32, compute_dtype):  # autocast cannot mix two 16-bit types
+                raise TypeError(
+                    f'precision={self.precision!r} autocasts a float32 image encoder, but its weights were '
+                    f'converted to {str(encoder_dtype).removeprefix("torch.")}; convert the metric back with '
+                    f'.float(), or build it with the precision matching that type'
+                )
             if views.device.type == 'cpu':
                 self._warn_if_emulated(compute_dtype)
             autocast = torch.autocast(views.device.type, dtype=compute_dtype)
