@@ -10,10 +10,17 @@ Everything runs in one process on one machine with the same random RN50-shaped w
      fresh child process, whole-process peak);
   c. throughput for batches of 1, 8 and 32 images;
   d. folder scoring (decoding JPEGs in worker processes) vs the model alone on decoded tensors;
-  e. the opt-in float16 mode against float32: max |score difference|, rank correlation, time.
+  e. the opt-in 16-bit precisions (bf16, fp16) against float32 on graded real photos (pyiqa's
+     sample photos at blur and noise levels): max and mean |score difference|, Spearman, time.
 
-Timings are interleaved (one call of each contender per round) and the median is kept, so the
-ratios compare like with like on a shared, noisy machine.
+Section a times precision='bf16' and 'fp16' in the same interleaved rounds as float32, so their
+time ratios come from the same run. Timings are interleaved (one call of each contender per
+round) and the median is kept, so the ratios compare like with like on a shared, noisy machine;
+the load average before and after is recorded with the CPU model and its 16-bit instructions.
+
+Subnormal floats are slow on some CPUs, so the report counts the subnormal values in the
+encoder's activations; --flush-denormals flushes them for the whole benchmark process (the
+metric itself never changes that process-wide setting: torch cannot read it back to restore it).
 
     python benchmarks/performance.py --output-dir benchmarks/results
 """
@@ -21,6 +28,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
+import os
 import platform
 import resource
 import statistics
@@ -33,6 +42,8 @@ from pathlib import Path
 import torch
 
 from pyiqa_maclip import MACLIP
+from pyiqa_maclip.arch import cpu_has_native
+from pyiqa_maclip.safe_io import atomic_file
 from pyiqa_maclip.testing import make_clip, random_images, save_torchscript
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'tests'))
@@ -61,6 +72,7 @@ def time_per_image(checkpoint: Path, rounds: int) -> list[dict]:
     from pyiqa.archs.clip_model import load
 
     ours = MACLIP(backbone=str(checkpoint)).eval()
+    reduced = {p: MACLIP(backbone=str(checkpoint), precision=p).eval() for p in ('bf16', 'fp16')}
     floor_visual = load(str(checkpoint), 'cpu').visual.eval()
     rows = []
     with reference_on_cpu() as Reference:
@@ -73,6 +85,7 @@ def time_per_image(checkpoint: Path, rounds: int) -> list[dict]:
                     'ours': lambda: ours(image),
                     'reference': lambda: reference(image),
                     'encoder_fp32_nchw': lambda: encoder_floor(floor_visual, image, ours),
+                    **{p: (lambda m=m: m(image)) for p, m in reduced.items()},
                 }, rounds)
             rows.append({
                 'size': f'{width}x{height}',
@@ -83,6 +96,10 @@ def time_per_image(checkpoint: Path, rounds: int) -> list[dict]:
                 'ours_vs_reference': times['ours'] / times['reference'],
                 'ours_vs_encoder_floor': times['ours'] / times['encoder_fp32_nchw'],
                 'max_abs_score_diff_vs_reference': diff,
+                'bf16_s': times['bf16'],
+                'fp16_s': times['fp16'],
+                'bf16_vs_fp32': times['bf16'] / times['ours'],
+                'fp16_vs_fp32': times['fp16'] / times['ours'],
             })
     return rows
 
@@ -170,22 +187,77 @@ def folder_throughput(checkpoint: Path, count: int, workers: int) -> list[dict]:
              'folder_images_per_s': count / folder_seconds, 'folder_vs_model': model_alone / folder_seconds}]
 
 
-def half_precision_effect(checkpoint: Path, device: str, count: int) -> list[dict]:
-    """float16 autocast vs float32 on the same images: max |diff| and rank correlation of scores."""
+PHOTO_DIRS = ('ResultsCalibra/ref_dir', 'tests/test_efficiency_img_dir')  # shipped in pyiqa's wheel
+#: (name, kind, amount): Gaussian blur sigma in pixels, Gaussian noise std on [0, 1] values.
+DEGRADATIONS = [('clean', None, 0), ('blur1.5', 'blur', 1.5), ('blur3', 'blur', 3.0),
+                ('noise0.03', 'noise', 0.03), ('noise0.08', 'noise', 0.08)]
+
+
+def graded_photos() -> list[tuple[str, torch.Tensor]]:
+    """pyiqa's sample photos at 512x384 (larger ones resized), each clean and at 2 blur and 2 noise levels."""
+    import sysconfig
+
+    from PIL import Image
+    from torchvision.transforms.functional import gaussian_blur, to_tensor
+
+    site = Path(sysconfig.get_paths()['purelib'])
+    files = sorted(f for d in PHOTO_DIRS for f in (site / d).glob('*') if f.suffix.lower() in ('.bmp', '.jpg'))
+    generator = torch.Generator().manual_seed(0)
+    graded = []
+    for file in files:
+        photo = to_tensor(Image.open(file).convert('RGB').resize((512, 384), Image.BICUBIC))
+        for name, kind, amount in DEGRADATIONS:
+            if kind == 'blur':
+                image = gaussian_blur(photo, kernel_size=2 * math.ceil(3 * amount) + 1, sigma=amount)
+            elif kind == 'noise':
+                image = (photo + amount * torch.randn(photo.shape, generator=generator)).clamp(0, 1)
+            else:
+                image = photo
+            graded.append((f'{file.stem}/{name}', image))
+    return graded
+
+
+def precision_effect(checkpoint: Path, device: str) -> list[dict]:
+    """bf16 and fp16 against float32 on the same graded photos: score differences, rank correlation, time."""
     from scipy.stats import spearmanr
 
-    images = [random_images(1, 384, 512, seed=100 + i)[0] for i in range(count)]
-    scores = {}
-    for half in (False, True):
-        metric = MACLIP(backbone=str(checkpoint), half=half).to(device).eval()
+    images = [image for _, image in graded_photos()]
+    scores, seconds = {}, {}
+    for precision in ('fp32', 'bf16', 'fp16'):
+        metric = MACLIP(backbone=str(checkpoint), precision=precision).to(device).eval()
         with torch.no_grad():
             start = time.perf_counter()
-            scores[half] = metric.score_images(images).score.cpu()
-            scores[f'{half}_s'] = time.perf_counter() - start
-    diff = (scores[True] - scores[False]).abs()
-    return [{'device': device, 'images': count, 'max_abs_diff': diff.max().item(), 'mean_abs_diff': diff.mean().item(),
-             'spearman_vs_fp32': spearmanr(scores[True], scores[False]).statistic,
-             'fp32_s': scores['False_s'], 'fp16_s': scores['True_s']}]
+            scores[precision] = torch.cat([metric.score_images(images[i:i + 8]).score.cpu()
+                                           for i in range(0, len(images), 8)])
+            seconds[precision] = time.perf_counter() - start
+    rows = []
+    for precision in ('bf16', 'fp16'):
+        diff = (scores[precision] - scores['fp32']).abs()
+        rows.append({'precision': precision, 'device': device, 'images': len(images),
+                     'max_abs_diff': diff.max().item(), 'mean_abs_diff': diff.mean().item(),
+                     'spearman_vs_fp32': float(spearmanr(scores[precision], scores['fp32']).statistic),
+                     'fp32_s': seconds['fp32'], 's': seconds[precision],
+                     'time_vs_fp32': seconds[precision] / seconds['fp32']})
+    return rows
+
+
+def subnormal_activations(checkpoint: Path) -> tuple[int, int]:
+    """Subnormal values among all encoder activations (module outputs) for one 512x384 image: (count, total)."""
+    metric = MACLIP(backbone=str(checkpoint)).eval()
+    smallest_normal = torch.finfo(torch.float32).tiny
+    counts = [0, 0]
+
+    def count(module, args, out):
+        if isinstance(out, torch.Tensor) and out.is_floating_point():
+            counts[0] += int(((out != 0) & (out.abs() < smallest_normal)).sum())
+            counts[1] += out.numel()
+
+    hooks = [m.register_forward_hook(count) for m in metric.visual.modules()]
+    with torch.no_grad():
+        metric(random_images(1, 384, 512, seed=1))
+    for hook in hooks:
+        hook.remove()
+    return counts[0], counts[1]
 
 
 def markdown(title: str, rows: list[dict]) -> str:
@@ -205,8 +277,22 @@ def machine() -> str:
         cpu = model
     except (OSError, StopIteration):
         pass
+    try:
+        flags = next(set(line.split(':', 1)[1].split()) for line in open('/proc/cpuinfo') if line.startswith('flags'))
+    except (OSError, StopIteration):
+        flags = set()
+    sixteen_bit = [f for f in ('avx512_bf16', 'amx_bf16', 'avx512_fp16', 'amx_fp16') if f in flags] or ['none']
+    native = {name: cpu_has_native(dtype) for name, dtype in (('bf16', torch.bfloat16), ('fp16', torch.float16))}
     return (f'{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, '
-            f'Python {platform.python_version()}, {platform.system()}')
+            f'Python {platform.python_version()}, {platform.system()}; 16-bit CPU flags: {" ".join(sixteen_bit)}; '
+            f'oneDNN native bf16: {native["bf16"]}, fp16: {native["fp16"]}')
+
+
+def load_average() -> str:
+    try:
+        return ' '.join(f'{v:.2f}' for v in os.getloadavg())
+    except OSError:
+        return 'unknown'
 
 
 def main() -> None:
@@ -215,10 +301,11 @@ def main() -> None:
     parser.add_argument('--rounds', type=int, default=5, help='interleaved timing rounds (median kept)')
     parser.add_argument('--folder-images', type=int, default=48)
     parser.add_argument('--workers', type=int, default=2)
-    parser.add_argument('--half-images', type=int, default=16)
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu',
-                        help='device for the half-precision comparison (e; CPU float16 is emulated and slow)')
-    parser.add_argument('--skip', nargs='*', default=[], choices=['time', 'memory', 'batch', 'folder', 'half'])
+                        help='device for the precision comparison (e)')
+    parser.add_argument('--flush-denormals', action='store_true',
+                        help='flush subnormal floats to zero in this process (torch.set_flush_denormal)')
+    parser.add_argument('--skip', nargs='*', default=[], choices=['time', 'memory', 'batch', 'folder', 'precision'])
     parser.add_argument('--memory-child', choices=['ours', 'reference'], help=argparse.SUPPRESS)
     parser.add_argument('--checkpoint', help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -226,24 +313,34 @@ def main() -> None:
         memory_child(args.memory_child, args.checkpoint)
         return
 
+    if args.flush_denormals and not torch.set_flush_denormal(True):
+        print('--flush-denormals: this CPU does not support flushing subnormal floats', file=sys.stderr)
+        sys.exit(2)
+    load_before = load_average()
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = save_torchscript(make_clip('RN50'), Path(tmp) / 'RN50-random.pt')
+        subnormal, activations = subnormal_activations(checkpoint)
         sections = [
             ('a. time per image (s), CPU float32', None if 'time' in args.skip else time_per_image(checkpoint, args.rounds)),
             ('b. peak resident memory, 3000x4000 image', None if 'memory' in args.skip else peak_memory(checkpoint)),
             ('c. throughput by batch size, 512x384', None if 'batch' in args.skip else batch_throughput(checkpoint, args.rounds)),
             ('d. folder scoring vs model alone, 512x384 JPEG', None if 'folder' in args.skip
              else folder_throughput(checkpoint, args.folder_images, args.workers)),
-            ('e. float16 autocast vs float32 scores', None if 'half' in args.skip
-             else half_precision_effect(checkpoint, args.device, args.half_images)),
+            ('e. bf16 and fp16 vs float32 scores, graded photos 512x384', None if 'precision' in args.skip
+             else precision_effect(checkpoint, args.device)),
         ]
-    report = f'Machine: {machine()}\n\n' + '\n'.join(markdown(t, rows or []) for t, rows in sections)
+    report = (f'Machine: {machine()}\n\n'
+              f'Load average (1, 5, 15 min): {load_before} before, {load_average()} after. '
+              f'Subnormal floats: {"flushed to zero (--flush-denormals)" if args.flush_denormals else "not flushed"}; '
+              f'{subnormal} of {activations} encoder activation values are subnormal (one 512x384 image).\n\n'
+              + '\n'.join(markdown(t, rows or []) for t, rows in sections))
     print(report)
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / 'performance.md').write_text(report)
+    with atomic_file(args.output_dir / 'performance.md') as f:
+        f.write(report)
     for title, rows in sections:
         if rows:
-            with open(args.output_dir / f'performance_{title[0]}.csv', 'w', newline='') as f:
+            with atomic_file(args.output_dir / f'performance_{title[0]}.csv', newline='') as f:
                 writer = csv.DictWriter(f, fieldnames=list(rows[0]))
                 writer.writeheader()
                 writer.writerows(rows)

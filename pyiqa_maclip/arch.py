@@ -317,7 +317,8 @@ class MACLIP(nn.Module):
         self._warned_slow_precision = True
         better = "precision='bf16' (this CPU has bfloat16 instructions)" if (
             dtype == torch.float16 and cpu_has_native(torch.bfloat16)) else "precision='fp32'"
-        warnings.warn(f'precision={self.precision!r} on this CPU is emulated (no native {dtype} instructions) '
+        type_name = str(dtype).removeprefix('torch.')
+        warnings.warn(f'precision={self.precision!r} on this CPU is emulated (no native {type_name} instructions) '
                       f'and slower than float32; use {better}', RuntimeWarning, stacklevel=3)
 
     def _apply(self, fn, recurse=True):
@@ -368,6 +369,12 @@ class MACLIP(nn.Module):
         if compute_dtype == torch.float32:
             autocast = nullcontext()
         else:
+            if encoder_dtype not in (torch.float32, compute_dtype):  # autocast cannot mix two 16-bit types
+                raise TypeError(
+                    f'precision={self.precision!r} autocasts a float32 image encoder, but its weights were '
+                    f'converted to {str(encoder_dtype).removeprefix("torch.")}; convert the metric back with '
+                    f'.float(), or build it with the precision matching that type'
+                )
             if views.device.type == 'cpu':
                 self._warn_if_emulated(compute_dtype)
             autocast = torch.autocast(views.device.type, dtype=compute_dtype)

@@ -98,7 +98,9 @@ def test_emulated_16_bit_mode_on_a_cpu_warns_once_naming_the_better_choice(tiny_
     image = random_images(1, 224, 224)
     with pytest.warns(RuntimeWarning, match='emulated') as caught:
         metric(image)
-    assert better in str(caught[0].message) and f'precision={precision!r}' in str(caught[0].message)
+    message = str(caught[0].message)
+    assert better in message and f'precision={precision!r}' in message
+    assert ('no native bfloat16' if precision == 'bf16' else 'no native float16') in message
     with warnings.catch_warnings(record=True) as again:
         warnings.simplefilter('always')
         metric(image)
@@ -137,3 +139,20 @@ def test_resume_fingerprint_names_the_precision():
     fp32, bf16 = maclip_fingerprint({}, sha), maclip_fingerprint({'precision': 'bf16'}, sha)
     assert fp32['options']['precision'] == 'fp32' and bf16['options']['precision'] == 'bf16'
     assert fp32 != bf16
+
+
+@quiet_cpu
+@pytest.mark.parametrize('precision, convert', [('bf16', torch.float16), ('fp16', torch.bfloat16), ('bf16', torch.float64)])
+def test_precision_with_weights_converted_to_another_type_says_what_to_do(tiny_rn, precision, convert):
+    metric = MACLIP(backbone=str(tiny_rn), precision=precision).to(convert)
+    with pytest.raises(TypeError, match=r'converted to (float16|bfloat16|float64); convert the metric back with \.float\(\)'):
+        metric(random_images(1, 224, 224))
+    metric.float()
+    assert torch.isfinite(metric(random_images(1, 224, 224))).all()
+
+
+@quiet_cpu
+def test_precision_matching_converted_weights_still_runs(tiny_rn):
+    """half=True with .half() ran before precision existed; it still does."""
+    metric = MACLIP(backbone=str(tiny_rn), half=True).half()
+    assert torch.isfinite(metric(random_images(1, 224, 224))).all()
