@@ -18,6 +18,7 @@ import importlib
 import importlib.util
 import re
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -191,6 +192,11 @@ def _one_line(error: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (argparse exits with 2 on bad arguments)."""
     args = build_parser().parse_args(argv)
+
+    def one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f'pyiqa-maclip {args.command}: warning: {_one_line(message)}', file=sys.stderr)
+
+    showwarning, warnings.showwarning = warnings.showwarning, one_line_warning
     try:
         module, function = args.handler.split(':')
         return getattr(importlib.import_module(module), function)(args)
@@ -200,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, OSError) as error:  # a user mistake the handler did not word itself
         print(f'pyiqa-maclip {args.command}: error: {_one_line(error)}', file=sys.stderr)
         return 2
+    finally:
+        warnings.showwarning = showwarning
 
 
 if __name__ == '__main__':

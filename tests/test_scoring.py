@@ -539,3 +539,24 @@ def _native_bf16() -> bool:
     from pyiqa_maclip.arch import cpu_has_native
 
     return cpu_has_native(torch.bfloat16) is not False
+
+
+def test_library_warnings_are_one_line_on_the_command_line(tmp_path, monkeypatch):
+    import pyiqa_maclip_cli
+
+    clip = tmp_path / 'hub' / 'clip'
+    clip.mkdir(parents=True)
+    (clip / 'RN50.pt').write_bytes(b'corrupted')  # a cached file whose SHA-256 is wrong: warned about
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path))
+    monkeypatch.setenv('PYIQA_MACLIP_OFFLINE', '1')
+    monkeypatch.delenv('PYIQA_MACLIP_WEIGHTS_DIR', raising=False)
+    image = tmp_path / 'a.png'
+    image.write_bytes(encoded(pixels(32, 32, 1), 'PNG'))
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), warnings.catch_warnings():
+        warnings.simplefilter('always')
+        status = pyiqa_maclip_cli.main(['score', str(image), '-o', str(tmp_path / 's.csv'), '--no-progress'])
+    lines = err.getvalue().splitlines()
+    assert status == 2 and len(lines) == 2, lines
+    assert lines[0].startswith('pyiqa-maclip score: warning: ignoring') and 'RN50.pt' in lines[0]
+    assert lines[1].startswith('pyiqa-maclip score: error: --backbone RN50:')
