@@ -9,7 +9,6 @@ blank. Colour scales are fixed (:data:`SCALES`), so maps of different images com
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -87,12 +86,12 @@ def explain_command(args: argparse.Namespace) -> int:
     import torch
 
     from .arch import MACLIP
-    from .scoring.command import device_mistake, one_line
+    from .safe_io import command_error
+    from .scoring.command import device_mistake
     from .scoring.decoding import as_float, read_image
 
-    def fail(message: str) -> int:
-        print(f'pyiqa-maclip explain: error: {one_line(message)}', file=sys.stderr)
-        return 2
+    def fail(message: object) -> int:
+        return command_error('explain', message)
 
     if mistake := device_mistake(args.device):
         return fail(mistake)

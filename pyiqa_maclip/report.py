@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .safe_io import command_error, one_line
 
 __all__ = ['MARKED_QUANTILES', 'Selection', 'select_quantiles', 'read_selection', 'draw_report', 'report_command']
 
@@ -80,7 +81,7 @@ def read_selection(csv_file: str | os.PathLike, count: int) -> tuple[np.ndarray,
     try:
         scores = pd.read_csv(csv_file, usecols=['score'], dtype={'score': float})['score'].to_numpy()
     except (OSError, ValueError, pd.errors.ParserError) as error:
-        raise ValueError(f'{csv_file} is not a scores CSV with a score column: {" ".join(str(error).split())}') from None
+        raise ValueError(f'{csv_file} is not a scores CSV with a score column: {one_line(error)}') from None
     scores = scores[np.isfinite(scores)]
     if not len(scores):
         raise ValueError(f'{csv_file} has no scores')
@@ -155,7 +156,6 @@ def report_command(args: argparse.Namespace) -> int:
         failed = _count_rows(WorkFiles(csv_file.absolute()).errors)
         draw_report(scores, selection, paths, failed, csv_file.name, Path(args.output))
     except (OSError, ValueError) as error:
-        print(f'pyiqa-maclip report: error: {" ".join(str(error).split())}', file=sys.stderr)
-        return 2
+        return command_error('report', error)
     print(f'{args.output}: {len(scores)} scores, {len(paths)} thumbnails from worst to best, {failed} failed files')
     return 0

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-__all__ = ['atomic_file', 'current_umask', 'error_text']
+__all__ = ['atomic_file', 'current_umask', 'one_line', 'error_text', 'command_error']
 
 
 def current_umask() -> int:
@@ -48,6 +49,17 @@ def atomic_file(path: str | os.PathLike, mode: str = 'w', **open_options) -> Ite
         raise
 
 
+def one_line(text: object) -> str:
+    """``str(text)`` on one line: runs of whitespace, newlines included, become one space."""
+    return ' '.join(str(text).split())
+
+
 def error_text(error: BaseException) -> str:
-    """``'TypeName: message'`` on one line (runs of whitespace, newlines included, become one space)."""
-    return f'{type(error).__name__}: {" ".join(str(error).split())}'
+    """``'TypeName: message'`` on one line."""
+    return f'{type(error).__name__}: {one_line(error)}'
+
+
+def command_error(command: str, message: object) -> int:
+    """Print ``pyiqa-maclip COMMAND: error: MESSAGE`` as one line on stderr; return exit status 2."""
+    print(f'pyiqa-maclip {command}: error: {one_line(message)}', file=sys.stderr)
+    return 2

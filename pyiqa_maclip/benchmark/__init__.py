@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..safe_io import command_error
 from .config import BenchmarkConfig, BenchmarkConfigError, load_config, parse_config
 from .evaluation import Agreement, evaluate, fit_logistic, logistic_5
 from .runner import SUMMARY_COLUMNS, run_benchmark, with_precision
@@ -39,9 +40,8 @@ __all__ = [
 
 def benchmark_command(args: argparse.Namespace) -> int:
     """Run ``pyiqa-maclip benchmark`` with parsed arguments; returns the exit status."""
-    def fail(message: str) -> int:
-        print(f'pyiqa-maclip benchmark: error: {" ".join(str(message).split())}', file=sys.stderr)
-        return 2
+    def fail(message: object) -> int:
+        return command_error('benchmark', message)
 
     from ..scoring.command import device_mistake
     from ..weights import EnvironmentValueError, check_environment

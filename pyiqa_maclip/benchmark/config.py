@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal, Optional
 
 import yaml
+
+from ..safe_io import one_line
 from pydantic import (
     AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, JsonValue, ValidationError, WrapValidator,
 )
@@ -464,11 +466,11 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
     mark = getattr(error, 'problem_mark', None)
     problem = getattr(error, 'problem', None)
     if mark is None or problem is None:
-        return ' '.join(str(error).split())
+        return one_line(error)
     context = getattr(error, 'context', None)
     where = f'line {mark.line + 1}, column {mark.column + 1}'
     text = f'{where}: {problem}' + (f' ({context})' if context else '')
-    return ' '.join(text.split())
+    return one_line(text)
 
 
 def load_config(path: str | os.PathLike, data_root: str | os.PathLike | None = None) -> BenchmarkConfig:

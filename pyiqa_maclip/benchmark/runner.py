@@ -35,7 +35,7 @@ import torch
 from tqdm import tqdm
 
 from ..arch import MACLIP, QualityComponents
-from ..safe_io import atomic_file
+from ..safe_io import atomic_file, one_line
 from ..scoring import Journal, default_num_workers, score_into
 from ..scoring.scorers import MaclipScorer, PyiqaScorer, checkpoint_sha256, maclip_fingerprint, pyiqa_fingerprint
 from ..version import __version__
@@ -284,13 +284,14 @@ def _scorer_fingerprint(metric: MetricSpec) -> dict:
     return pyiqa_fingerprint(metric.pyiqa_name, metric.options)
 
 
-def _build(metric: MetricSpec, device: str | None):
-    """The metric's scorer: MA-CLIP's arch with its components, or any pyiqa metric."""
+def _build(metric: MetricSpec, device: str | None, fingerprint: dict):
+    """The metric's scorer (MA-CLIP's arch with its components, or any pyiqa metric), whose
+    fingerprint is ``fingerprint``, from :func:`_scorer_fingerprint`."""
     import pyiqa  # looked up at call time, so tests can count builds
 
     model = pyiqa.create_metric(metric.pyiqa_name, device=device, **metric.options)
     if isinstance(getattr(model, 'net', None), MACLIP):
-        return MaclipScorer(model.net.eval(), metric.options, '')
+        return MaclipScorer(model.net.eval(), metric.options, fingerprint['checkpoint_sha256'])
     if metric.component != 'score':
         raise ValueError(f'component: needs the MA-CLIP arch of this package, got {type(model.net).__name__}')
     return PyiqaScorer(model, metric.pyiqa_name, metric.options)
@@ -349,7 +350,7 @@ def run_benchmark(config: BenchmarkConfig, output_dir: str | os.PathLike, *, dev
             fingerprint = _scorer_fingerprint(group[0])
         # The weights cannot be resolved (missing file, no download): the metric cannot be built.
         except (OSError, ValueError) as error:
-            log(f'error: cannot build metric {names}: {" ".join(str(error).split())}')
+            log(f'error: cannot build metric {names}: {one_line(error)}')
             status = 1
             continue
         pairs.update({(m.name, d.name): Pair(m, d, pair_key(m, d, digests[d.name], fingerprint))
@@ -363,10 +364,10 @@ def run_benchmark(config: BenchmarkConfig, output_dir: str | os.PathLike, *, dev
         if not any(todo.values()):
             continue
         try:
-            scorer = _build(group[0], str(device))
+            scorer = _build(group[0], str(device), fingerprint)
         # create_metric fails in many ways (assert, download, bad option): report it, run the rest.
         except Exception as error:  # noqa: BLE001
-            log(f'error: cannot build metric {names}: {" ".join(str(error).split())}')
+            log(f'error: cannot build metric {names}: {one_line(error)}')
             status = 1
             continue
         for spec in config.datasets:

@@ -7,18 +7,14 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from ..safe_io import command_error
 from .inputs import collect_paths, parse_extensions
 from .journal import OutputConflictError
 from .run import BackboneError, _distributed_state, device_problem, score_paths
 
-__all__ = ['score_command', 'one_line', 'device_mistake']
+__all__ = ['score_command', 'device_mistake']
 
 _log = logging.getLogger('pyiqa_maclip.scoring')
-
-
-def one_line(error: BaseException | str) -> str:
-    """A message on one line: runs of whitespace, newlines included, become one space."""
-    return ' '.join(str(error).split())
 
 
 @contextmanager
@@ -50,9 +46,8 @@ def device_mistake(device: str | None) -> str | None:
 
 def score_command(args: argparse.Namespace) -> int:
     """Run ``pyiqa-maclip score`` with parsed arguments; returns the exit status."""
-    def fail(message: str) -> int:
-        print(f'pyiqa-maclip score: error: {one_line(message)}', file=sys.stderr)
-        return 2
+    def fail(message: object) -> int:
+        return command_error('score', message)
 
     from ..weights import EnvironmentValueError, check_environment
 

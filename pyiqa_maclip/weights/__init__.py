@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from ..safe_io import one_line
 from .command import download_command
 from .downloading import download
 from .environment import (DEADLINE_ENV, MIRROR_ENV, OFFLINE_ENV, WEIGHTS_DIR_ENV, EnvironmentValueError,
@@ -138,5 +139,5 @@ def load_clip(backbone: str | os.PathLike = 'RN50', *, allow_download: bool | No
                          f'{error.args[0] if error.args else "?"}') from None
     except (AssertionError, RuntimeError, ValueError, IndexError, TypeError, AttributeError) as error:
         raise ValueError(f'{path} is not an OpenAI CLIP checkpoint pyiqa can build: '
-                         f'{" ".join(str(error).split()) or type(error).__name__}') from None
+                         f'{one_line(error) or type(error).__name__}') from None
     return model.float().eval()

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
+from ..safe_io import command_error, one_line
 from .downloading import download
 from .environment import EnvironmentValueError, check_environment
 from .official import OFFICIAL_CHECKPOINTS, did_you_mean, find_cached, search_dirs
@@ -21,8 +21,7 @@ def download_command(args) -> int:
     names = list(OFFICIAL_CHECKPOINTS) if args.backbones == ['all'] else list(dict.fromkeys(args.backbones))
     directory = None if args.dir is None else Path(args.dir).expanduser()
     if mistake := _usage_mistake(names, args.dir, directory, args.verify):
-        print(f'pyiqa-maclip download: error: {" ".join(mistake.split())}', file=sys.stderr)
-        return 2
+        return command_error('download', mistake)
     failures = 0
     for name in names:
         line, ok = _status(name, directory, args.verify)
@@ -69,5 +68,5 @@ def _status(name: str, directory: Path | None, verify: bool) -> tuple[str, bool]
     try:
         path = download(name, directory)
     except OSError as error:
-        return f'FAILED {" ".join(str(error).split())}', False
+        return f'FAILED {one_line(error)}', False
     return f'downloaded {path}' + (' (replacing a corrupted copy)' if expected in corrupted else ''), True

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ..safe_io import one_line
 from .archive import archive_root, is_torchscript, read_torchscript_tensors
 from .official import OFFICIAL_CHECKPOINTS, sha256sum
 
@@ -73,7 +74,7 @@ def _torchscript_state(path: Path, archive: zipfile.ZipFile, root: str, official
             AttributeError, UnicodeDecodeError, SyntaxError, zipfile.BadZipFile) as error:
         raise ValueError(
             f'{path} is a TorchScript archive whose weights cannot be read without running its code '
-            f'({" ".join(str(error).split())}); {_conversion_advice(path)}'
+            f'({one_line(error)}); {_conversion_advice(path)}'
         ) from None
 
 
