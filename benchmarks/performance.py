@@ -11,7 +11,9 @@ Everything runs in one process on one machine with the same random RN50-shaped w
   c. throughput for batches of 1, 8 and 32 images;
   d. folder scoring (decoding JPEGs in worker processes) vs the model alone on decoded tensors;
   e. the opt-in 16-bit precisions (bf16, fp16) against float32 on graded real photos (pyiqa's
-     sample photos at blur and noise levels): max and mean |score difference|, Spearman, time.
+     sample photos at blur and noise levels): max and mean |score difference|, Spearman, time;
+  f. what each step of the float32 encoder's preparation (pyiqa_maclip.encoder) gives against
+     the floor of a, and how far it moves the features.
 
 Section a times precision='bf16' and 'fp16' in the same interleaved rounds as float32, so their
 time ratios come from the same run. Timings are interleaved (one call of each contender per
@@ -102,6 +104,37 @@ def time_per_image(checkpoint: Path, rounds: int) -> list[dict]:
                 'fp16_vs_fp32': times['fp16'] / times['ours'],
             })
     return rows
+
+
+def encoder_steps(checkpoint: Path, rounds: int) -> list[dict]:
+    """What each step of the float32 encoder's preparation gives, on the 7 views of a 512x384
+    image, timed interleaved against the plain encoder (the floor of section a)."""
+    from pyiqa.archs.clip_model import load
+
+    from pyiqa_maclip import encoder
+
+    metric = MACLIP(backbone=str(checkpoint)).eval()
+    plain = load(str(checkpoint), 'cpu').visual.eval()
+    prepared = metric.visual
+    views = (torch.stack(list(metric._views(random_images(1, 384, 512, seed=1)))) - metric.mean) / metric.std
+    views_cl = views.contiguous(memory_format=torch.channels_last)
+
+    def channels_last_trunk():  # what image_features runs where the blocked layout does not apply
+        return encoder.pooled_token(prepared.attnpool, encoder._resnet_trunk(prepared, views_cl))
+
+    steps = {
+        'plain encoder (floor)': lambda: plain(views),
+        '+ BatchNorm folded, channels_last (pyiqa forward)': lambda: prepared(views_cl),
+        '+ attention pool queried for the pooled token only': channels_last_trunk,
+        '+ oneDNN blocked layout (the metric, fp32)': lambda: encoder.image_features(prepared, views),
+    }
+    with torch.no_grad():
+        expected = plain(views)
+        differences = {name: ((step() - expected).norm() / expected.norm()).item() for name, step in steps.items()}
+        times = median_times(steps, rounds)
+    floor = times['plain encoder (floor)']
+    return [{'step': name, 'seconds': times[name], 'vs_floor': times[name] / floor,
+             'feature_rel_diff': differences[name]} for name in steps]
 
 
 def peak_rss_mb() -> float:
@@ -249,6 +282,7 @@ def subnormal_activations(checkpoint: Path) -> tuple[int, int]:
 
     def count(module, args, out):
         if isinstance(out, torch.Tensor) and out.is_floating_point():
+            out = out.to_dense() if out.is_mkldnn else out  # the trunk's oneDNN blocked layout
             counts[0] += int(((out != 0) & (out.abs() < smallest_normal)).sum())
             counts[1] += out.numel()
 
@@ -328,6 +362,8 @@ def main() -> None:
              else folder_throughput(checkpoint, args.folder_images, args.workers)),
             ('e. bf16 and fp16 vs float32 scores, graded photos 512x384', None if 'precision' in args.skip
              else precision_effect(checkpoint, args.device)),
+            ('f. float32 encoder, step by step, 512x384 (7 views)', None if 'time' in args.skip
+             else encoder_steps(checkpoint, args.rounds)),
         ]
     report = (f'Machine: {machine()}\n\n'
               f'Load average (1, 5, 15 min): {load_before} before, {load_average()} after. '

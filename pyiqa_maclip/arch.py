@@ -23,10 +23,10 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from pyiqa.archs.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
+from . import encoder
 from . import functional as MF
 from .functional import QualityComponents
 from .weights import load_clip
@@ -78,25 +78,6 @@ def _prompt_pairs(prompts) -> tuple[tuple[str, str], ...]:
             raise ValueError(f'{expected}; got the item {pair!r}')
         pairs.append((pair[0], pair[1]))
     return tuple(pairs)
-
-
-def fold_batchnorm(module: nn.Module) -> nn.Module:
-    """Fold every eval-mode BatchNorm into the convolution that feeds it, in place.
-
-    pyiqa's CLIP ResNets name each pair ``convK``/``bnK`` (stem and bottlenecks) or put
-    them one after the other in a Sequential (the downsample branch). The folded
-    convolution computes the same function (to float rounding, ~1e-7) in one pass.
-    """
-    for parent in module.modules():
-        children = dict(parent.named_children())
-        pairs = [(f'conv{k}', f'bn{k}') for k in range(1, 4)]
-        pairs += [(a, b) for a, b in zip(children, list(children)[1:]) if isinstance(parent, nn.Sequential)]
-        for conv_name, bn_name in pairs:
-            conv, bn = children.get(conv_name), children.get(bn_name)
-            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
-                setattr(parent, conv_name, fuse_conv_bn_eval(conv, bn))
-                setattr(parent, bn_name, nn.Identity())
-    return module
 
 
 def check_images(x) -> None:
@@ -270,10 +251,7 @@ class MACLIP(nn.Module):
         # A list hides the encoder from the module tree (see the class docstring and _apply).
         self._encoder = [clip.visual]
         self._check_patch_size_fits_encoder()
-        self.visual.requires_grad_(False)
-        # Same math, less work: BatchNorm folded into the convolutions, channels_last layout.
-        fold_batchnorm(self.visual.eval())
-        self.visual.to(memory_format=torch.channels_last)
+        encoder.prepare(self.visual)  # frozen; same function, less work (see encoder.py)
         self.register_buffer('text_features', self._embed_prompts(clip), persistent=False)
         self.register_buffer('logit_scale', clip.logit_scale.detach().exp(), persistent=False)
         self.register_buffer('mean', torch.tensor(OPENAI_CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
@@ -364,7 +342,6 @@ class MACLIP(nn.Module):
         encoder_dtype = self.visual.conv1.weight.dtype
         # Normalised per chunk rather than on the whole image: no full-size copy of a large photo.
         views = ((views.expand(-1, 3, -1, -1) - self.mean) / self.std).to(encoder_dtype)
-        views = views.contiguous(memory_format=torch.channels_last)
         compute_dtype = PRECISIONS[self.precision]
         if compute_dtype == torch.float32:
             autocast = nullcontext()
@@ -379,7 +356,7 @@ class MACLIP(nn.Module):
                 self._warn_if_emulated(compute_dtype)
             autocast = torch.autocast(views.device.type, dtype=compute_dtype)
         with autocast:
-            features = self.visual(views, pos_embedding=self.pos_embedding)
+            features = encoder.image_features(self.visual, views, self.pos_embedding)
         return features.to(self.text_features.dtype)
 
     def _view_features(self, images: list[torch.Tensor]) -> list[torch.Tensor]:

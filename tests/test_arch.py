@@ -266,7 +266,7 @@ def test_as_loss_gives_finite_nonzero_gradient(tiny_rn):
 ])
 def test_bad_input_is_rejected_before_any_work(tiny_rn, monkeypatch, bad, error, words):
     metric = MACLIP(backbone=str(tiny_rn))
-    monkeypatch.setattr(metric.visual, 'forward', lambda *a, **k: pytest.fail('encoder ran on bad input'))
+    monkeypatch.setattr(metric.visual.conv1, 'forward', lambda *a, **k: pytest.fail('encoder ran on bad input'))
     with pytest.raises(error) as raised:
         metric(bad)
     assert words in str(raised.value)
@@ -333,7 +333,7 @@ def test_tiny_box_lam_is_the_log_limit(tiny_rn):
 ])
 def test_images_outside_the_unit_range_are_rejected(tiny_rn, monkeypatch, convert, words):
     metric = MACLIP(backbone=str(tiny_rn))
-    monkeypatch.setattr(metric.visual, 'forward', lambda *a, **k: pytest.fail('encoder ran on bad input'))
+    monkeypatch.setattr(metric.visual.conv1, 'forward', lambda *a, **k: pytest.fail('encoder ran on bad input'))
     image = convert(random_images(1, 224, 224))
     with pytest.raises(ValueError) as raised:
         metric(image)
@@ -389,7 +389,8 @@ def test_half_precision_stays_close_and_keeps_the_ranking(tiny_rn):
     full = MACLIP(backbone=str(tiny_rn))(images)
     half_metric = MACLIP(backbone=str(tiny_rn), half=True)
     features = {}
-    half_metric.visual.register_forward_hook(lambda module, args, out: features.update(dtype=out.dtype))
+    # The last convolutional stage: what the encoder computes in (its pooled output is an attention product).
+    half_metric.visual.layer4.register_forward_hook(lambda module, args, out: features.update(dtype=out.dtype))
     half = half_metric(images)
     assert features['dtype'] == torch.float16
     assert half.dtype == torch.float32

@@ -22,7 +22,8 @@ def _images() -> torch.Tensor:
 
 def _encoder_output_dtype(metric: MACLIP, images: torch.Tensor) -> tuple[torch.dtype, torch.Tensor]:
     seen = {}
-    handle = metric.visual.register_forward_hook(lambda module, args, out: seen.update(dtype=out.dtype))
+    # The ResNet's last convolutional stage (the encoder's pooled output is an attention product).
+    handle = metric.visual.layer4.register_forward_hook(lambda module, args, out: seen.update(dtype=out.dtype))
     scores = metric(images)
     handle.remove()
     return seen['dtype'], scores

@@ -12,7 +12,9 @@ from conftest import random_images
 
 from pyiqa_maclip import MACLIP
 
-TOLERANCE = 1e-5  # absolute, float32 on the CPU
+# Absolute, float32 on the CPU: issue 13's bound for the float32 path. Measured on the AMD host with
+# these random weights: at most 1.2e-7 (two float32 steps at scores near 0.8), RN50 and ViT-B/32.
+TOLERANCE = 1e-6
 
 
 @pytest.fixture
