@@ -4,6 +4,7 @@
 entry of the name under test is set to the served file's SHA-256; every other step
 (cache lookup, temporary file, hashing, atomic move, loading) is the real code.
 """
+import os
 import threading
 import time
 
@@ -173,3 +174,51 @@ def test_unknown_backbones(cache, backbone, error, words):
 def test_a_folder_is_not_a_checkpoint(tmp_path):
     with pytest.raises(IsADirectoryError, match='is a folder'):
         weights.resolve_checkpoint(str(tmp_path))
+
+
+def _counting_sha256(monkeypatch) -> list:
+    """Count how many times the weights code starts a SHA-256 over file contents."""
+    import hashlib
+    calls, real = [], hashlib.sha256
+    monkeypatch.setattr(weights.official.hashlib, 'sha256', lambda *a: calls.append(1) or real(*a))
+    return calls
+
+
+def test_an_unchanged_checkpoint_is_hashed_once_per_process(tmp_path, monkeypatch):
+    import hashlib
+    path = tmp_path / 'weights.bin'
+    path.write_bytes(b'x' * 3_000_000)
+    monkeypatch.setattr(weights.official, '_HASHED', {})
+    later = time.time_ns() + 10_000_000_000  # as if the file had been written 10 s ago
+    monkeypatch.setattr(weights.official.time, 'time_ns', lambda: later)
+    expected = hashlib.sha256(b'x' * 3_000_000).hexdigest()
+    calls = _counting_sha256(monkeypatch)
+    assert [weights.sha256sum(path) for _ in range(3)] == [expected] * 3
+    assert len(calls) == 1
+
+
+def test_a_checkpoint_rewritten_in_place_is_hashed_again(tmp_path, monkeypatch):
+    """Same size, same inode, modification time set back: its ctime still changed."""
+    import hashlib
+    path = tmp_path / 'weights.bin'
+    path.write_bytes(b'a' * 1000)
+    monkeypatch.setattr(weights.official, '_HASHED', {})
+    later = time.time_ns() + 10_000_000_000
+    monkeypatch.setattr(weights.official.time, 'time_ns', lambda: later)
+    assert weights.sha256sum(path) == hashlib.sha256(b'a' * 1000).hexdigest()
+    status = path.stat()
+    time.sleep(0.01)
+    with open(path, 'r+b') as f:
+        f.write(b'b' * 1000)
+    os.utime(path, ns=(status.st_atime_ns, status.st_mtime_ns))
+    assert weights.sha256sum(path) == hashlib.sha256(b'b' * 1000).hexdigest()
+
+
+def test_a_just_written_checkpoint_is_not_remembered(tmp_path, monkeypatch):
+    path = tmp_path / 'weights.bin'
+    path.write_bytes(b'c' * 1000)
+    monkeypatch.setattr(weights.official, '_HASHED', {})
+    calls = _counting_sha256(monkeypatch)
+    weights.sha256sum(path)
+    weights.sha256sum(path)
+    assert len(calls) == 2 and not weights.official._HASHED

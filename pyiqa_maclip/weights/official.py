@@ -4,6 +4,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,11 +68,32 @@ def search_dirs() -> list[Path]:
     return ([own] if own is not None else []) + [Path(torch.hub.get_dir()) / 'clip']
 
 
+#: SHA-256 of files already hashed in this process, by (device, inode, size, mtime, ctime).
+_HASHED: dict[tuple, str] = {}
+
+
+def _identity(f) -> tuple:
+    status = os.fstat(f.fileno())
+    return status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns
+
+
 def sha256sum(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
+    """SHA-256 of a file's contents. One run checks a checkpoint in several places (fingerprint,
+    cache, loader); a file unchanged since this process last hashed it is not read again. Any
+    write changes its ctime, which no user can set back, so a changed file is always re-read;
+    a file changed in the last 2 s is not remembered (coarse file-system clocks)."""
     with open(path, 'rb') as f:
+        before = _identity(f)
+        if before in _HASHED:
+            return _HASHED[before]
+        settled = time.time_ns() - before[-1] > 2_000_000_000
+        digest = hashlib.sha256()
         for block in iter(lambda: f.read(_CHUNK), b''):
             digest.update(block)
+        if settled and _identity(f) == before:  # not written to while being read
+            if len(_HASHED) >= 64:
+                _HASHED.pop(next(iter(_HASHED)))
+            _HASHED[before] = digest.hexdigest()
     return digest.hexdigest()
 
 
