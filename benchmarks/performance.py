@@ -125,7 +125,7 @@ def encoder_steps(checkpoint: Path, rounds: int) -> list[dict]:
     steps = {
         'plain encoder (floor)': lambda: plain(views),
         '+ BatchNorm folded, channels_last (pyiqa forward)': lambda: prepared(views_cl),
-        '+ attention pool queried for the pooled token only': channels_last_trunk,
+        '+ attention pool: the pooled token only, no per-token projection': channels_last_trunk,
         '+ oneDNN blocked layout (the metric, fp32)': lambda: encoder.image_features(prepared, views),
     }
     with torch.no_grad():

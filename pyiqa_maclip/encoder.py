@@ -5,9 +5,10 @@ CLIP's attention pool. Three things make that cheaper without changing the resul
 float rounding (features within ~2e-6 relative, scores within 1e-6):
 
 - BatchNorm folded into the convolutions (:func:`fold_batchnorm`), done once;
-- the attention pool asks its query for the pooled token only (:func:`pooled_token`):
+- the attention pool computes the pooled token's attention only (:func:`pooled_token`):
   pyiqa's ``AttentionPool2d`` also projects and attends for the H*W spatial tokens, which
-  CLIP then discards (OpenAI's own CLIP code queries ``x[:1]`` for the same reason);
+  CLIP then discards (OpenAI's own CLIP code queries ``x[:1]`` for the same reason), and with
+  a single query the keys and values need not be projected token by token;
 - the convolutional trunk runs in oneDNN's blocked layout on the CPU in float32 inference
   (:func:`uses_blocked_layout`): activations stay in the layout oneDNN's convolutions use
   between layers instead of being reordered at every convolution, which is what the
@@ -56,25 +57,30 @@ def prepare(visual: nn.Module) -> nn.Module:
 
 
 def pooled_token(attnpool: nn.Module, x: torch.Tensor, pos_embedding: bool = False) -> torch.Tensor:
-    """``attnpool(x, pos_embedding=pos_embedding)`` of pyiqa's ``AttentionPool2d`` for
-    (N, C, H, W) feature maps, with the query computed for the pooled (mean) token only: (N, D)."""
-    tokens = x.flatten(2).permute(2, 0, 1)  # (H*W, N, C)
-    tokens = torch.cat([tokens.mean(dim=0, keepdim=True), tokens], dim=0)
+    """``attnpool(x, pos_embedding=pos_embedding)`` of pyiqa's ``AttentionPool2d`` for (N, C, H, W)
+    feature maps, (N, D): the attention of the pooled (mean) token's query only.
+
+    With one query q per head, no token needs projecting: q . (W_k t + b_k) = (W_k^T q) . t + a
+    constant that softmax cancels, and sum_j a_j (W_v t_j + b_v) = W_v (sum_j a_j t_j) + b_v as the
+    attention weights a_j sum to 1. That is ~10x fewer operations than projecting every token.
+    """
+    count = x.shape[0]
+    tokens = x.flatten(2).transpose(1, 2)  # (N, H*W, C)
+    tokens = torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)
     if pos_embedding:  # pyiqa's resize of the positional embedding to the token count
         table = attnpool.positional_embedding[None, None]
-        table = F.interpolate(table, size=(tokens.size(0), tokens.size(2)), mode='bicubic')[0, 0]
-        tokens = tokens + table[:, None, :].to(tokens.dtype)
-    pooled, _ = F.multi_head_attention_forward(
-        query=tokens[:1], key=tokens, value=tokens, embed_dim_to_check=tokens.shape[-1],
-        num_heads=attnpool.num_heads,
-        q_proj_weight=attnpool.q_proj.weight, k_proj_weight=attnpool.k_proj.weight,
-        v_proj_weight=attnpool.v_proj.weight, in_proj_weight=None,
-        in_proj_bias=torch.cat([attnpool.q_proj.bias, attnpool.k_proj.bias, attnpool.v_proj.bias]),
-        bias_k=None, bias_v=None, add_zero_attn=False, dropout_p=0.0,
-        out_proj_weight=attnpool.c_proj.weight, out_proj_bias=attnpool.c_proj.bias,
-        use_separate_proj_weight=True, training=attnpool.training, need_weights=False,
-    )
-    return pooled[0]
+        table = F.interpolate(table, size=(tokens.size(1), tokens.size(2)), mode='bicubic')[0, 0]
+        tokens = tokens + table.to(tokens.dtype)
+    heads, width = attnpool.num_heads, tokens.shape[-1]
+    depth = width // heads
+    query = F.linear(tokens[:, 0], attnpool.q_proj.weight, attnpool.q_proj.bias) * depth ** -0.5
+    query = query.view(count, heads, depth).transpose(0, 1)  # (heads, N, depth)
+    key_query = torch.bmm(query, attnpool.k_proj.weight.view(heads, depth, width))  # (heads, N, C)
+    attention = torch.bmm(key_query.transpose(0, 1), tokens.transpose(1, 2)).softmax(dim=-1)  # (N, heads, L)
+    mixed = torch.bmm(attention, tokens).transpose(0, 1)  # (heads, N, C)
+    values = torch.bmm(mixed, attnpool.v_proj.weight.view(heads, depth, width).transpose(1, 2))  # (heads, N, depth)
+    values = values.transpose(0, 1).reshape(count, width) + attnpool.v_proj.bias
+    return F.linear(values, attnpool.c_proj.weight, attnpool.c_proj.bias)
 
 
 def _resnet_trunk(visual: ModifiedResNet, x: torch.Tensor) -> torch.Tensor:

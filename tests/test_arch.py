@@ -383,6 +383,7 @@ def test_pos_embedding_option_reaches_the_encoder(tiny_rn):
     assert torch.isfinite(with_pos).all() and (with_pos - plain).abs().item() > 1e-6
 
 
+@pytest.mark.filterwarnings('ignore:precision=.*emulated:RuntimeWarning')  # tested in test_precision
 def test_half_precision_stays_close_and_keeps_the_ranking(tiny_rn):
     """float16 encoder (on the CPU here): scores within 1e-2 of float32, same order."""
     images = torch.cat([random_images(1, 224, 300, seed=s) for s in range(8)])

@@ -13,9 +13,9 @@ import torch
 from pyiqa_maclip import MACLIP, encoder
 from pyiqa_maclip.testing import make_clip, random_images
 
-# Relative to the features' scale: folding BatchNorm and another summation order move
-# float32 features by ~1e-6 of their norm (RN50-shaped weights: 1.2e-6 measured).
-RTOL, ATOL = 1e-5, 1e-5
+# Relative norm of the difference: folding BatchNorm and another summation order move float32
+# features by ~1e-6 of their norm (RN50-shaped weights: 1.2e-6 measured; tiny ones 2.4e-6).
+RTOL = 1e-5
 
 
 def _normalised_views(count: int, size: int = 224, seed: int = 0) -> torch.Tensor:
@@ -40,16 +40,23 @@ def test_pooled_token_is_pyiqas_attention_pool_output(tiny_visuals, pos_embeddin
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.filterwarnings('ignore:TF32 acceleration:UserWarning')  # torch.backends.mkldnn.flags' notice
 @pytest.mark.parametrize('pos_embedding', [False, True])
 @pytest.mark.parametrize('oneDNN', [True, False])
 def test_prepared_resnet_features_equal_pyiqas_encoder(tiny_visuals, pos_embedding, oneDNN):
+    """Within float32 rounding of pyiqa's result, and no farther from the float64 computation than
+    pyiqa's own float32 result is (random tiny weights give large, sharply attended features, so
+    single elements may move by ~1e-5 of the largest one in either computation)."""
     plain, prepared = tiny_visuals
     views = _normalised_views(5)
     with torch.no_grad(), torch.backends.mkldnn.flags(enabled=oneDNN):
         assert encoder.uses_blocked_layout(prepared, views) is oneDNN
         expected = plain(views, pos_embedding=pos_embedding)
         got = encoder.image_features(prepared, views, pos_embedding)
-    torch.testing.assert_close(got, expected, rtol=RTOL, atol=ATOL * expected.abs().max().item())
+        exact = copy.deepcopy(plain).double()(views.double(), pos_embedding=pos_embedding)
+    assert (got - expected).norm() / expected.norm() < RTOL
+    pyiqa_error = (expected.double() - exact).abs().max()
+    assert (got.double() - exact).abs().max() <= 2 * pyiqa_error
 
 
 def test_full_size_resnet_features_equal_pyiqas_encoder():
