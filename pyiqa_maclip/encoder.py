@@ -63,24 +63,35 @@ def pooled_token(attnpool: nn.Module, x: torch.Tensor, pos_embedding: bool = Fal
     With one query q per head, no token needs projecting: q . (W_k t + b_k) = (W_k^T q) . t + a
     constant that softmax cancels, and sum_j a_j (W_v t_j + b_v) = W_v (sum_j a_j t_j) + b_v as the
     attention weights a_j sum to 1. That is ~10x fewer operations than projecting every token.
+    Computed in float32 whatever the encoder's type or autocast: the attention logits of large
+    feature maps overflow float16 once they are materialised (pyiqa's fused attention keeps them
+    in float32 internally). Returns float32, or float64 for a float64 encoder.
     """
+    with torch.autocast(x.device.type, enabled=False):
+        return _pooled_token(attnpool, x.to(torch.promote_types(x.dtype, torch.float32)), pos_embedding)
+
+
+def _pooled_token(attnpool: nn.Module, x: torch.Tensor, pos_embedding: bool) -> torch.Tensor:
+    def weight(linear: nn.Linear) -> torch.Tensor:
+        return linear.weight.to(x.dtype)
+
     count = x.shape[0]
     tokens = x.flatten(2).transpose(1, 2)  # (N, H*W, C)
     tokens = torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)
     if pos_embedding:  # pyiqa's resize of the positional embedding to the token count
-        table = attnpool.positional_embedding[None, None]
+        table = attnpool.positional_embedding.to(x.dtype)[None, None]
         table = F.interpolate(table, size=(tokens.size(1), tokens.size(2)), mode='bicubic')[0, 0]
-        tokens = tokens + table.to(tokens.dtype)
+        tokens = tokens + table.to(x.dtype)
     heads, width = attnpool.num_heads, tokens.shape[-1]
     depth = width // heads
-    query = F.linear(tokens[:, 0], attnpool.q_proj.weight, attnpool.q_proj.bias) * depth ** -0.5
+    query = F.linear(tokens[:, 0], weight(attnpool.q_proj), attnpool.q_proj.bias.to(x.dtype)) * depth ** -0.5
     query = query.view(count, heads, depth).transpose(0, 1)  # (heads, N, depth)
-    key_query = torch.bmm(query, attnpool.k_proj.weight.view(heads, depth, width))  # (heads, N, C)
+    key_query = torch.bmm(query, weight(attnpool.k_proj).view(heads, depth, width))  # (heads, N, C)
     attention = torch.bmm(key_query.transpose(0, 1), tokens.transpose(1, 2)).softmax(dim=-1)  # (N, heads, L)
     mixed = torch.bmm(attention, tokens).transpose(0, 1)  # (heads, N, C)
-    values = torch.bmm(mixed, attnpool.v_proj.weight.view(heads, depth, width).transpose(1, 2))  # (heads, N, depth)
-    values = values.transpose(0, 1).reshape(count, width) + attnpool.v_proj.bias
-    return F.linear(values, attnpool.c_proj.weight, attnpool.c_proj.bias)
+    values = torch.bmm(mixed, weight(attnpool.v_proj).view(heads, depth, width).transpose(1, 2))  # (heads, N, depth)
+    values = values.transpose(0, 1).reshape(count, width) + attnpool.v_proj.bias.to(x.dtype)
+    return F.linear(values, weight(attnpool.c_proj), attnpool.c_proj.bias.to(x.dtype))
 
 
 def _resnet_trunk(visual: ModifiedResNet, x: torch.Tensor) -> torch.Tensor:

@@ -40,6 +40,21 @@ def test_pooled_token_is_pyiqas_attention_pool_output(tiny_visuals, pos_embeddin
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_pooled_token_under_autocast_does_not_overflow(tiny_visuals, dtype):
+    """RN50's random-weight feature maps reach ~5000 under float16 autocast: attention logits
+    that large overflow float16 (inf, then NaN scores, as an earlier version gave)."""
+    plain, _ = tiny_visuals
+    generator = torch.Generator().manual_seed(1)
+    feature_maps = 5000 * torch.rand(2, plain.attnpool.embed_dim, 7, 7, generator=generator)
+    with torch.no_grad():
+        expected = plain.attnpool(feature_maps)
+        with torch.autocast('cpu', dtype=dtype):
+            got = encoder.pooled_token(plain.attnpool, feature_maps.to(dtype))
+    assert got.dtype == torch.float32 and torch.isfinite(got).all()
+    assert (got - expected).norm() / expected.norm() < 1e-2  # the input's 16-bit rounding only
+
+
 @pytest.mark.filterwarnings('ignore:TF32 acceleration:UserWarning')  # torch.backends.mkldnn.flags' notice
 @pytest.mark.parametrize('pos_embedding', [False, True])
 @pytest.mark.parametrize('oneDNN', [True, False])
