@@ -65,6 +65,14 @@ def _add_precision(parser: argparse.ArgumentParser, which: str = '') -> None:
                              'bfloat16 instructions, recent GPUs) or fp16 (GPUs); scores stay float32')
 
 
+def _add_loading(parser: argparse.ArgumentParser) -> None:
+    """How images reach the model: shared by score and benchmark."""
+    parser.add_argument('--batch-size', type=_integer_at_least(1), default=8,
+                        help='images decoded and scored together (default: 8)')
+    parser.add_argument('--num-workers', type=_integer_at_least(0), default=None,
+                        help='decoding processes, 0 to decode in the scoring process (default: one per CPU, at most 4)')
+
+
 def _add_download(subparsers) -> argparse.ArgumentParser:
     """``pyiqa-maclip download [BACKBONE ...] [--verify] [--dir DIR]``."""
     parser = subparsers.add_parser(
@@ -96,10 +104,7 @@ def _add_score(subparsers) -> argparse.ArgumentParser:
     parser.add_argument('--backbone', default='RN50', help='CLIP name or checkpoint path (default: RN50)')
     parser.add_argument('--device', default=None,
                         help="torch device (default: accelerate's device for the process, else cpu)")
-    parser.add_argument('--batch-size', type=_integer_at_least(1), default=8,
-                        help='images decoded and scored together (default: 8)')
-    parser.add_argument('--num-workers', type=_integer_at_least(0), default=None,
-                        help='decoding processes, 0 to decode in the scoring process (default: one per CPU, at most 4)')
+    _add_loading(parser)
     parser.add_argument('--chunk-size', type=_integer_at_least(1), default=16,
                         help='most views sent through the image encoder at once (default: 16)')
     _add_precision(parser)
@@ -114,7 +119,7 @@ def _add_score(subparsers) -> argparse.ArgumentParser:
 
 
 def _add_benchmark(subparsers) -> argparse.ArgumentParser:
-    """``pyiqa-maclip benchmark --config FILE --output-dir DIR [--device DEV] [--data-root DIR] [--force]``."""
+    """``pyiqa-maclip benchmark --config FILE --output-dir DIR [--device DEV] [--data-root DIR] [--force] ...``."""
     parser = subparsers.add_parser(
         'benchmark', help='score datasets with MA-CLIP and other pyiqa metrics; correlations, tables, plots',
         description='Score every dataset of a YAML configuration with every metric, compare with the MOS '
@@ -128,6 +133,7 @@ def _add_benchmark(subparsers) -> argparse.ArgumentParser:
     parser.add_argument('--data-root', default=None,
                         help="folder replacing './datasets' in pyiqa's dataset configs (overrides data_root:)")
     parser.add_argument('--force', action='store_true', help='recompute every pair, even complete ones')
+    _add_loading(parser)
     _add_precision(parser, ' of MA-CLIP metrics whose options set none')
     return parser
 

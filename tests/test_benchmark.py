@@ -434,3 +434,32 @@ def test_precision_option_reaches_maclip_metrics_that_set_none():
     assert options == {'maclip': {'precision': 'bf16'}, 'mine': {'precision': 'fp32'}, 'old': {'half': True},
                        'piqe': {}}
     assert with_precision(config, None) is config
+
+
+def test_batch_size_and_workers_are_options_that_change_no_score(run_dir, synthetic, tiny_rn, tmp_path, monkeypatch):
+    """Scores of --batch-size 3 --num-workers 0 equal the default run's (batch 8, worker processes);
+    score_into gets exactly what was asked for."""
+    import pyiqa_maclip.benchmark.runner as runner
+
+    asked = []
+    real = runner.score_into
+    monkeypatch.setattr(runner, 'score_into', lambda *a, **k: asked.append((k['batch_size'], k['num_workers'])) or real(*a, **k))
+    config = _write_config(tmp_path / 'config.yml', {
+        'datasets': {'synth': {'images': str(synthetic / 'images'), 'mos': str(synthetic / 'mos.csv')}},
+        'metrics': {'maclip': {'backbone': str(tiny_rn)}}})
+    assert _run(config, tmp_path / 'out', '--batch-size', '3', '--num-workers', '0') == 0
+    assert asked == [(3, 0)]
+    default = read_scores(run_dir / 'scores' / 'maclip' / 'synth.csv').set_index('image')
+    small = read_scores(tmp_path / 'out' / 'scores' / 'maclip' / 'synth.csv').set_index('image')
+    scored = default['error'] == ''
+    assert np.allclose(small.loc[scored[scored].index, 'score'], default.loc[scored, 'score'], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize('option, value', [('--batch-size', '0'), ('--num-workers', '-1'), ('--batch-size', 'many')])
+def test_bad_batch_size_or_workers_exit_2_before_any_work(tmp_path, synthetic, option, value):
+    config = _write_config(tmp_path / 'config.yml', {'datasets': _DATA, 'metrics': {'piqe': {}}})
+    stderr = io.StringIO()
+    with pytest.raises(SystemExit) as exit_info, contextlib.redirect_stderr(stderr):
+        _run(config, tmp_path / 'out', option, value)
+    assert exit_info.value.code == 2 and 'expected an integer >=' in stderr.getvalue()
+    assert not (tmp_path / 'out').exists()

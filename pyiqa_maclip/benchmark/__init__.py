@@ -54,7 +54,8 @@ def benchmark_command(args: argparse.Namespace) -> int:
         if mistake := device_mistake(args.device):
             return fail(mistake)
         config = with_precision(load_config(args.config, data_root=args.data_root), args.precision)
-        return run_benchmark(config, args.output_dir, device=args.device, force=args.force)
+        return run_benchmark(config, args.output_dir, device=args.device, force=args.force,
+                             batch_size=args.batch_size, num_workers=args.num_workers)
     except BenchmarkConfigError as error:
         return fail(str(error))
     except KeyboardInterrupt:

@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from ..arch import MACLIP, QualityComponents
 from ..safe_io import atomic_file, one_line
-from ..scoring import Journal, default_num_workers, score_into
+from ..scoring import Journal, loading_options, score_into
 from ..scoring.scorers import MaclipScorer, PyiqaScorer, checkpoint_sha256, maclip_fingerprint, pyiqa_fingerprint
 from ..version import __version__
 from .config import BenchmarkConfig, DatasetSpec, MetricSpec, file_stem
@@ -298,7 +298,7 @@ def _build(metric: MetricSpec, device: str | None, fingerprint: dict):
 
 
 def _score_dataset(layout: Layout, scorer, fingerprint: dict, spec: DatasetSpec, items: Sequence[Item],
-                   device: torch.device, force: bool, description: str) -> dict:
+                   device: torch.device, force: bool, description: str, loading: dict) -> dict:
     """Score the dataset's images not yet in the journal of (scorer, preprocessing); all their results."""
     fingerprint = {**fingerprint, 'resize': spec.resize, 'resize_mode': spec.resize_mode}
     file = layout.journal(fingerprint)
@@ -312,8 +312,8 @@ def _score_dataset(layout: Layout, scorer, fingerprint: dict, spec: DatasetSpec,
         pending = [p for p in paths if p not in finished]
         with tqdm(total=len(paths), initial=len(paths) - len(pending), desc=description, unit='img',
                   dynamic_ncols=True) as bar:
-            score_into(journal, pending, scorer, device, batch_size=8, num_workers=default_num_workers(),
-                       resize=spec.resize, resize_mode=spec.resize_mode, bar=bar)
+            score_into(journal, pending, scorer, device, **loading, resize=spec.resize, resize_mode=spec.resize_mode,
+                       bar=bar)
         return {result.path: result for result in journal.results(paths)}
 
 
@@ -330,13 +330,18 @@ def _check_writable(root: Path) -> None:
 
 
 def run_benchmark(config: BenchmarkConfig, output_dir: str | os.PathLike, *, device: str | None = None,
-                  force: bool = False, log: Callable[[str], object] = print) -> int:
+                  force: bool = False, batch_size: int = 8, num_workers: int | None = None,
+                  log: Callable[[str], object] = print) -> int:
     """Score, evaluate and report every pair; returns 0, or 1 if a metric could not be built or run.
+
+    ``batch_size`` images are decoded (in ``num_workers`` processes, default one per CPU, at most
+    4) and scored together, as by ``pyiqa-maclip score``; neither changes a score.
 
     Every dataset's (image, MOS) list is read, and the output folder checked, before any
     scoring, so a wrong path fails at once
     (:class:`~pyiqa_maclip.benchmark.config.BenchmarkConfigError`).
     """
+    loading = loading_options(batch_size, num_workers)
     layout = Layout(Path(output_dir))
     items = {spec.name: load_items(spec) for spec in config.datasets}
     _check_writable(layout.root)
@@ -375,7 +380,7 @@ def run_benchmark(config: BenchmarkConfig, output_dir: str | os.PathLike, *, dev
                 continue
             start = time.perf_counter()
             results = _score_dataset(layout, scorer, fingerprint, spec, items[spec.name], device, force,
-                                     f'{names[:40]} | {spec.name}')
+                                     f'{names[:40]} | {spec.name}', loading)
             seconds = time.perf_counter() - start
             for metric in todo[spec.name]:
                 frame = pair_table(items[spec.name], results, metric, scorer.columns)

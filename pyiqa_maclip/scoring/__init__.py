@@ -14,7 +14,8 @@ from .command import score_command
 from .decoding import read_image
 from .inputs import EXTERNAL_PROGRAM_FORMATS, LIST_SUFFIXES, collect_paths, image_extensions
 from .journal import VALUE_COLUMNS, Journal, OutputConflictError, Result, display_path
-from .run import BackboneError, ScoreSummary, WorkFiles, default_num_workers, score_into, score_paths
+from .run import (BackboneError, ScoreSummary, WorkFiles, default_num_workers, loading_options, score_into,
+                  score_paths)
 
 #: Columns of the scores CSV and of the errors CSV.
 COLUMNS = ('path', *VALUE_COLUMNS)
@@ -23,6 +24,6 @@ ERROR_COLUMNS = ('path', 'error')
 __all__ = [
     'COLUMNS', 'ERROR_COLUMNS', 'EXTERNAL_PROGRAM_FORMATS', 'LIST_SUFFIXES', 'VALUE_COLUMNS',
     'BackboneError', 'Journal', 'OutputConflictError', 'Result', 'ScoreSummary', 'WorkFiles',
-    'collect_paths', 'default_num_workers', 'display_path', 'image_extensions', 'read_image',
+    'collect_paths', 'default_num_workers', 'loading_options', 'display_path', 'image_extensions', 'read_image',
     'score_command', 'score_into', 'score_paths',
 ]

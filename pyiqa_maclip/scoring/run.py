@@ -32,8 +32,8 @@ from .decoding import ImageFiles, as_float
 from .journal import Journal, OutputConflictError, Result, export_csv
 from .scorers import MaclipScorer, checkpoint_sha256, maclip_fingerprint
 
-__all__ = ['WorkFiles', 'ScoreSummary', 'BackboneError', 'default_num_workers', 'device_problem', 'score_into',
-           'score_paths']
+__all__ = ['WorkFiles', 'ScoreSummary', 'BackboneError', 'default_num_workers', 'loading_options', 'device_problem',
+           'score_into', 'score_paths']
 
 _log = logging.getLogger('pyiqa_maclip.scoring')
 # Barriers wait for the slowest process to finish its shard: far longer than torch's 30 minutes.
@@ -185,6 +185,12 @@ def _count(name: str, value, minimum: int) -> int:
     return value
 
 
+def loading_options(batch_size: int = 8, num_workers: int | None = None) -> dict:
+    """Checked ``batch_size`` and ``num_workers`` (None: :func:`default_num_workers`) for :func:`score_into`."""
+    return {'batch_size': _count('batch_size', batch_size, 1),
+            'num_workers': default_num_workers() if num_workers is None else _count('num_workers', num_workers, 0)}
+
+
 def _check_output(files: WorkFiles, paths: Sequence[str]) -> None:
     """Refuse an output that is an input or a folder; make sure its folder can be written."""
     if files.output.is_dir():
@@ -301,8 +307,7 @@ def score_paths(paths: Sequence[str | os.PathLike], output: str | os.PathLike, *
 
     if isinstance(paths, (str, os.PathLike)):
         raise TypeError('paths must be a list of image files; for a folder or a list file use collect_paths() first')
-    _count('batch_size', batch_size, 1)
-    num_workers = default_num_workers() if num_workers is None else _count('num_workers', num_workers, 0)
+    batch_size, num_workers = loading_options(batch_size, num_workers).values()
     paths = list(dict.fromkeys(os.fspath(p) for p in paths))
     state = _distributed_state()
     several = state.num_processes > 1
