@@ -341,7 +341,7 @@ class MACLIP(nn.Module):
         """Raw CLIP image features of a chunk of (N, C, p, p) views in [0, 1]: (N, D)."""
         encoder_dtype = self.visual.conv1.weight.dtype
         # Normalised per chunk rather than on the whole image: no full-size copy of a large photo.
-        views = ((views.expand(-1, 3, -1, -1) - self.mean) / self.std).to(encoder_dtype)
+        views = (views.expand(-1, 3, -1, -1) - self.mean) / self.std  # image_features casts to the encoder's type
         compute_dtype = PRECISIONS[self.precision]
         if compute_dtype == torch.float32:
             autocast = nullcontext()

@@ -81,7 +81,7 @@ def _pooled_token(attnpool: nn.Module, x: torch.Tensor, pos_embedding: bool) -> 
     if pos_embedding:  # pyiqa's resize of the positional embedding to the token count
         table = attnpool.positional_embedding.to(x.dtype)[None, None]
         table = F.interpolate(table, size=(tokens.size(1), tokens.size(2)), mode='bicubic')[0, 0]
-        tokens = tokens + table.to(x.dtype)
+        tokens = tokens + table
     heads, width = attnpool.num_heads, tokens.shape[-1]
     depth = width // heads
     query = F.linear(tokens[:, 0], weight(attnpool.q_proj), attnpool.q_proj.bias.to(x.dtype)) * depth ** -0.5
@@ -116,10 +116,11 @@ def uses_blocked_layout(visual: nn.Module, x: torch.Tensor) -> bool:
 
 def image_features(visual: nn.Module, views: torch.Tensor, pos_embedding: bool = False) -> torch.Tensor:
     """Raw CLIP image features (N, D) of normalised (N, 3, p, p) views, as
-    ``visual(views, pos_embedding=pos_embedding)`` computes them."""
+    ``visual(views, pos_embedding=pos_embedding)`` computes them once the views have the
+    encoder's weight type."""
+    views = views.to(visual.conv1.weight.dtype)
     if not isinstance(visual, ModifiedResNet):
         return visual(views, pos_embedding=pos_embedding)
-    views = views.to(visual.conv1.weight.dtype)
     if uses_blocked_layout(visual, views):
         feature_maps = _resnet_trunk(visual, views.contiguous().to_mkldnn()).to_dense()
     else:
