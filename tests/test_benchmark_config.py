@@ -26,9 +26,10 @@ _DATA = {'synth': {'images': 'img', 'mos': 'mos.csv'}}
 _PIQE = {'piqe': {}}
 
 
-def _one_line_error(raw) -> str:
+def _one_line_error(raw, read=parse_config) -> str:
+    """The message of ``read(raw)``'s BenchmarkConfigError, which must be one line."""
     with pytest.raises(BenchmarkConfigError) as error:
-        parse_config(raw)
+        read(raw)
     message = str(error.value)
     assert '\n' not in message
     return message
@@ -185,11 +186,7 @@ def _yaml(tmp_path: Path, text: str) -> Path:
 
 
 def _load_error(path: Path) -> str:
-    with pytest.raises(BenchmarkConfigError) as error:
-        load_config(path)
-    message = str(error.value)
-    assert '\n' not in message
-    return message
+    return _one_line_error(path, load_config)
 
 
 @pytest.mark.parametrize('text, message', [
