@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from pyiqa_maclip import functional as MF
+from pyiqa_maclip.testing import bilinear_error
 
 
 @pytest.mark.parametrize('height, width', [(224, 224), (351, 224), (300, 517), (480, 640)])
@@ -40,28 +41,41 @@ def test_working_size(size, expected):
 
 @pytest.mark.parametrize('in_size, out_size', [(1, 224), (3, 7), (100, 224), (300, 672), (6000, 7168), (9000, 224)])
 def test_bilinear_taps_reproduce_interpolate_along_one_axis(in_size, out_size):
-    """A 1 x in_size row resized by F.interpolate equals the taps' weighted sum (float32 rounding)."""
-    row = torch.rand(1, 1, 1, in_size)
+    """A 1 x in_size row resized by F.interpolate equals the taps' weighted sum, each pixel within
+    bilinear_error: both compute the source coordinates in float32, with or without FMA."""
+    row = torch.rand(1, 1, 1, in_size, generator=torch.Generator().manual_seed(in_size))
     expected = torch.nn.functional.interpolate(row, size=(1, out_size), mode='bilinear', align_corners=False)[0, 0, 0]
     low, high, weight = MF.bilinear_taps(torch.arange(out_size, dtype=torch.float32), in_size, out_size)
     assert low.min() >= 0 and high.max() <= in_size - 1 and ((weight >= 0) & (weight <= 1)).all()
-    torch.testing.assert_close((1 - weight) * row[0, 0, 0, low] + weight * row[0, 0, 0, high], expected,
-                               rtol=0, atol=1e-6)
+    got = (1 - weight) * row[0, 0, 0, low] + weight * row[0, 0, 0, high]
+    assert ((got - expected).abs() <= bilinear_error(row, (1, out_size))[0, 0]).all()
 
 
 @pytest.mark.parametrize('height, width', [(100, 300), (1, 40), (40, 1), (1, 1), (2, 3), (223, 1000), (17, 500)])
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
 def test_image_patch_equals_resizing_then_cutting(height, width, dtype):
-    """Every patch computed from the source pixels equals the patch of the materialised resize, to 1e-6."""
-    x = torch.rand(2, 3, height, width, dtype=dtype)
+    """Every patch computed from the source pixels equals the patch of the materialised resize, each
+    pixel within bilinear_error (two correct bilinear resizes, in float32 or float64)."""
+    x = torch.rand(2, 3, height, width, dtype=dtype, generator=torch.Generator().manual_seed(height * width))
     size = MF.working_size(height, width, 224)
     resized = torch.nn.functional.interpolate(x, size=size, mode='bilinear', align_corners=False)
+    error = bilinear_error(x, size)
     rows, cols = MF.num_patches(*size, 224, 128)
     for r in range(rows):
         for c in range(cols):
+            window = (..., slice(r * 128, r * 128 + 224), slice(c * 128, c * 128 + 224))
             patch = MF.image_patch(x, size, r * 128, c * 128, 224)
-            expected = resized[..., r * 128:r * 128 + 224, c * 128:c * 128 + 224]
-            torch.testing.assert_close(patch, expected, rtol=0, atol=1e-6)
+            assert ((patch - resized[window]).abs() <= error[window]).all(), (r, c)
+
+
+def test_bilinear_error_is_far_below_what_a_wrong_tap_moves():
+    """The bound is rounding-sized: an output read half a pixel off differs by far more."""
+    x = torch.rand(1, 3, 100, 300, generator=torch.Generator().manual_seed(0))
+    size = MF.working_size(100, 300, 224)
+    patch = MF.image_patch(x, size, 0, 128, 224)
+    shifted = torch.nn.functional.interpolate(x, size=size, mode='bilinear', align_corners=True)[..., :, 128:352]
+    error = bilinear_error(x, size, 0, 128, 224, 224)
+    assert error.max() < 1e-3 * (patch - shifted).abs().max()
 
 
 def test_image_patch_passes_gradients_like_interpolate():
