@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import math
 import os
 import platform
 import resource
@@ -46,7 +45,7 @@ import torch
 from pyiqa_maclip import MACLIP
 from pyiqa_maclip.arch import cpu_has_native
 from pyiqa_maclip.safe_io import atomic_file
-from pyiqa_maclip.testing import make_clip, random_images, save_torchscript
+from pyiqa_maclip.testing import graded_photos, make_clip, random_images, save_torchscript
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'tests'))
 from reference_cpu import reference_on_cpu  # noqa: E402  (the test suite's CPU-redirected reference)
@@ -218,36 +217,6 @@ def folder_throughput(checkpoint: Path, count: int, workers: int) -> list[dict]:
         folder_seconds = time.perf_counter() - start
     return [{'images': count, 'model_alone_images_per_s': count / model_alone,
              'folder_images_per_s': count / folder_seconds, 'folder_vs_model': model_alone / folder_seconds}]
-
-
-PHOTO_DIRS = ('ResultsCalibra/ref_dir', 'tests/test_efficiency_img_dir')  # shipped in pyiqa's wheel
-#: (name, kind, amount): Gaussian blur sigma in pixels, Gaussian noise std on [0, 1] values.
-DEGRADATIONS = [('clean', None, 0), ('blur1.5', 'blur', 1.5), ('blur3', 'blur', 3.0),
-                ('noise0.03', 'noise', 0.03), ('noise0.08', 'noise', 0.08)]
-
-
-def graded_photos() -> list[tuple[str, torch.Tensor]]:
-    """pyiqa's sample photos at 512x384 (larger ones resized), each clean and at 2 blur and 2 noise levels."""
-    import sysconfig
-
-    from PIL import Image
-    from torchvision.transforms.functional import gaussian_blur, to_tensor
-
-    site = Path(sysconfig.get_paths()['purelib'])
-    files = sorted(f for d in PHOTO_DIRS for f in (site / d).glob('*') if f.suffix.lower() in ('.bmp', '.jpg'))
-    generator = torch.Generator().manual_seed(0)
-    graded = []
-    for file in files:
-        photo = to_tensor(Image.open(file).convert('RGB').resize((512, 384), Image.BICUBIC))
-        for name, kind, amount in DEGRADATIONS:
-            if kind == 'blur':
-                image = gaussian_blur(photo, kernel_size=2 * math.ceil(3 * amount) + 1, sigma=amount)
-            elif kind == 'noise':
-                image = (photo + amount * torch.randn(photo.shape, generator=generator)).clamp(0, 1)
-            else:
-                image = photo
-            graded.append((f'{file.stem}/{name}', image))
-    return graded
 
 
 def precision_effect(checkpoint: Path, device: str) -> list[dict]:
