@@ -280,14 +280,17 @@ _PRODUCTS = (nn.Conv2d, nn.Linear, nn.MultiheadAttention)
 def float32_deviations(visual: nn.Module, patch_size: int, feature_dim: int, forward) -> torch.Tensor:
     """Four standard deviations of each scalar ``forward`` computes, under float32 rounding.
 
-    ``forward(encoder)`` gets a float64 copy of ``visual`` and returns ``(scalars, inputs)``:
-    float64 scalar tensors, and ``(tensor, error)`` pairs of inputs it made require grad with the
-    standard deviation of their own error (elementwise). The rounding model is :func:`_rounding_points`;
-    rounding errors of 2^-24 are far inside the linear range, so the gradient of each scalar with
-    respect to every rounding (autograd) gives the standard deviation of their total, of which 4
+    ``forward(encoder)`` gets a float32 copy of ``visual`` whose weights require grad, and returns
+    ``(scalars, inputs)``: scalar tensors, and ``(tensor, error)`` pairs of inputs it made require
+    grad with the standard deviation of their own error (elementwise). The rounding model is
+    :func:`_rounding_points`; rounding errors of 2^-24 are far inside the linear range, so the
+    gradient of each scalar with respect to every rounding (autograd; a few correct digits are
+    all a bound needs, so float32 does) gives the standard deviation of their total, of which 4
     are allowed (a Gaussian exceeds that with probability 6e-5).
     """
-    model = float64_encoder(visual)
+    from . import encoder
+
+    model = copy.deepcopy(visual).float()
     weights, modules = _rounding_points(model, torch.float32, patch_size, feature_dim)
     activations = []
     for module in modules:
@@ -296,15 +299,21 @@ def float32_deviations(visual: nn.Module, patch_size: int, feature_dim: int, for
             module.register_forward_pre_hook(lambda m, args: activations.append(_first(args)))
     for weight, _ in weights:
         weight.requires_grad_(True)
-    scalars, inputs = forward(model)
-    pairs = ([(w, std * w) for w, std in weights] + [(a, UNIT_ROUNDOFF[torch.float32] * a) for a in activations]
-             + list(inputs))
-    tensors, scales = zip(*[(t, scale) for t, scale in pairs if t.requires_grad])
+    # The plain layout: the hooks see ordinary tensors, not oneDNN's blocked ones.
+    with mock.patch.object(encoder, 'uses_blocked_layout', lambda *args: False):
+        scalars, inputs = forward(model)
+    u = UNIT_ROUNDOFF[torch.float32]
+    pairs = [(w, std) for w, std in weights] + [(a, u) for a in activations] + [(t, 1.0) for t, _ in inputs]
+    tensors, sizes = zip(*[(t, size) for t, size in pairs if t.requires_grad])
+    errors = [error for _, error in inputs]
     deviations = []
     for scalar in scalars:
         grads = torch.autograd.grad(scalar, tensors, retain_graph=True, allow_unused=True)
-        variance = sum(((g * scale) ** 2).sum() for g, scale in zip(grads, scales) if g is not None)
-        deviations.append(4 * variance.detach().sqrt())
+        relative = [g for g in grads[:len(grads) - len(errors)]]
+        variance = sum((torch.linalg.vector_norm(g * t) * size) ** 2
+                       for g, t, size in zip(relative, tensors, sizes) if g is not None)
+        variance += sum(torch.linalg.vector_norm(g * e) ** 2 for g, e in zip(grads[len(relative):], errors) if g is not None)
+        deviations.append(4 * variance.detach().double().sqrt())
     return torch.stack(deviations)
 
 

@@ -1,8 +1,10 @@
 """pyiqa 0.1.16's own maclip_arch, runnable on the CPU: the reference for parity and benchmarks.
 
-Only its hard-coded CUDA device is neutralised: its ``load(backbone, 'cuda')`` gets the
-CPU (which also makes pyiqa keep float32, as the official code runs), and ``.cuda()`` /
-``.to('cuda')`` stay on the CPU. The math is pyiqa's, untouched.
+Only its hard-coded CUDA device is neutralised, and only inside the reference's own calls: a
+subclass whose construction gets ``load(backbone, 'cpu')`` (which also makes pyiqa keep float32,
+as the official code runs) and whose ``preprocess`` keeps ``.cuda()`` / ``.to('cuda')`` on the CPU.
+Nothing else runs with those patches in place: not this project's metric, whichever block it
+runs in. The math is pyiqa's, untouched.
 """
 import contextlib
 from unittest import mock
@@ -17,10 +19,7 @@ def _is_cuda(device) -> bool:
 
 
 @contextlib.contextmanager
-def reference_on_cpu():
-    """Yields pyiqa's ``MACLIP`` class; inside the block it builds and runs on the CPU."""
-    from pyiqa.archs import clip_model, maclip_arch
-
+def _tensors_stay_on_the_cpu():
     original_to = torch.Tensor.to
 
     def to_without_cuda(self, *args, **kwargs):
@@ -29,7 +28,28 @@ def reference_on_cpu():
             kwargs['device'] = 'cpu'
         return original_to(self, *args, **kwargs)
 
-    with mock.patch.object(maclip_arch, 'load', lambda name, device: clip_model.load(name, 'cpu')), \
-            mock.patch.object(torch.Tensor, 'cuda', lambda self, *args, **kwargs: self), \
+    with mock.patch.object(torch.Tensor, 'cuda', lambda self, *args, **kwargs: self), \
             mock.patch.object(torch.Tensor, 'to', to_without_cuda):
-        yield maclip_arch.MACLIP
+        yield
+
+
+def reference_class() -> type:
+    """pyiqa's ``MACLIP`` class, built and run on the CPU."""
+    from pyiqa.archs import clip_model, maclip_arch
+
+    class ReferenceOnCPU(maclip_arch.MACLIP):
+        def __init__(self, *args, **kwargs):
+            with mock.patch.object(maclip_arch, 'load', lambda name, device: clip_model.load(name, 'cpu')):
+                super().__init__(*args, **kwargs)
+
+        def preprocess(self, img):
+            with _tensors_stay_on_the_cpu():
+                return super().preprocess(img)
+
+    return ReferenceOnCPU
+
+
+@contextlib.contextmanager
+def reference_on_cpu():
+    """Yields :func:`reference_class` (kept for callers that use it as a block)."""
+    yield reference_class()

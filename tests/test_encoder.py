@@ -50,7 +50,7 @@ def test_pooled_token_is_pyiqas_attention_pool_output(tiny_visuals, pos_embeddin
     probes = _probes(2, 3, plain.output_dim)
 
     def forward(model):
-        pooled = model.attnpool(feature_maps.double(), pos_embedding=pos_embedding)
+        pooled = model.attnpool(feature_maps, pos_embedding=pos_embedding)
         return [(pooled * probe).sum() for probe in probes], []
 
     bound = float32_deviations(plain, 32 * max(height, width), plain.output_dim, forward)
@@ -73,7 +73,7 @@ def test_pooled_token_under_autocast_does_not_overflow(tiny_visuals, dtype):
     probes = _probes(2, 2, plain.output_dim)
 
     def forward(model):
-        pooled = model.attnpool(feature_maps.double())
+        pooled = model.attnpool(feature_maps.float())
         return [(pooled * probe).sum() for probe in probes], []
 
     bound = float32_deviations(plain, 224, plain.output_dim, forward)
