@@ -1,19 +1,22 @@
-"""Random CLIP checkpoints and images for tests and benchmarks (no network needed).
+"""Random CLIP checkpoints, images and error models for tests and benchmarks (no network needed).
 
 Checkpoints are built with pyiqa's own CLIP class and saved in the two formats users
 have: OpenAI's TorchScript archive (what the official files are, and all pyiqa's own
-loader reads) and a plain state dict.
+loader reads) and a plain state dict. Sample photos come from pyiqa's wheel. The error models
+bound how far a correct float32 or 16-bit computation may lie from the float64 one, whatever
+the CPU's kernels (:func:`bilinear_error`, :func:`rounding_bound`).
 """
 from __future__ import annotations
 
 import copy
 import math
 import warnings
-from unittest import mock
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
+from unittest import mock
 
+import numpy as np
 import torch
 from pyiqa.archs.clip_model import CLIP
 from torch import nn
@@ -23,7 +26,8 @@ if TYPE_CHECKING:
 
 __all__ = ['ARCHITECTURES', 'make_clip', 'save_torchscript', 'save_state_dict', 'random_images', 'graded_photos',
            'UNIT_ROUNDOFF', 'bilinear_error', 'view_errors', 'float64_encoder', 'float64_metric', 'float32_deviations', 'feature_bound',
-           'RoundingDraws', 'DRAWS', 'DRAW_MULTIPLE', 'sampled_deviations', 'Rounding', 'rounding_bound']
+           'RoundingDraws', 'DRAWS', 'DRAW_MULTIPLE', 'sampled_deviations', 'Rounding', 'rounding_bound',
+           'assert_within_rounding']
 
 # embed_dim, image_resolution, vision_layers, vision_width, vision_patch_size,
 # context_length, vocab_size, transformer_width, transformer_heads, transformer_layers.
@@ -456,3 +460,13 @@ def rounding_bound(metric: nn.Module, images, dtype: torch.dtype = torch.float32
               if field in fields else torch.full((len(images),), math.nan, dtype=torch.float64)
               for field in QualityComponents._fields]
     return Rounding(exact, QualityComponents(*bounds))
+
+
+def assert_within_rounding(values, rounding: Rounding, field: str = 'score') -> None:
+    """Each of ``values`` (one per image, any array-like) lies within ``rounding``'s bound of its
+    float64 computation, for component ``field``."""
+    exact, bound = getattr(rounding.exact, field), getattr(rounding.bound, field)
+    values = values.detach() if isinstance(values, torch.Tensor) else values
+    difference = (torch.from_numpy(np.asarray(values, dtype=np.float64)).reshape(exact.shape) - exact).abs()
+    if not (difference <= bound).all():
+        raise AssertionError(f'{field}: |value - float64| {difference.tolist()} exceeds the rounding bound {bound.tolist()}')

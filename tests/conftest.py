@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from pyiqa_maclip.testing import make_clip, random_images, save_state_dict, save_torchscript  # noqa: F401
+from pyiqa_maclip.testing import make_clip, save_state_dict, save_torchscript
 
 
 @pytest.fixture(scope='session')

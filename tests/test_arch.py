@@ -20,20 +20,13 @@ from torch import nn
 
 from pyiqa_maclip import MACLIP, QualityComponents
 from pyiqa_maclip.functional import DEFAULT_PROMPTS, image_components, working_size
-from pyiqa_maclip.testing import UNIT_ROUNDOFF, random_images, rounding_bound
+from pyiqa_maclip.testing import UNIT_ROUNDOFF, assert_within_rounding, random_images, rounding_bound
 
 
 def _different_images(batch=4, height=260, width=390):
     images = torch.cat([random_images(1, height, width, seed=s) for s in range(batch)])
     images[-1] = torch.linspace(0, 1, width).expand(3, height, width)  # a gradient, unlike the others
     return images
-
-
-def _assert_within(got: torch.Tensor, rounding, field: str = 'score') -> None:
-    """Each value of ``got`` lies within the rounding bound of the float64 computation."""
-    exact, bound = getattr(rounding.exact, field), getattr(rounding.bound, field)
-    difference = (got.double() - exact).abs()
-    assert (difference <= bound).all(), (field, difference, bound)
 
 
 @pytest.fixture(scope='module')
@@ -49,8 +42,8 @@ def test_batch_scores_equal_single_scores(tiny_rn, different):
     batch = metric(images)
     single = torch.cat([metric(image[None]) for image in images])
     assert batch.shape == (4,)
-    _assert_within(batch, rounding)
-    _assert_within(single, rounding)
+    assert_within_rounding(batch, rounding)
+    assert_within_rounding(single, rounding)
     assert batch.max() - batch.min() > 100 * rounding.bound.score.max()  # the check would see images being mixed
 
 
@@ -61,8 +54,8 @@ def test_images_of_different_sizes_share_chunks(tiny_rn):
     together = metric.score_images(images)
     alone = torch.cat([metric(image[None]) for image in images])
     assert together.score.shape == (4,)
-    _assert_within(together.score, rounding)
-    _assert_within(alone, rounding)
+    assert_within_rounding(together.score, rounding)
+    assert_within_rounding(alone, rounding)
 
 
 @pytest.mark.parametrize('bad, error, words', [
@@ -79,7 +72,7 @@ def test_score_images_rejects_bad_input(tiny_metric, bad, error, words):
 @pytest.mark.parametrize('chunk_size', [1, 7, 1000])
 def test_chunk_size_does_not_change_scores(tiny_rn, different, chunk_size):
     images, rounding = different
-    _assert_within(MACLIP(backbone=str(tiny_rn), chunk_size=chunk_size)(images), rounding)
+    assert_within_rounding(MACLIP(backbone=str(tiny_rn), chunk_size=chunk_size)(images), rounding)
 
 
 @functools.lru_cache(maxsize=None)
@@ -121,8 +114,8 @@ def test_components_match_independent_computation(tiny_metric, tiny_rn):
     assert isinstance(got, QualityComponents)
     expected = _independent_components(tiny_rn, image)
     for field, value in zip(got._fields, expected):
-        _assert_within(getattr(got, field), rounding, field)
-        _assert_within(torch.tensor([value]), rounding, field)
+        assert_within_rounding(getattr(got, field), rounding, field)
+        assert_within_rounding([value], rounding, field)
 
 
 @pytest.mark.parametrize('option, value', [('box_lam', 0.0), ('box_lam', 0.3), ('base_norm', 0.2), ('alpha', 2.5)])
@@ -133,8 +126,8 @@ def test_fusion_options_reach_the_math(tiny_rn, option, value):
     kwargs = {'lam' if option == 'box_lam' else option: value}
     with torch.no_grad():
         got = metric(image)
-    _assert_within(got, rounding)
-    _assert_within(torch.tensor([_independent_components(tiny_rn, image, **kwargs)[0]]), rounding)
+    assert_within_rounding(got, rounding)
+    assert_within_rounding([_independent_components(tiny_rn, image, **kwargs)[0]], rounding)
     default = rounding_bound(MACLIP(backbone=str(tiny_rn)), image, fields=['score'])
     assert (rounding.exact.score - default.exact.score).abs() > rounding.bound.score + default.bound.score
 
@@ -181,8 +174,8 @@ def test_patch_geometry_reaches_the_views(tiny_rn):
         materialised, views = _materialised_components(metric, image)
     assert views == metric._num_views(image) == 17
     for field in got._fields:
-        _assert_within(getattr(got, field), rounding, field)
-        _assert_within(getattr(materialised, field)[None], rounding, field)
+        assert_within_rounding(getattr(got, field), rounding, field)
+        assert_within_rounding(getattr(materialised, field)[None], rounding, field)
 
 
 def test_small_images_are_upscaled_like_a_single_patch(tiny_metric):
@@ -191,8 +184,8 @@ def test_small_images_are_upscaled_like_a_single_patch(tiny_metric):
     small = random_images(1, 112, 112, seed=4)
     upscaled = F.interpolate(small, size=(224, 224), mode='bilinear', align_corners=False)
     rounding = rounding_bound(tiny_metric, small, fields=['score'])
-    _assert_within(tiny_metric(small), rounding)
-    _assert_within(tiny_metric(upscaled), rounding)
+    assert_within_rounding(tiny_metric(small), rounding)
+    assert_within_rounding(tiny_metric(upscaled), rounding)
 
 
 def _materialised_components(metric, image):
@@ -220,8 +213,8 @@ def test_any_size_scores_as_if_resized_whole(tiny_metric, height, width):
         got = tiny_metric(image, return_components=True)
         materialised, views = _materialised_components(tiny_metric, image)
     for field in got._fields:
-        _assert_within(getattr(got, field), rounding, field)
-        _assert_within(getattr(materialised, field)[None], rounding, field)
+        assert_within_rounding(getattr(got, field), rounding, field)
+        assert_within_rounding(getattr(materialised, field)[None], rounding, field)
     assert tiny_metric._num_views(image) == views
 
 
@@ -253,8 +246,8 @@ def test_grayscale_equals_replicated_rgb(tiny_metric):
     resizing kernels: not bitwise equal)."""
     gray = random_images(2, 230, 260, channels=1, seed=6)
     rounding = rounding_bound(tiny_metric, gray, fields=['score'])
-    _assert_within(tiny_metric(gray), rounding)
-    _assert_within(tiny_metric(gray.expand(-1, 3, -1, -1)), rounding)
+    assert_within_rounding(tiny_metric(gray), rounding)
+    assert_within_rounding(tiny_metric(gray.expand(-1, 3, -1, -1)), rounding)
 
 
 def test_prompts_embedded_once_when_built(tiny_rn, monkeypatch):
@@ -367,7 +360,7 @@ def test_every_accepted_option_value_gives_the_float64_scores(tiny_rn, options):
     parts = metric(images, return_components=True)
     for field in parts._fields:
         assert torch.isfinite(getattr(parts, field)).all(), (options, field)
-        _assert_within(getattr(parts, field), rounding, field)
+        assert_within_rounding(getattr(parts, field), rounding, field)
 
 
 def test_numpy_option_values_are_accepted(tiny_rn):
@@ -442,8 +435,8 @@ def test_pos_embedding_option_reaches_the_encoder(tiny_rn):
     metric = MACLIP(backbone=str(tiny_rn), pos_embedding=True)
     rounding = rounding_bound(metric, image, fields=['score'])
     with torch.no_grad():
-        _assert_within(metric(image), rounding)
-    _assert_within(torch.tensor([_independent_components(tiny_rn, image, pos_embedding=True)[0]]), rounding)
+        assert_within_rounding(metric(image), rounding)
+    assert_within_rounding([_independent_components(tiny_rn, image, pos_embedding=True)[0]], rounding)
     plain = rounding_bound(MACLIP(backbone=str(tiny_rn)), image, fields=['score'])
     assert (rounding.exact.score - plain.exact.score).abs() > rounding.bound.score + plain.bound.score
 
@@ -465,8 +458,8 @@ def test_module_dtype_conversions(checkpoints, architecture, dtype):
     # float64 keeps LayerNorm in float32 (pyiqa's CLIP): within float32 rounding of the float64 computation,
     # as the float32 scores are; 16-bit weights and activations: within 16-bit rounding of it.
     rounding = rounding_bound(full, images, dtype=torch.float32 if dtype == torch.float64 else dtype, fields=['score'])
-    _assert_within(expected, rounding)
-    _assert_within(scores, rounding)
+    assert_within_rounding(expected, rounding)
+    assert_within_rounding(scores, rounding)
     if dtype == torch.float64:
         assert scores.dtype == torch.float64 and converted.text_features.dtype == torch.float64
     else:
@@ -480,14 +473,14 @@ def test_cuda_half_module_stays_close(tiny_metric, tiny_rn):
     rounding = rounding_bound(tiny_metric, images, dtype=torch.float16, fields=['score'])
     half = pyiqa.create_metric('maclip', backbone=str(tiny_rn), device='cuda').half()(images.cuda())
     assert half.dtype == torch.float32
-    _assert_within(half.cpu(), rounding)
+    assert_within_rounding(half.cpu(), rounding)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
 def test_cuda_half_precision_stays_close(tiny_metric, tiny_rn):
     images = _different_images()
     rounding = rounding_bound(tiny_metric, images, dtype=torch.float16, fields=['score'])
-    _assert_within(pyiqa.create_metric('maclip', backbone=str(tiny_rn), device='cuda', half=True)(images).cpu(), rounding)
+    assert_within_rounding(pyiqa.create_metric('maclip', backbone=str(tiny_rn), device='cuda', half=True)(images).cpu(), rounding)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
@@ -496,10 +489,10 @@ def test_cuda_matches_cpu(tiny_rn, different):
     images, rounding = different
     cuda = pyiqa.create_metric('maclip', backbone=str(tiny_rn), device='cuda')(images)
     assert cuda.device.type == 'cuda'
-    _assert_within(cuda.cpu(), rounding)
+    assert_within_rounding(cuda.cpu(), rounding)
 
 
 @pytest.mark.skipif(not torch.backends.mps.is_available(), reason='needs Apple MPS')
 def test_mps_matches_cpu(tiny_rn, different):
     images, rounding = different
-    _assert_within(pyiqa.create_metric('maclip', backbone=str(tiny_rn), device='mps')(images).cpu(), rounding)
+    assert_within_rounding(pyiqa.create_metric('maclip', backbone=str(tiny_rn), device='mps')(images).cpu(), rounding)

@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 from PIL import Image, ImageFilter
-from scipy import optimize, stats
+from scipy import optimize
 from torchvision.transforms.functional import to_tensor
 
 import pyiqa
@@ -29,7 +29,7 @@ from pyiqa_maclip.benchmark.runner import pair_table, read_scores
 from pyiqa_maclip.scoring import Journal, score_into
 from pyiqa_maclip.scoring.decoding import as_float, read_image
 from pyiqa_maclip.scoring.scorers import PyiqaScorer
-from pyiqa_maclip.testing import random_images
+from pyiqa_maclip.testing import assert_within_rounding, random_images, rounding_bound
 
 LEVELS = 12
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
@@ -38,38 +38,78 @@ PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 # ---------------------------------------------------------------- evaluation math
 
 
-def test_correlations_match_scipy():
+# Six predictions and opinion scores, no ties, small enough to work out by hand:
+#   prediction 1 2 3 4 5 6, MOS 2 1 4 3 6 5 (pairs swapped).
+# Ranks = values, so SRCC = 1 - 6 sum d^2 / (n (n^2 - 1)) = 1 - 6 * 6 / 210 = 29/35 (each d = +-1).
+# Of the 15 pairs, the 3 swapped pairs are discordant: KRCC = (12 - 3) / 15 = 3/5.
+# PLCC: both have mean 3.5 and sum of squared deviations 17.5; sum of cross products
+# (-2.5)(-1.5) + (-1.5)(-2.5) + (-0.5)(0.5) + (0.5)(-0.5) + (1.5)(2.5) + (2.5)(1.5) = 14.5, so 29/35.
+HAND_PREDICTION = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+HAND_MOS = np.array([2.0, 1.0, 4.0, 3.0, 6.0, 5.0])
+# Each is a handful of float64 operations on small integers (ranks, Pearson of ranks): correct to a few ulps.
+FEW_ULPS = 8 * np.finfo(float).eps
+
+
+def _vqeg_logistic(x, b1, b2, b3, b4, b5):
+    """The 5-parameter logistic of VQEG / plcc_srcc_cal.py, written out here (not the module's)."""
+    return b1 * (0.5 - 1.0 / (1.0 + np.exp(b2 * (x - b3)))) + b4 * x + b5
+
+
+def test_correlations_equal_hand_computed_values():
+    result = evaluate(HAND_PREDICTION, HAND_MOS)
+    assert result.n == 6
+    assert result.srcc == pytest.approx(29 / 35, abs=FEW_ULPS)
+    assert result.krcc == pytest.approx(3 / 5, abs=FEW_ULPS)
+    assert result.plcc == pytest.approx(29 / 35, abs=FEW_ULPS)
+
+
+def test_logistic_plcc_and_rmse_are_the_official_scripts():
+    """PLCC and RMSE after the fit equal MA-CLIP's plcc_srcc_cal.py written out here: its own
+    curve_fit of the VQEG logistic with its initial guess, then Pearson's formula and the RMSE in NumPy."""
     rng = np.random.default_rng(1)
     prediction = rng.normal(size=40)
     mos = 3 * prediction + rng.normal(size=40)
+    params, _ = optimize.curve_fit(_vqeg_logistic, prediction, mos, maxfev=10000,
+                                   p0=[np.max(mos), np.min(mos), np.mean(prediction), 0.1, 0.1])
+    fitted = _vqeg_logistic(prediction, *params)
+    a, b = fitted - fitted.mean(), mos - mos.mean()
     result = evaluate(prediction, mos)
-    assert result.n == 40
-    assert result.srcc == pytest.approx(stats.spearmanr(prediction, mos)[0], abs=1e-12)
-    assert result.krcc == pytest.approx(stats.kendalltau(prediction, mos)[0], abs=1e-12)
-    assert result.plcc == pytest.approx(stats.pearsonr(prediction, mos)[0], abs=1e-12)
-    fitted = result.fit(prediction)
-    assert result.plcc_logistic == pytest.approx(stats.pearsonr(fitted, mos)[0], abs=1e-12)
-    assert result.rmse_logistic == pytest.approx(np.sqrt(np.mean((fitted - mos) ** 2)), abs=1e-12)
+    # The same deterministic fit; the statistics are 40-term float64 sums of values below ~10,
+    # whose rounding is far below 100 eps relative.
+    assert result.plcc_logistic == pytest.approx((a @ b) / np.sqrt((a @ a) * (b @ b)), rel=100 * np.finfo(float).eps)
+    assert result.rmse_logistic == pytest.approx(np.sqrt(np.mean((fitted - mos) ** 2)), rel=100 * np.finfo(float).eps)
 
 
 def test_signs_are_kept():
+    """Reversed ranks: SRCC and KRCC are -1 (exact: integer ranks), PLCC the hand value negated."""
+    result = evaluate(-HAND_PREDICTION, HAND_MOS)
+    assert result.srcc == pytest.approx(-29 / 35, abs=FEW_ULPS)
+    assert result.krcc == pytest.approx(-3 / 5, abs=FEW_ULPS)
+    assert result.plcc == pytest.approx(-29 / 35, abs=FEW_ULPS)
     x = np.linspace(0, 1, 20)
-    result = evaluate(-x, x ** 2)
-    assert result.srcc == pytest.approx(-1.0)
-    assert result.krcc == pytest.approx(-1.0)
-    assert result.plcc < 0
+    monotone = evaluate(-x, x ** 2)
+    assert monotone.srcc == pytest.approx(-1.0, abs=FEW_ULPS) and monotone.krcc == pytest.approx(-1.0, abs=FEW_ULPS)
 
 
 def test_logistic_fit_recovers_a_monotone_relation():
+    """An S-shaped MOS made by the formula itself from known parameters: the fit finds them, the
+    mapped predictions equal the MOS (PLCC 1, RMSE 0 to the fit's tolerance); raw PLCC sees the S shape."""
     x = np.linspace(0.0, 1.0, 60)
-    mos = logistic_5(x, 60.0, 8.0, 0.5, 5.0, 40.0)  # an S-shaped MOS, as VQEG's model assumes
+    truth = (60.0, 8.0, 0.5, 5.0, 40.0)
+    mos = _vqeg_logistic(x, *truth)
     fit = fit_logistic(x, mos)
-    assert fit.params is not None
+    np.testing.assert_allclose(logistic_5(x, *truth), mos, rtol=FEW_ULPS)  # the module's formula is VQEG's
+    # leastsq stops once the parameters change by less than xtol = 1.5e-8 relative; 60 exact points
+    # determine these 5 well, so they are within 100 xtol.
+    np.testing.assert_allclose(fit.params, truth, rtol=1e-6)
     result = evaluate(x, mos)
-    assert result.srcc == pytest.approx(1.0)
-    assert result.plcc < 0.99  # raw PLCC sees the S shape
-    assert result.plcc_logistic == pytest.approx(1.0, abs=1e-6)
-    assert result.rmse_logistic == pytest.approx(0.0, abs=1e-3)
+    assert result.srcc == pytest.approx(1.0, abs=FEW_ULPS) and result.krcc == pytest.approx(1.0, abs=FEW_ULPS)
+    assert result.plcc < 0.99
+    # Parameters off by 1e-6 relative move the curve by at most 1e-6 sum |b_i df/db_i| <= 1e-6
+    # (60 * 0.5 + 8 * 60 / 4 * 0.5 + 0.5 * 60 * 8 / 4 + 5 + 40) = 1.95e-4 (|x - b3| <= 0.5).
+    assert result.rmse_logistic <= 1.95e-4
+    # Fitted = MOS + r: 1 - PLCC is at most about var(r) / (2 var(MOS)) <= RMSE^2 / var(MOS).
+    assert result.plcc_logistic >= 1 - result.rmse_logistic ** 2 / np.var(mos)
 
 
 def test_logistic_fit_uses_the_official_initial_guess(monkeypatch):
@@ -94,7 +134,7 @@ def test_failed_fit_gives_nan_and_a_note(monkeypatch):
     result = evaluate(np.arange(10.0), np.arange(10.0) ** 2)
     assert np.isnan(result.plcc_logistic) and np.isnan(result.rmse_logistic)
     assert 'logistic fit failed' in result.note
-    assert result.srcc == pytest.approx(1.0)
+    assert result.srcc == pytest.approx(1.0, abs=FEW_ULPS)
 
 
 @pytest.mark.parametrize('prediction, mos, note', [
@@ -195,19 +235,24 @@ def test_per_image_scores_match_direct_scoring(run_dir, synthetic, tiny_rn):
     assert len(broken) == 1 and broken['error'].iloc[0].startswith('UnidentifiedImageError')
     scored = maclip[maclip['error'] == '']
     metric = pyiqa.create_metric('maclip', device='cpu', backbone=str(tiny_rn))
-    for row in scored.head(4).itertuples():
-        with torch.no_grad():
-            direct = metric(to_tensor(Image.open(row.image).convert('RGB'))[None], return_components=True)
-        assert row.score == pytest.approx(direct.score.item(), abs=1e-5)
-        assert row.q_mag == pytest.approx(direct.q_mag.item(), abs=1e-5)
-    assert np.allclose(scored['prediction'], scored['score'])
+    images = [to_tensor(Image.open(path).convert('RGB')) for path in scored['image'].head(4)]
+    rounding = rounding_bound(metric.net, images, fields=['score', 'q_mag'])
+    with torch.no_grad():
+        direct = metric.net.score_images(images)
+    # The run's (batched) and the direct (one image) scores: both within float32 rounding of the
+    # float64 computation; 9 significant digits in the CSV hold a float32 exactly.
+    for field in ('score', 'q_mag'):
+        assert_within_rounding(scored[field].head(4), rounding, field)
+        assert_within_rounding(getattr(direct, field), rounding, field)
+    assert (scored['prediction'] == scored['score']).all()  # the same value, written twice
     qsim = read_scores(run_dir / 'scores' / 'maclip_qsim' / 'synth.csv')
-    assert np.allclose(qsim.loc[qsim['error'] == '', 'prediction'], scored['q_sim'])  # one shared pass
+    assert (qsim.loc[qsim['error'] == '', 'prediction'] == scored['q_sim']).all()  # one shared pass
     piqe = read_scores(run_dir / 'scores' / 'piqe' / 'synth.csv')
     assert list(piqe.columns) == ['image', 'mos', 'prediction', 'error']
     direct_piqe = pyiqa.create_metric('piqe', device='cpu')
     first = piqe.iloc[0]
-    assert first['prediction'] == pytest.approx(direct_piqe(as_float(read_image(first['image']))[None]).item(), abs=1e-5)
+    # pyiqa's PIQE on the same decoded image, one image at a time in both: the same computation.
+    assert first['prediction'] == direct_piqe(as_float(read_image(first['image']))[None]).item()
 
 
 def test_plots_are_png_files(run_dir):
@@ -245,8 +290,8 @@ def test_rerun_skips_complete_pairs_and_recomputes_changed_ones(run_dir, synthet
     assert piqe_csv.stat().st_mtime_ns == stamp
     before = pd.read_csv(run_dir / 'scores' / 'maclip' / 'synth.csv')
     after = pd.read_csv(output / 'scores' / 'maclip' / 'synth.csv')
-    assert not np.allclose(before['q_mag'].dropna(), after['q_mag'].dropna())
-    assert np.allclose(before['q_sim'].dropna(), after['q_sim'].dropna())  # lambda only moves Q_mag
+    assert (before['q_mag'].dropna() != after['q_mag'].dropna()).all()
+    assert (before['q_sim'].dropna() == after['q_sim'].dropna()).all()  # lambda only moves Q_mag: the same computation
 
     assert _run(changed, output, '--force') == 0
     assert len(builds) == 3
@@ -281,27 +326,11 @@ def test_pyiqa_datasets_from_a_data_root(tmp_path):
     assert not summary.loc['koniq10k', 'mos_lower_better'] and summary.loc['koniq10k', 'flipped']
     # CSIQ reports DMOS: PIQE and DMOS are both lower-is-better, so nothing is negated.
     assert summary.loc['csiq', 'mos_lower_better'] and not summary.loc['csiq', 'flipped']
-    assert summary.loc['csiq', 'srcc'] == pytest.approx(summary.loc['koniq10k', 'srcc'])
+    # The same predictions against the same opinion scores, one pair negated: the same ranks reversed,
+    # a handful of float64 operations apart.
+    assert summary.loc['csiq', 'srcc'] == pytest.approx(summary.loc['koniq10k', 'srcc'], abs=FEW_ULPS)
     scores = pd.read_csv(tmp_path / 'out' / 'scores' / 'piqe' / 'koniq10k.csv')
     assert all('1024x768' in path for path in scores['image'])  # the paper's KonIQ release
-
-
-def test_paper_preprocessing_defaults_and_overrides(tmp_path):
-    metrics = {'piqe': {}}
-    config = parse_config({'datasets': {
-        'spaq': {}, 'koniq10k': {}, 'agiqa1k': {'images': 'a', 'mos': 'b.csv'},
-        'livec': {}, 'spaq_native': {'pyiqa': 'spaq', 'resize': None},
-    }, 'metrics': metrics})
-    specs = {spec.name: spec for spec in config.datasets}
-    assert specs['spaq'].resize == (448, 448) and specs['spaq'].resize_mode == 'bicubic'
-    assert specs['agiqa1k'].resize == (224, 224)
-    assert specs['koniq10k'].pyiqa == 'koniq10k-1024'
-    assert specs['livec'].resize is None and specs['spaq_native'].resize is None
-    path = tmp_path / 'x.png'
-    _save_rgb(_distorted_images(1)[0], path)
-    resized = as_float(read_image(str(path), (448, 300), 'bicubic'))[None]
-    expected = to_tensor(Image.open(path).convert('RGB').resize((300, 448), Image.Resampling.BICUBIC))
-    assert resized.shape == (1, 3, 448, 300) and torch.equal(resized[0], expected)
 
 
 # ---------------------------------------------------------------- validation
@@ -451,8 +480,11 @@ def test_batch_size_and_workers_are_options_that_change_no_score(run_dir, synthe
     assert asked == [(3, 0)]
     default = read_scores(run_dir / 'scores' / 'maclip' / 'synth.csv').set_index('image')
     small = read_scores(tmp_path / 'out' / 'scores' / 'maclip' / 'synth.csv').set_index('image')
-    scored = default['error'] == ''
-    assert np.allclose(small.loc[scored[scored].index, 'score'], default.loc[scored, 'score'], rtol=0, atol=1e-6)
+    names = default.index[default['error'] == '']
+    metric = pyiqa.create_metric('maclip', device='cpu', backbone=str(tiny_rn)).net
+    rounding = rounding_bound(metric, [to_tensor(Image.open(name).convert('RGB')) for name in names], fields=['score'])
+    assert_within_rounding(small.loc[names, 'score'], rounding)  # other batches round otherwise
+    assert_within_rounding(default.loc[names, 'score'], rounding)
 
 
 @pytest.mark.parametrize('option, value', [('--batch-size', '0'), ('--num-workers', '-1'), ('--batch-size', 'many')])

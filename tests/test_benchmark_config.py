@@ -4,22 +4,28 @@ Every rejection is checked for a message that names where the problem is: the YA
 path or key and line of the configuration, or the line (CSV, TSV) or row (.xlsx) of
 a MOS table. Expected line numbers are counted by hand from the literal tables
 written here (the header is line 1). Nothing is scored: these tests build no metric.
+The paper's per-dataset preprocessing is checked here too, down to the resized pixels.
 """
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
+import numpy as np
 import openpyxl
 import pandas as pd
 import pytest
+import torch
 import yaml
+from PIL import Image
+from torchvision.transforms.functional import to_tensor
 
 from pyiqa_maclip import cli
 from pyiqa_maclip.benchmark.config import (
     MAX_CONFIG_BYTES, BenchmarkConfigError, MetricSpec, file_stem, load_config, parse_config,
 )
 from pyiqa_maclip.benchmark.datasets import Item, load_items
+from pyiqa_maclip.scoring.decoding import as_float, read_image
 
 OPTIONS = Path(__file__).resolve().parents[1] / 'options'
 _DATA = {'synth': {'images': 'img', 'mos': 'mos.csv'}}
@@ -125,7 +131,8 @@ def test_file_stems_stay_inside_their_folder(name):
     assert stem.strip('.') and '/' not in stem and len(stem) == len(name)
 
 
-def test_paper_preprocessing_defaults_and_overrides():
+def test_paper_preprocessing_defaults_and_overrides(tmp_path):
+    """The official per-dataset preprocessing by default, overridable; the resize is PIL's bicubic."""
     config = parse_config({'datasets': {
         'spaq': {}, 'koniq10k': None, 'agiqa1k': {'images': 'a', 'mos': 'b.csv'},
         'livec': {}, 'spaq_native': {'pyiqa': 'spaq', 'resize': None}, 'square': {'pyiqa': 'spaq', 'resize': 300},
@@ -137,6 +144,12 @@ def test_paper_preprocessing_defaults_and_overrides():
     assert specs['koniq10k'].pyiqa == 'koniq10k-1024'
     assert specs['livec'].resize is None and specs['spaq_native'].resize is None and specs['named'].resize is None
     assert specs['square'].resize == (300, 300)
+    path = tmp_path / 'x.png'
+    pixels = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    resized = as_float(read_image(str(path), (448, 300), 'bicubic'))
+    expected = to_tensor(Image.open(path).convert('RGB').resize((300, 448), Image.Resampling.BICUBIC))
+    assert resized.shape == (3, 448, 300) and torch.equal(resized, expected)  # the same PIL resize, then x / 255
 
 
 def test_pyiqa_lower_better_root_and_paths(tmp_path):

@@ -16,9 +16,8 @@ import pytest
 import torch
 from pyiqa.archs.clip_model import convert_weights
 
-from conftest import make_clip, random_images, save_torchscript
-
 from pyiqa_maclip import MACLIP, weights
+from pyiqa_maclip.testing import make_clip, random_images, save_torchscript
 
 
 class Planted(torch.nn.Module):

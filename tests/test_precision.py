@@ -15,7 +15,7 @@ import torch
 from pyiqa_maclip import MACLIP
 from pyiqa_maclip import arch
 from pyiqa_maclip.scoring.scorers import maclip_fingerprint
-from pyiqa_maclip.testing import graded_photos, random_images, rounding_bound
+from pyiqa_maclip.testing import assert_within_rounding, graded_photos, random_images, rounding_bound
 
 quiet_cpu = pytest.mark.filterwarnings('ignore:precision=.*emulated:RuntimeWarning')
 
@@ -58,7 +58,7 @@ def test_16_bit_encoder_keeps_scores_within_16_bit_rounding_on_graded_photos(tin
     assert scores.dtype == metric.text_features.dtype == torch.float32
     assert metric.visual.conv1.weight.dtype == torch.float32  # autocast, not converted weights
     rounding = rounding_bound(tiny_metric, photos, dtype=dtype, fields=['score'])
-    assert ((scores.double() - rounding.exact.score).abs() <= rounding.bound.score).all()
+    assert_within_rounding(scores, rounding)
     assert not torch.equal(scores, tiny_metric(torch.stack(photos)))
 
 
@@ -165,7 +165,7 @@ def test_precision_with_weights_converted_to_another_type_says_what_to_do(tiny_m
     # Weights rounded to 16 bits (or float64, exactly back), then a 16-bit mode: within bfloat16
     # rounding, the coarser of the two types, of the float64 computation.
     rounding = rounding_bound(tiny_metric, image, dtype=torch.bfloat16, fields=['score'])
-    assert ((metric(image).double() - rounding.exact.score).abs() <= rounding.bound.score).all()
+    assert_within_rounding(metric(image), rounding)
 
 
 @quiet_cpu
@@ -175,4 +175,4 @@ def test_precision_matching_converted_weights_still_runs(tiny_metric, tiny_rn):
     metric = MACLIP(backbone=str(tiny_rn), half=True).half()
     image = random_images(1, 224, 224)
     rounding = rounding_bound(tiny_metric, image, dtype=torch.float16, fields=['score'])
-    assert ((metric(image).double() - rounding.exact.score).abs() <= rounding.bound.score).all()
+    assert_within_rounding(metric(image), rounding)

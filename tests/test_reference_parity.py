@@ -13,16 +13,11 @@ import torch
 from reference_cpu import reference_class
 
 from pyiqa_maclip import MACLIP
-from pyiqa_maclip.testing import random_images, rounding_bound
+from pyiqa_maclip.testing import assert_within_rounding, random_images, rounding_bound
 
 # Heights and widths: exact multiples of the stride plus the patch, and sizes that leave an
 # uncovered margin, portrait and landscape.
 SIZES = [(224, 224), (300, 257), (384, 512), (481, 353)]
-
-
-def _assert_within(got: torch.Tensor, rounding) -> None:
-    difference = (got.double() - rounding.exact.score).abs()
-    assert (difference <= rounding.bound.score).all(), (difference, rounding.bound.score)
 
 
 @pytest.mark.slow  # full-size float64 models with gradients: ~1 min each
@@ -36,8 +31,8 @@ def test_scores_equal_reference(architecture, checkpoints):
     with torch.no_grad():
         expected = torch.tensor([reference(image[None]).item() for image in images])
         got = ours.score_images(images).score
-    _assert_within(expected, rounding)
-    _assert_within(got, rounding)
+    assert_within_rounding(expected, rounding)
+    assert_within_rounding(got, rounding)
 
 
 @pytest.mark.slow
@@ -51,6 +46,6 @@ def test_batch_equals_reference_one_by_one(checkpoints):
     with torch.no_grad():
         expected = torch.tensor([reference(image[None]).item() for image in images])
         got = ours(images)
-    _assert_within(expected, rounding)
-    _assert_within(got, rounding)
+    assert_within_rounding(expected, rounding)
+    assert_within_rounding(got, rounding)
     assert expected.max() - expected.min() > 100 * rounding.bound.score.max()  # the images really score differently

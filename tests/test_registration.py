@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import random_images
+from pyiqa_maclip.testing import UNIT_ROUNDOFF, assert_within_rounding, random_images, rounding_bound
 
 BUILT_BY_US = 'pyiqa_maclip.arch.MACLIP'
 
@@ -151,6 +151,19 @@ REPLAY_ORDERS = {
 }
 
 
+_ROUNDINGS = {}
+
+
+def _rounding(backbone: str, image: torch.Tensor, **options):
+    """rounding_bound of MACLIP(backbone, **options) on ``image``, computed once per session."""
+    from pyiqa_maclip import MACLIP
+
+    key = (backbone, tuple(sorted(options.items())), image.shape, float(image.sum()))
+    if key not in _ROUNDINGS:
+        _ROUNDINGS[key] = rounding_bound(MACLIP(backbone=backbone, **options), image, fields=['score'])
+    return _ROUNDINGS[key]
+
+
 @pytest.mark.parametrize('order, filled', REPLAY_ORDERS.values(), ids=REPLAY_ORDERS.keys())
 def test_benchmark_script_options_are_never_dropped(tiny_rn, tmp_path, order, filled):
     """User options reach the metric whatever runs first, under maclip and under a custom name."""
@@ -178,16 +191,16 @@ def test_benchmark_script_options_are_never_dropped(tiny_rn, tmp_path, order, fi
     )
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
-    with torch.no_grad():
-        expected = {
-            'maclip': MACLIP(backbone=str(tiny_rn), box_lam=0.0)(image).item(),
-            'my_maclip': MACLIP(backbone=str(tiny_rn), alpha=2.5, base_norm=0.2)(image).item(),
-        }
-        default = MACLIP(backbone=str(tiny_rn))(image).item()
-    for name, score in expected.items():
+    # The other process's score and this one's: both within float32 rounding of the float64 computation.
+    default = _rounding(str(tiny_rn), image)
+    for name, options in {'maclip': {'box_lam': 0.0}, 'my_maclip': {'alpha': 2.5, 'base_norm': 0.2}}.items():
         assert out[name][0] == BUILT_BY_US, name
-        assert abs(out[name][1] - score) < 1e-6, (name, out[name][1], score)
-        assert abs(score - default) > 1e-4  # the options change the score: dropping them would show
+        rounding = _rounding(str(tiny_rn), image, **options)
+        assert_within_rounding([out[name][1]], rounding)
+        with torch.no_grad():
+            assert_within_rounding(MACLIP(backbone=str(tiny_rn), **options)(image), rounding)
+        # The options change the score beyond rounding: dropping them would show.
+        assert (rounding.exact.score - default.exact.score).abs() > rounding.bound.score + default.bound.score
     # The user's entry has no score_range: register() fills it in when it runs after the update
     # (once registered, nothing watches DEFAULT_CONFIGS: an entry replaced later stays as given).
     assert out['maclip'][2] == ('0, ~1.5' if filled else None)
@@ -197,12 +210,16 @@ def test_benchmark_script_options_are_never_dropped(tiny_rn, tmp_path, order, fi
 
 def test_score_range_holds_what_the_metric_returns(tiny_metric):
     """'0, ~1.5': never negative; typical images stay well under the approximate upper end."""
-    images = torch.cat([random_images(4, 240, 320, seed=7), torch.zeros(1, 3, 240, 320), torch.ones(1, 3, 240, 320)])
-    parts = tiny_metric(images, return_components=True)
+    images = [*random_images(4, 240, 320, seed=7), torch.zeros(3, 240, 320), torch.ones(3, 240, 320)]
+    parts = tiny_metric.score_images(images)
     assert (parts.score >= 0).all() and (parts.score < 1.5).all()
-    low = torch.minimum(parts.q_sim, parts.q_mag) - 1e-6
-    high = torch.maximum(parts.q_sim, parts.q_mag) + 1e-6
-    assert ((parts.score >= low) & (parts.score <= high)).all()  # a convex combination per view
+    # Each view's value is a convex combination of its Q_sim and Q_mag: w * a + (1 - w) * b in float32
+    # rounds the weights' sum (3 u, a two-way softmax), both products and the sum: within 6 u of the larger.
+    for qmap in tiny_metric.quality_maps(images):
+        for view in (qmap.patches, qmap.global_view):
+            slack = 6 * UNIT_ROUNDOFF[torch.float32] * torch.maximum(view.q_sim.abs(), view.q_mag.abs())
+            assert (view.score >= torch.minimum(view.q_sim, view.q_mag) - slack).all()
+            assert (view.score <= torch.maximum(view.q_sim, view.q_mag) + slack).all()
 
 
 def test_pyiqa_command_line(tiny_rn, tmp_path, monkeypatch, capsys):
@@ -225,11 +242,11 @@ def test_pyiqa_command_line(tiny_rn, tmp_path, monkeypatch, capsys):
         path = folder / f'img{i}.png'
         array = (random_images(1, 240 + 10 * i, 300, seed=i)[0].permute(1, 2, 0) * 255).round().byte().numpy()
         Image.fromarray(array).save(path)
-        expected[str(path)] = reference(imread2tensor(str(path), rgb=True)[None]).item()
+        expected[str(path)] = rounding_bound(reference, imread2tensor(str(path), rgb=True)[None], fields=['score'])
     monkeypatch.setattr(sys, 'argv', ['pyiqa', 'maclip', '-t', str(folder), '--device', 'cpu', '-v'])
     pyiqa.pyiqa_cmd.main()
     out = capsys.readouterr().out
     printed = {key: float(value) for key, value in re.findall(r"'([^']+)':\s+(?:np\.float64\()?([-+\d.e]+)", out)}
     assert set(printed) == set(expected) | {'mean'}
-    for path, score in expected.items():
-        assert abs(printed[path] - score) < 1e-6
+    for path, rounding in expected.items():
+        assert_within_rounding([printed[path]], rounding)  # within float32 rounding of the float64 computation

@@ -30,7 +30,7 @@ from torchvision.transforms.functional import to_tensor
 
 from pyiqa_maclip import cli
 from pyiqa_maclip.scoring import COLUMNS, ERROR_COLUMNS, WorkFiles, collect_paths, image_extensions
-from pyiqa_maclip.testing import random_images
+from pyiqa_maclip.testing import Rounding, assert_within_rounding, random_images, rounding_bound
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -124,11 +124,21 @@ def journal_rows(output: Path) -> int:
         return 0
 
 
-def assert_same_scores(actual: list[list[str]], expected: list[list[str]], tolerance: float = 1e-6) -> None:
+def decoded(path: str) -> torch.Tensor:
+    """An image file as the command decodes it (PIL, RGB, to_tensor)."""
+    return to_tensor(Image.open(path).convert('RGB'))
+
+
+def assert_same_scores(actual: list[list[str]], expected: list[list[str]], rounding: Rounding) -> None:
+    """The same paths in the same order, and in both outputs every component of every image within
+    float32 rounding of its float64 computation (``rounding``, for the images in that order): runs
+    that batch images otherwise round otherwise. The CSV's 9 significant digits hold a float32 exactly."""
     assert actual[0] == expected[0] == list(COLUMNS)
     assert [row[0] for row in actual] == [row[0] for row in expected]
-    np.testing.assert_allclose(np.array([row[1:] for row in actual[1:]], dtype=float),
-                               np.array([row[1:] for row in expected[1:]], dtype=float), rtol=0, atol=tolerance)
+    for rows in (actual, expected):
+        values = np.array([row[1:] for row in rows[1:]], dtype=float)
+        for column, field in enumerate(COLUMNS[1:]):
+            assert_within_rounding(values[:, column], rounding, field)
 
 
 #: What a finished run leaves beside its output: the two exports and the work folder (lock, journal).
@@ -147,7 +157,13 @@ def baseline(collection, tiny_rn, tmp_path_factory):
     return status, stdout, output
 
 
-def test_collection_with_broken_files(collection, baseline, tiny_metric):
+@pytest.fixture(scope='module')
+def collection_rounding(collection, tiny_metric) -> Rounding:
+    """The float64 components of the collection's good images, in output order, and their float32 rounding bound."""
+    return rounding_bound(tiny_metric, [decoded(path) for path in collection.good])
+
+
+def test_collection_with_broken_files(collection, baseline, tiny_metric, collection_rounding):
     status, stdout, output = baseline
     assert status == 1
     errors = output.with_name('scores.errors.csv')
@@ -162,11 +178,14 @@ def test_collection_with_broken_files(collection, baseline, tiny_metric):
 
     rows = read_csv_rows(output)
     assert rows[0] == list(COLUMNS) and [row[0] for row in rows[1:]] == collection.good
-    # The same files decoded independently (PIL, RGB, to_tensor) and scored by the metric itself.
+    # The same files decoded independently (PIL, RGB, to_tensor) and scored by the metric itself:
+    # both within float32 rounding of the float64 computation.
     with torch.no_grad():
-        direct = tiny_metric.score_images([to_tensor(Image.open(p).convert('RGB')) for p in collection.good])
-    np.testing.assert_allclose(np.array([row[1:] for row in rows[1:]], dtype=float),
-                               torch.stack(list(direct), dim=1).numpy(), rtol=0, atol=1e-5)
+        direct = tiny_metric.score_images([decoded(p) for p in collection.good])
+    values = np.array([row[1:] for row in rows[1:]], dtype=float)
+    for column, field in enumerate(COLUMNS[1:]):
+        assert_within_rounding(values[:, column], collection_rounding, field)
+        assert_within_rounding(getattr(direct, field), collection_rounding, field)
 
     failures = read_csv_rows(errors)
     assert failures[0] == list(ERROR_COLUMNS)
@@ -240,7 +259,7 @@ def kill_after(run: subprocess.Popen, output: Path, rows: int, extra_seconds: fl
     run.stderr.close()
 
 
-def test_resume_after_kill_9_and_a_damaged_export(collection, baseline, tiny_rn, tmp_path):
+def test_resume_after_kill_9_and_a_damaged_export(collection, baseline, collection_rounding, tiny_rn, tmp_path):
     output = tmp_path / 'scores.csv'
     run = start_slow_run([*collection.inputs, '--output', output, '--backbone', tiny_rn, '--batch-size', 2,
                           '--num-workers', 1])
@@ -255,7 +274,7 @@ def test_resume_after_kill_9_and_a_damaged_export(collection, baseline, tiny_rn,
     remaining = collection.total - done
     assert f'{remaining} of {collection.total} images to score, {done} done before' in stderr
     assert stdout.endswith(f'; {remaining} processed in this run, {done} done before\n')
-    assert_same_scores(read_csv_rows(output), read_csv_rows(baseline[2]))
+    assert_same_scores(read_csv_rows(output), read_csv_rows(baseline[2]), collection_rounding)
     assert output.with_name('scores.errors.csv').read_text() == baseline[2].with_name('scores.errors.csv').read_text()
     assert listing(tmp_path) == FINISHED_RUN
 
@@ -279,7 +298,7 @@ def test_a_second_run_on_an_output_in_use_is_refused(collection, baseline, tiny_
     assert output.with_name('scores.errors.csv').read_bytes() == baseline[2].with_name('scores.errors.csv').read_bytes()
 
 
-def test_resume_after_ctrl_c(collection, baseline, tiny_rn, tmp_path, monkeypatch):
+def test_resume_after_ctrl_c(collection, baseline, collection_rounding, tiny_rn, tmp_path, monkeypatch):
     from pyiqa_maclip import MACLIP
 
     calls = []
@@ -304,7 +323,7 @@ def test_resume_after_ctrl_c(collection, baseline, tiny_rn, tmp_path, monkeypatc
     status, stdout, _ = score_collection(collection, output, tiny_rn, '--num-workers', 0)
     assert status == 1
     assert stdout.endswith(f'; {collection.total - done} processed in this run, {done} done before\n')
-    assert_same_scores(read_csv_rows(output), read_csv_rows(baseline[2]))
+    assert_same_scores(read_csv_rows(output), read_csv_rows(baseline[2]), collection_rounding)
 
 
 def test_refusals_and_overwrite(collection, baseline, tiny_rn, checkpoints, tmp_path):
@@ -418,7 +437,7 @@ def test_every_file_name_round_trips(tiny_rn, tmp_path):
     assert status == 0 and f'0 processed in this run, {len(paths)} done before' in stdout
 
 
-def test_random_names_and_kill_points_end_in_the_uninterrupted_output(tiny_rn, tmp_path):
+def test_random_names_and_kill_points_end_in_the_uninterrupted_output(tiny_rn, tiny_metric, tmp_path):
     """Property-style: whatever the names and wherever kill -9 strikes, reruns end in the same files."""
     rng = random.Random(10)
     alphabet = ['a', 'Z', ' ', ',', '"', '\r', '\n', '\t', '#', 'é', '%']
@@ -437,7 +456,8 @@ def test_random_names_and_kill_points_end_in_the_uninterrupted_output(tiny_rn, t
         run = start_slow_run([*args, '--output', output], delay=0.3)
         kill_after(run, output, 2 * round_ + 1, extra_seconds=rng.uniform(0, 0.6))
     assert score(*args, '--output', output)[0] == 1
-    assert_same_scores(read_csv_rows(output), read_csv_rows(reference))
+    rows = read_csv_rows(reference)
+    assert_same_scores(read_csv_rows(output), rows, rounding_bound(tiny_metric, [decoded(row[0]) for row in rows[1:]]))
     assert output.with_name('scores.errors.csv').read_bytes() == reference.with_name('scores.errors.csv').read_bytes()
 
 
@@ -465,7 +485,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_give_the_single_process_output(collection, tiny_rn, tmp_path):
+def test_two_processes_give_the_single_process_output(collection, collection_rounding, tiny_rn, tmp_path):
     single, sharded = tmp_path / 'single/scores.csv', tmp_path / 'sharded/scores.csv'
     # accelerate runs each CPU process on one thread; so does this run, and float32 rounds alike.
     threads = torch.get_num_threads()
@@ -486,7 +506,7 @@ def test_two_processes_give_the_single_process_output(collection, tiny_rn, tmp_p
     assert 'on 2 processes' in run.stderr, run.stderr
     assert run.stdout.count('scored 6 images, 5 failed') == 1, run.stdout + run.stderr  # the main process says it
     assert run.returncode == 1
-    assert_same_scores(read_csv_rows(sharded), read_csv_rows(single))
+    assert_same_scores(read_csv_rows(sharded), read_csv_rows(single), collection_rounding)
     assert sharded.with_name('scores.errors.csv').read_text() == single.with_name('scores.errors.csv').read_text()
     assert listing(sharded.parent) == FINISHED_RUN
     assert listing(WorkFiles(sharded).folder) == ['lock', 'rank0.sqlite3']  # the other journal was merged

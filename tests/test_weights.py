@@ -13,10 +13,10 @@ import pytest
 import torch
 from pyiqa.archs import clip_model
 
-from conftest import random_images
 from local_server import cache_fixture, files_in, server_fixture  # noqa: F401  (fixtures cache, server)
 
 from pyiqa_maclip import MACLIP, weights
+from pyiqa_maclip.testing import random_images
 from pyiqa_maclip.weights import WeightsUnavailableError
 
 
