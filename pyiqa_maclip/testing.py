@@ -275,7 +275,10 @@ def _rounding_points(visual: nn.Module, dtype: torch.dtype, patch_size: int,
         table = getattr(owner, 'positional_embedding', None)
         if isinstance(table, torch.Tensor):
             weights.append((table, 32 * u32 * table.shape[0] + u16))
-    return weights, list(visual.modules())[1:]
+    # Results that round: all but containers handing on a child's result, folded-away BatchNorms, and
+    # ReLU (exact on a representable input).
+    passing = (nn.Sequential, nn.ModuleList, nn.Identity, nn.ReLU)
+    return weights, [m for m in list(visual.modules())[1:] if not isinstance(m, passing) and type(m).__name__ != 'Transformer']
 
 
 _PRODUCTS = (nn.Conv2d, nn.Linear, nn.MultiheadAttention)

@@ -36,6 +36,7 @@ def different(tiny_metric):
     return images, rounding_bound(tiny_metric, images, fields=['score'])
 
 
+@pytest.mark.kernels
 def test_batch_scores_equal_single_scores(tiny_rn, different):
     metric = MACLIP(backbone=str(tiny_rn), chunk_size=3)  # chunks straddle images
     images, rounding = different
@@ -69,6 +70,7 @@ def test_score_images_rejects_bad_input(tiny_metric, bad, error, words):
         tiny_metric.score_images(bad)
 
 
+@pytest.mark.kernels
 @pytest.mark.parametrize('chunk_size', [1, 7, 1000])
 def test_chunk_size_does_not_change_scores(tiny_rn, different, chunk_size):
     images, rounding = different
@@ -105,6 +107,7 @@ def _independent_components(path, image: torch.Tensor, lam=0.5, base_cos=1.0, ba
     return fused.mean(), q_sim.mean(), q_mag.mean(), w[:, 0].mean(), w[:, 1].mean()
 
 
+@pytest.mark.kernels
 def test_components_match_independent_computation(tiny_metric, tiny_rn):
     """Ours and the independent float32 pipeline: both within float32 rounding of the float64 computation."""
     image = random_images(1, 352, 480, seed=3)
@@ -178,6 +181,7 @@ def test_patch_geometry_reaches_the_views(tiny_rn):
         assert_within_rounding(getattr(materialised, field)[None], rounding, field)
 
 
+@pytest.mark.kernels
 def test_small_images_are_upscaled_like_a_single_patch(tiny_metric):
     """A 112x112 image is upscaled to 224x224: its one patch and its global view are both that image
     (within the float32 rounding of the float64 computation, resizing included)."""
@@ -200,7 +204,8 @@ def _materialised_components(metric, image):
     return image_components(features, metric.text_features, metric.logit_scale), len(views)
 
 
-@pytest.mark.parametrize('height, width', [(1, 1), (2, 3), (223, 223), (100, 224), (224, 50), (100, 300),
+@pytest.mark.parametrize('height, width', [*(pytest.param(*size, marks=pytest.mark.kernels) for size in [(1, 1), (2, 3), (100, 300)]),
+                                           (223, 223), (100, 224), (224, 50),
                                            pytest.param(1, 40, marks=pytest.mark.slow),  # 56 views: ~10 s
                                            pytest.param(6000, 1, marks=pytest.mark.slow)])
 def test_any_size_scores_as_if_resized_whole(tiny_metric, height, width):

@@ -2,7 +2,6 @@
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +24,7 @@ def _run(*args, env=None, timeout=120):
 # ---- fast answers
 
 
+@pytest.mark.slow  # fresh interpreters
 @pytest.mark.parametrize('args', [['--help'], ['score', '--help'], ['download', '--help'], ['benchmark', '--help'],
                                   ['--version'], ['scroe'], ['score']])
 def test_help_version_and_usage_mistakes_import_neither_torch_nor_pyiqa(args):
@@ -34,19 +34,7 @@ def test_help_version_and_usage_mistakes_import_neither_torch_nor_pyiqa(args):
     assert run.returncode == (0 if args[-1] in ('--help', '--version') else 2)
 
 
-def test_help_answers_in_under_a_tenth_of_the_time_of_import_pyiqa():
-    """The issue asks for under 0.3x; measured here (best of 3) it is about 0.01x."""
-    def best(*args):
-        times = []
-        for _ in range(3):
-            start = time.perf_counter()
-            assert _run(*args).returncode == 0
-            times.append(time.perf_counter() - start)
-        return min(times)
-
-    assert best('-m', 'pyiqa_maclip_cli', '--help') < 0.1 * best('-c', 'import pyiqa')
-
-
+@pytest.mark.slow  # a fresh interpreter
 def test_version_is_the_package_version():
     assert _run('-m', 'pyiqa_maclip_cli', '--version').stdout == f'pyiqa-maclip {__version__}\n'
     assert pyiqa_maclip_cli.version() == __version__
@@ -71,6 +59,7 @@ def test_every_subcommand_has_its_handler():
         assert getattr(sys.modules[module], function) is expected
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch
 def test_python_m_pyiqa_maclip_is_the_same_command():
     run = _run('-m', 'pyiqa_maclip', 'download', '--help')
     assert run.returncode == 0 and run.stdout.startswith('usage: pyiqa-maclip download')
@@ -152,6 +141,7 @@ def test_download_usage_mistakes(cache, server, tmp_path, capsys, tiny_rn, args,
     assert server.requests == 0
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch
 def test_download_command_in_a_shell(cache, tmp_path):
     """The real console: one line on stderr, exit status 2, no traceback."""
     run = _run('-m', 'pyiqa_maclip_cli', 'download', 'RN51', 'models/RN50.pt', env={**ENV, 'TORCH_HOME': str(tmp_path)})

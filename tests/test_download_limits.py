@@ -32,6 +32,7 @@ def _timed_failure(call, error=OSError):
     return time.monotonic() - start, str(raised.value)
 
 
+@pytest.mark.slow  # waits for a wall-clock deadline
 @pytest.mark.parametrize('mode', ['trickle', 'trickle-headers', 'hang'])
 def test_a_slow_server_is_abandoned_at_the_deadline(cache, server, mode):
     """A byte every 0.2 s never trips a 30 s socket timeout; the 1.5 s deadline ends it, in the
@@ -44,6 +45,7 @@ def test_a_slow_server_is_abandoned_at_the_deadline(cache, server, mode):
     assert files_in(cache) == []  # the temporary file went with it
 
 
+@pytest.mark.slow  # waits for a wall-clock deadline
 def test_a_stalled_tls_handshake_is_abandoned_at_the_deadline(cache, monkeypatch):
     """An https server that accepts the connection and says nothing: the handshake is cut too."""
     listener = socket.create_server(('127.0.0.1', 0))
@@ -61,6 +63,7 @@ def test_a_stalled_tls_handshake_is_abandoned_at_the_deadline(cache, monkeypatch
     assert 'did not finish within 1.5 s' in message
 
 
+@pytest.mark.slow  # waits for a wall-clock deadline
 def test_the_deadline_comes_from_the_environment(cache, server, monkeypatch):
     server.mode = 'trickle'
     monkeypatch.setenv(weights.DEADLINE_ENV, '1.5')
@@ -104,6 +107,7 @@ def test_official_size_caps_are_above_the_files_and_bounded():
     assert all(c.max_bytes <= 2 * 1024 * mib for c in weights.OFFICIAL_CHECKPOINTS.values())
 
 
+@pytest.mark.slow  # waits for a wall-clock deadline
 def test_a_waiting_process_is_told_and_gives_up(cache, server, capsys):
     """Another process holds the lock and never finishes: the waiter says so, then gives up."""
     cache.mkdir(parents=True)
@@ -129,6 +133,7 @@ weights.download('RN50', sys.argv[2], progress=False, deadline=600)
 """
 
 
+@pytest.mark.slow  # kill -9 of a fresh interpreter mid-download
 def test_a_killed_download_is_taken_over_and_its_leftovers_removed(cache, server, tiny_rn):
     """kill -9 during a download: a process waiting for it takes over at once (the OS frees the
     lock), removes the temporary file the killed one left, and gets the verified file."""

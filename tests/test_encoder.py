@@ -18,6 +18,8 @@ from pyiqa_maclip import MACLIP, encoder
 from pyiqa_maclip.testing import (DRAW_MULTIPLE, DRAWS, RoundingDraws, feature_bound, float32_deviations, float64_encoder,
                                   make_clip, random_images)
 
+pytestmark = pytest.mark.kernels
+
 
 def _normalised_views(count: int, size: int = 224, seed: int = 0) -> torch.Tensor:
     return (random_images(count, size, size, seed=seed) - 0.45) / 0.27

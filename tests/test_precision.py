@@ -42,12 +42,13 @@ def test_fp32_is_the_default_and_uses_no_autocast(tiny_rn):
 
 @pytest.fixture(scope='module')
 def photos() -> list[torch.Tensor]:
-    """Three of pyiqa's sample photos at 320x240, each clean, blurred twice and noised twice."""
-    return [image for _, image in graded_photos(3, (320, 240))]
+    """Two of pyiqa's sample photos at 320x240, each clean, blurred twice and noised twice."""
+    return [image for _, image in graded_photos(2, (320, 240))]
 
 
 @quiet_cpu
-@pytest.mark.parametrize('precision, dtype', [('bf16', torch.bfloat16), ('fp16', torch.float16)])
+@pytest.mark.parametrize('precision, dtype', [pytest.param('bf16', torch.bfloat16, marks=pytest.mark.kernels),
+                                              ('fp16', torch.float16)])
 def test_16_bit_encoder_keeps_scores_within_16_bit_rounding_on_graded_photos(tiny_metric, tiny_rn, photos,
                                                                            precision, dtype):
     """The encoder computes in the 16-bit type; prompts and scores stay float32; every score lies
@@ -154,6 +155,7 @@ def test_resume_fingerprint_names_the_precision():
     assert fp32 != bf16
 
 
+@pytest.mark.kernels
 @quiet_cpu
 @pytest.mark.parametrize('precision, convert', [('bf16', torch.float16), ('fp16', torch.bfloat16), ('bf16', torch.float64)])
 def test_precision_with_weights_converted_to_another_type_says_what_to_do(tiny_metric, tiny_rn, precision, convert):
@@ -168,6 +170,7 @@ def test_precision_with_weights_converted_to_another_type_says_what_to_do(tiny_m
     assert_within_rounding(metric(image), rounding)
 
 
+@pytest.mark.kernels
 @quiet_cpu
 def test_precision_matching_converted_weights_still_runs(tiny_metric, tiny_rn):
     """half=True with .half() ran before precision existed; it still does, within float16 rounding

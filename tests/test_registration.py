@@ -28,6 +28,7 @@ SCENARIOS = {
 
 
 @pytest.mark.parametrize('prelude', SCENARIOS.values(), ids=SCENARIOS.keys())
+@pytest.mark.slow  # a fresh interpreter importing torch and pyiqa per case
 def test_create_metric_builds_plugin_in_any_import_order(tiny_rn, prelude):
     script = textwrap.dedent('''
         import os
@@ -164,6 +165,7 @@ def _rounding(backbone: str, image: torch.Tensor, **options):
     return _ROUNDINGS[key]
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch and pyiqa per case
 @pytest.mark.parametrize('order, filled', REPLAY_ORDERS.values(), ids=REPLAY_ORDERS.keys())
 def test_benchmark_script_options_are_never_dropped(tiny_rn, tmp_path, order, filled):
     """User options reach the metric whatever runs first, under maclip and under a custom name."""

@@ -259,6 +259,7 @@ def kill_after(run: subprocess.Popen, output: Path, rows: int, extra_seconds: fl
     run.stderr.close()
 
 
+@pytest.mark.slow  # kill -9 of a fresh interpreter
 def test_resume_after_kill_9_and_a_damaged_export(collection, baseline, collection_rounding, tiny_rn, tmp_path):
     output = tmp_path / 'scores.csv'
     run = start_slow_run([*collection.inputs, '--output', output, '--backbone', tiny_rn, '--batch-size', 2,
@@ -279,6 +280,7 @@ def test_resume_after_kill_9_and_a_damaged_export(collection, baseline, collecti
     assert listing(tmp_path) == FINISHED_RUN
 
 
+@pytest.mark.slow  # a fresh interpreter holding the output
 def test_a_second_run_on_an_output_in_use_is_refused(collection, baseline, tiny_rn, tmp_path):
     output = tmp_path / 'scores.csv'
     run = start_slow_run([*collection.inputs, '--output', output, '--backbone', tiny_rn, '--batch-size', 2,
@@ -437,6 +439,7 @@ def test_every_file_name_round_trips(tiny_rn, tmp_path):
     assert status == 0 and f'0 processed in this run, {len(paths)} done before' in stdout
 
 
+@pytest.mark.slow  # kill -9 of fresh interpreters, three times
 def test_random_names_and_kill_points_end_in_the_uninterrupted_output(tiny_rn, tiny_metric, tmp_path):
     """Property-style: whatever the names and wherever kill -9 strikes, reruns end in the same files."""
     rng = random.Random(10)
@@ -485,6 +488,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # an accelerate launch of two processes
 def test_two_processes_give_the_single_process_output(collection, collection_rounding, tiny_rn, tmp_path):
     single, sharded = tmp_path / 'single/scores.csv', tmp_path / 'sharded/scores.csv'
     # accelerate runs each CPU process on one thread; so does this run, and float32 rounds alike.
@@ -512,6 +516,7 @@ def test_two_processes_give_the_single_process_output(collection, collection_rou
     assert listing(WorkFiles(sharded).folder) == ['lock', 'rank0.sqlite3']  # the other journal was merged
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch
 def test_module_help():
     run = subprocess.run([sys.executable, '-m', 'pyiqa_maclip', 'score', '--help'], cwd=ROOT,
                          capture_output=True, text=True, timeout=120, check=False)
