@@ -469,7 +469,10 @@ def assert_within_rounding(values, rounding: Rounding, field: str = 'score') -> 
     """Each of ``values`` (one per image, any array-like) lies within ``rounding``'s bound of its
     float64 computation, for component ``field``."""
     exact, bound = getattr(rounding.exact, field), getattr(rounding.bound, field)
-    values = values.detach() if isinstance(values, torch.Tensor) else values
-    difference = (torch.from_numpy(np.asarray(values, dtype=np.float64)).reshape(exact.shape) - exact).abs()
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().double()
+    else:
+        values = torch.from_numpy(np.array(values, dtype=np.float64))  # a copy: writable
+    difference = (values.reshape(exact.shape) - exact).abs()
     if not (difference <= bound).all():
         raise AssertionError(f'{field}: |value - float64| {difference.tolist()} exceeds the rounding bound {bound.tolist()}')
