@@ -447,7 +447,8 @@ def test_pos_embedding_option_reaches_the_encoder(tiny_rn):
 
 
 @pytest.mark.parametrize('architecture', ['tiny-RN', 'tiny-ViT'])
-@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize('dtype', [*(pytest.param(dtype, marks=pytest.mark.slow)  # sampled 16-bit bounds: ~1.5 s
+                                     for dtype in (torch.float16, torch.bfloat16)), torch.float64])
 def test_module_dtype_conversions(checkpoints, architecture, dtype):
     """metric.to(dtype) as for any module: the encoder runs in that type; LayerNorm (which
     pyiqa's CLIP computes in float32) and the prompt embeddings keep their float32 values."""

@@ -267,6 +267,7 @@ def test_plots_are_png_files(run_dir):
             assert min(image.size) > 200
 
 
+@pytest.mark.slow  # four end-to-end benchmark runs
 def test_rerun_skips_complete_pairs_and_recomputes_changed_ones(run_dir, synthetic, tiny_rn, tmp_path, monkeypatch):
     output = tmp_path / 'out'
     shutil.copytree(run_dir, output)
@@ -396,6 +397,7 @@ def test_unreadable_failing_and_non_finite_images_are_recorded(tmp_path):
     assert list(frame['mos']) == [1.0, 2.0, 3.0] and frame['prediction'].isna().all()
 
 
+@pytest.mark.slow  # end-to-end benchmark runs
 def test_names_that_shared_files_now_give_four_results(tmp_path, synthetic):
     """Metrics a, a__b and datasets b__c, c: four pairs, four files; a rerun computes nothing."""
     data = {'images': str(synthetic / 'images'), 'mos': str(synthetic / 'mos.csv')}

@@ -52,8 +52,10 @@ def test_bilinear_taps_reproduce_interpolate_along_one_axis(in_size, out_size):
     assert ((got - expected).abs() <= bilinear_error(row, (1, out_size))[0, 0]).all()
 
 
-@pytest.mark.parametrize('height, width', [(1, 40), (40, 1), (17, 500), *(pytest.param(*size, marks=pytest.mark.kernels)
-                                                                      for size in [(100, 300), (1, 1), (2, 3), (223, 1000)])])
+@pytest.mark.parametrize('height, width', [
+    *(pytest.param(*size, marks=pytest.mark.kernels) for size in [(100, 300), (1, 1), (2, 3), (223, 1000)]),
+    *(pytest.param(*size, marks=pytest.mark.slow) for size in [(1, 40), (40, 1), (17, 500)]),  # 50-55 patches: ~1 s
+])
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
 def test_image_patch_equals_resizing_then_cutting(height, width, dtype):
     """Every patch computed from the source pixels equals the patch of the materialised resize, each

@@ -48,7 +48,7 @@ def photos() -> list[torch.Tensor]:
 
 @quiet_cpu
 @pytest.mark.parametrize('precision, dtype', [pytest.param('bf16', torch.bfloat16, marks=pytest.mark.kernels),
-                                              ('fp16', torch.float16)])
+                                              pytest.param('fp16', torch.float16, marks=pytest.mark.slow)])  # ~2 s
 def test_16_bit_encoder_keeps_scores_within_16_bit_rounding_on_graded_photos(tiny_metric, tiny_rn, photos,
                                                                            precision, dtype):
     """The encoder computes in the 16-bit type; prompts and scores stay float32; every score lies
