@@ -27,7 +27,7 @@ from typing import Annotated, NamedTuple
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic_core import PydanticCustomError
 
-from ..safe_io import error_text
+from ...errors import error_text
 from .config import BenchmarkConfigError, DatasetSpec
 
 __all__ = ['Item', 'load_items', 'items_digest', 'pyiqa_dataset_options']

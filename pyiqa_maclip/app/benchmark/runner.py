@@ -34,11 +34,14 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from ..arch import MACLIP, QualityComponents
-from ..safe_io import atomic_file, one_line
-from ..scoring import Journal, loading_options, score_into
-from ..scoring.scorers import MaclipScorer, PyiqaScorer, checkpoint_sha256, maclip_fingerprint, pyiqa_fingerprint
-from ..version import __version__
+from ...errors import one_line
+from ...names import COMPONENTS
+from ...safe_io import atomic_file
+from ...version import __version__
+from ..engine import loading_options, score_into
+from ..images import DEFAULT_PIXEL_BUDGET
+from ..journal import Journal
+from ..scorers import Recipe
 from .config import BenchmarkConfig, DatasetSpec, MetricSpec, file_stem
 from .datasets import Item, items_digest, load_items
 from .evaluation import Agreement, evaluate
@@ -50,7 +53,7 @@ SUMMARY_COLUMNS = (
     'metric', 'dataset', 'n', 'srcc', 'krcc', 'plcc', 'plcc_logistic', 'rmse_logistic', 'n_failed', 'seconds',
     'flipped', 'metric_lower_better', 'mos_lower_better', 'note',
 )
-COMPONENT_COLUMNS = QualityComponents._fields  # score, q_sim, q_mag, w_sim, w_mag
+COMPONENT_COLUMNS = COMPONENTS  # score, q_sim, q_mag, w_sim, w_mag
 FLIP_MARK = '†'
 _MACLIP_ARCH = 'MACLIP'
 
@@ -277,24 +280,11 @@ def with_precision(config: BenchmarkConfig, precision: str | None) -> BenchmarkC
     return dataclasses.replace(config, metrics=metrics)
 
 
-def _scorer_fingerprint(metric: MetricSpec) -> dict:
-    """What determines the metric's numbers; for MA-CLIP the weights' SHA-256 (resolving them)."""
-    if _is_maclip(metric):
-        return maclip_fingerprint(metric.options, checkpoint_sha256(metric.options.get('backbone', 'RN50')))
-    return pyiqa_fingerprint(metric.pyiqa_name, metric.options)
-
-
-def _build(metric: MetricSpec, device: str | None, fingerprint: dict):
-    """The metric's scorer (MA-CLIP's arch with its components, or any pyiqa metric), whose
-    fingerprint is ``fingerprint``, from :func:`_scorer_fingerprint`."""
-    import pyiqa  # looked up at call time, so tests can count builds
-
-    model = pyiqa.create_metric(metric.pyiqa_name, device=device, **metric.options)
-    if isinstance(getattr(model, 'net', None), MACLIP):
-        return MaclipScorer(model.net.eval(), metric.options, fingerprint['checkpoint_sha256'])
-    if metric.component != 'score':
-        raise ValueError(f'component: needs the MA-CLIP arch of this package, got {type(model.net).__name__}')
-    return PyiqaScorer(model, metric.pyiqa_name, metric.options)
+def _build(recipe: Recipe, metric: MetricSpec, device: str | None):
+    """The metric's scorer (MA-CLIP's arch with its components, or any pyiqa metric)."""
+    if metric.component != 'score' and not recipe.is_maclip:
+        raise ValueError(f'component: needs the MA-CLIP arch of this package, got {metric.pyiqa_name}')
+    return recipe.build(device)
 
 
 def _score_dataset(layout: Layout, scorer, fingerprint: dict, spec: DatasetSpec, items: Sequence[Item],
@@ -306,8 +296,7 @@ def _score_dataset(layout: Layout, scorer, fingerprint: dict, spec: DatasetSpec,
     if force:
         file.unlink(missing_ok=True)
     paths = [item.image for item in items]
-    with Journal(file) as journal:
-        journal.fingerprint = fingerprint
+    with Journal.create(file, fingerprint, scorer.columns) as journal:
         finished = journal.finished()
         pending = [p for p in paths if p not in finished]
         with tqdm(total=len(paths), initial=len(paths) - len(pending), desc=description, unit='img',
@@ -331,7 +320,7 @@ def _check_writable(root: Path) -> None:
 
 def run_benchmark(config: BenchmarkConfig, output_dir: str | os.PathLike, *, device: str | None = None,
                   force: bool = False, batch_size: int = 8, num_workers: int | None = None,
-                  log: Callable[[str], object] = print) -> int:
+                  pixel_budget: int = DEFAULT_PIXEL_BUDGET, log: Callable[[str], object] = print) -> int:
     """Score, evaluate and report every pair; returns 0, or 1 if a metric could not be built or run.
 
     ``batch_size`` images are decoded (in ``num_workers`` processes, default one per CPU, at most
@@ -341,7 +330,7 @@ def run_benchmark(config: BenchmarkConfig, output_dir: str | os.PathLike, *, dev
     scoring, so a wrong path fails at once
     (:class:`~pyiqa_maclip.benchmark.config.BenchmarkConfigError`).
     """
-    loading = loading_options(batch_size, num_workers)
+    loading = loading_options(batch_size, num_workers, pixel_budget)
     layout = Layout(Path(output_dir))
     items = {spec.name: load_items(spec) for spec in config.datasets}
     _check_writable(layout.root)
@@ -352,7 +341,8 @@ def run_benchmark(config: BenchmarkConfig, output_dir: str | os.PathLike, *, dev
     for group in _groups(config.metrics):
         names = ', '.join(m.name for m in group)
         try:
-            fingerprint = _scorer_fingerprint(group[0])
+            recipe = Recipe(group[0].pyiqa_name, group[0].options)
+            fingerprint = recipe.fingerprint
         # The weights cannot be resolved (missing file, no download): the metric cannot be built.
         except (OSError, ValueError) as error:
             log(f'error: cannot build metric {names}: {one_line(error)}')
@@ -369,7 +359,7 @@ def run_benchmark(config: BenchmarkConfig, output_dir: str | os.PathLike, *, dev
         if not any(todo.values()):
             continue
         try:
-            scorer = _build(group[0], str(device), fingerprint)
+            scorer = _build(recipe, group[0], str(device))
         # create_metric fails in many ways (assert, download, bad option): report it, run the rest.
         except Exception as error:  # noqa: BLE001
             log(f'error: cannot build metric {names}: {one_line(error)}')

@@ -15,11 +15,7 @@ PLCC/RMSE after the 5-parameter logistic fit. It writes ``summary.csv``,
 """
 from __future__ import annotations
 
-import argparse
-import sys
-
-from ..safe_io import command_error
-from .config import BenchmarkConfig, BenchmarkConfigError, load_config, parse_config
+from .config import BenchmarkConfig, BenchmarkConfigError, load_config, parse_config, read_config
 from .evaluation import Agreement, evaluate, fit_logistic, logistic_5
 from .runner import SUMMARY_COLUMNS, run_benchmark, with_precision
 
@@ -28,38 +24,12 @@ __all__ = [
     'BenchmarkConfig',
     'BenchmarkConfigError',
     'SUMMARY_COLUMNS',
-    'benchmark_command',
     'evaluate',
     'fit_logistic',
     'load_config',
     'logistic_5',
     'parse_config',
+    'read_config',
     'run_benchmark',
+    'with_precision',
 ]
-
-
-def benchmark_command(args: argparse.Namespace) -> int:
-    """Run ``pyiqa-maclip benchmark`` with parsed arguments; returns the exit status."""
-    def fail(message: object) -> int:
-        return command_error('benchmark', message)
-
-    from ..scoring.command import device_mistake
-    from ..weights import EnvironmentValueError, check_environment
-
-    try:
-        check_environment()
-    except EnvironmentValueError as error:
-        return fail(error)
-    try:
-        if mistake := device_mistake(args.device):
-            return fail(mistake)
-        config = with_precision(load_config(args.config, data_root=args.data_root), args.precision)
-        return run_benchmark(config, args.output_dir, device=args.device, force=args.force,
-                             batch_size=args.batch_size, num_workers=args.num_workers)
-    except BenchmarkConfigError as error:
-        return fail(str(error))
-    except KeyboardInterrupt:
-        print(f'interrupted: every finished image is kept in {args.output_dir}; run the same command again to resume',
-              file=sys.stderr)
-        return 130
-
