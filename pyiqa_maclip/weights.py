@@ -383,7 +383,7 @@ def _fetch(name: str, target: Path, progress: bool, timeout: float, deadline: fl
     from tqdm import tqdm
 
     url, official = official_url(name), OFFICIAL_CHECKPOINTS[name]
-    too_long = f'more than the official {name} file can be ({official.max_bytes} bytes at most): it is not serving it'
+    too_long = f'more than the official {name} file can be: it is not serving that file'
     digest, received = hashlib.sha256(), 0
     with _Deadline(deadline) as watch:
         try:
@@ -393,14 +393,14 @@ def _fetch(name: str, target: Path, progress: bool, timeout: float, deadline: fl
                 except ValueError:
                     total = None
                 if total is not None and total > official.max_bytes:
-                    raise OSError(f'{url} announces {total} bytes, {too_long}')
+                    raise OSError(f'{url} announces {total} bytes ({official.max_bytes} at most), {too_long}')
                 read = getattr(source, 'read1', source.read)  # whatever has arrived: checks run often
                 with tqdm(total=total, unit='B', unit_scale=True, unit_divisor=1024, desc=f'CLIP {name}',
                           disable=not progress) as bar:
                     for block in iter(lambda: read(_CHUNK), b''):
                         received += len(block)
                         if received > official.max_bytes:
-                            raise OSError(f'{url} sent {too_long}')
+                            raise OSError(f'{url} sent more than {official.max_bytes} bytes, {too_long}')
                         out.write(block)
                         digest.update(block)
                         bar.update(len(block))

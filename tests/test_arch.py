@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from pyiqa.archs import clip_model
 from torch import nn
 
-from conftest import random_images
+from pyiqa_maclip.testing import random_images
 
 from pyiqa_maclip import MACLIP, QualityComponents
 from pyiqa_maclip.functional import DEFAULT_PROMPTS, image_components, working_size

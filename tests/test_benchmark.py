@@ -22,13 +22,16 @@ from scipy import optimize, stats
 from torchvision.transforms.functional import to_tensor
 
 import pyiqa
-from pyiqa_maclip import cli
-from pyiqa_maclip.benchmark import SUMMARY_COLUMNS, evaluate, fit_logistic, logistic_5, parse_config
-from pyiqa_maclip.benchmark.datasets import Item
-from pyiqa_maclip.benchmark.runner import pair_table, read_scores
-from pyiqa_maclip.scoring import Journal, score_into
-from pyiqa_maclip.scoring.decoding import as_float, read_image
-from pyiqa_maclip.scoring.scorers import PyiqaScorer
+from pyiqa_maclip.app import cli
+from pyiqa_maclip.app.benchmark.config import parse_config
+from pyiqa_maclip.app.benchmark.evaluation import evaluate, fit_logistic, logistic_5
+from pyiqa_maclip.app.benchmark.runner import SUMMARY_COLUMNS
+from pyiqa_maclip.app.benchmark.datasets import Item
+from pyiqa_maclip.app.benchmark.runner import pair_table, read_scores
+from pyiqa_maclip.app.engine import score_into
+from pyiqa_maclip.app.journal import Journal
+from pyiqa_maclip.app.images import as_float, read_image
+from pyiqa_maclip.app.scorers import PyiqaScorer, Recipe
 from pyiqa_maclip.testing import random_images
 
 LEVELS = 12
@@ -356,8 +359,8 @@ def test_unreadable_failing_and_non_finite_images_are_recorded(tmp_path):
         return out
 
     spec = parse_config({'datasets': {'d': {'images': 'i', 'mos': 'm'}}, 'metrics': {'piqe': {}}})
-    with Journal(tmp_path / 'j.sqlite3') as journal:
-        score_into(journal, [item.image for item in items], PyiqaScorer(model, 'piqe', {}), torch.device('cpu'))
+    with Journal.create(tmp_path / 'j.sqlite3', {'metric': 'piqe'}, PyiqaScorer.columns) as journal:
+        score_into(journal, [item.image for item in items], PyiqaScorer(model, {'metric': 'piqe'}), torch.device('cpu'))
         results = {r.path: r for r in journal.results()}
     frame = pair_table(items, results, spec.metrics[0], PyiqaScorer.columns)
     errors = list(frame['error'])
@@ -386,7 +389,7 @@ def test_names_that_shared_files_now_give_four_results(tmp_path, synthetic):
 
 
 def test_ctrl_c_is_one_line_and_resumes_image_by_image(tmp_path, synthetic, monkeypatch, capsys):
-    from pyiqa_maclip.scoring import scorers
+    from pyiqa_maclip.app import scorers
 
     config = _write_config(tmp_path / 'config.yml', {
         'datasets': {'synth': {'images': str(synthetic / 'images'), 'mos': str(synthetic / 'mos.csv')}},
@@ -421,11 +424,11 @@ def test_an_output_folder_that_cannot_be_written_stops_before_scoring(tmp_path, 
     blocker.write_text('x')
     assert _run(config, blocker / 'out') == 2
     err = capsys.readouterr().err
-    assert err.count('\n') == 1 and '--output-dir' in err and 'cannot write' in err
+    assert err.count('\n') == 1 and '--output-dir' in err and 'cannot create the folder' in err and 'is not a folder' in err
 
 
 def test_precision_option_reaches_maclip_metrics_that_set_none():
-    from pyiqa_maclip.benchmark.runner import with_precision
+    from pyiqa_maclip.app.benchmark.runner import with_precision
 
     config = parse_config({'datasets': {'d': {'images': 'i', 'mos': 'm'}},
                            'metrics': {'maclip': {}, 'mine': {'base': 'maclip', 'precision': 'fp32'},
@@ -439,7 +442,7 @@ def test_precision_option_reaches_maclip_metrics_that_set_none():
 def test_batch_size_and_workers_are_options_that_change_no_score(run_dir, synthetic, tiny_rn, tmp_path, monkeypatch):
     """Scores of --batch-size 3 --num-workers 0 equal the default run's (batch 8, worker processes);
     score_into gets exactly what was asked for."""
-    import pyiqa_maclip.benchmark.runner as runner
+    import pyiqa_maclip.app.benchmark.runner as runner
 
     asked = []
     real = runner.score_into

@@ -15,11 +15,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from pyiqa_maclip import cli
-from pyiqa_maclip.benchmark.config import (
+from pyiqa_maclip.app import cli
+from pyiqa_maclip.app.benchmark.config import (
     MAX_CONFIG_BYTES, BenchmarkConfigError, MetricSpec, file_stem, load_config, parse_config,
 )
-from pyiqa_maclip.benchmark.datasets import Item, load_items
+from pyiqa_maclip.app.benchmark.datasets import Item, load_items
 
 OPTIONS = Path(__file__).resolve().parents[1] / 'options'
 _DATA = {'synth': {'images': 'img', 'mos': 'mos.csv'}}

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import reference_cpu
-from conftest import random_images
+from pyiqa_maclip.testing import random_images
 
 from pyiqa_maclip import MACLIP
 

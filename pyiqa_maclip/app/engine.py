@@ -306,7 +306,7 @@ def score_collection(paths: Sequence[str | os.PathLike], output: str | os.PathLi
                 if not paths:
                     raise UserError('paths is empty: expected at least one image file to score')
                 files.check(paths)
-                files.folder.mkdir(exist_ok=True)
+                files.folder.mkdir(parents=True, exist_ok=True)
                 held.enter_context(_held(files.lock, f'another run is writing {files.output} (it holds '
                                                      f'{files.lock}); wait for it to end, or choose another output'))
                 journal = held.enter_context(_plan(files, paths, recipe, overwrite))

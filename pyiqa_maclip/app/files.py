@@ -33,7 +33,7 @@ def identity(path: Path) -> Identity | None:
     """(device, inode) of the file at ``path`` (not following a symlink), None if there is none."""
     try:
         status = os.lstat(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
     return status.st_dev, status.st_ino
 
@@ -43,7 +43,7 @@ def kind_of(path: Path) -> str | None:
     None for a regular file or nothing."""
     try:
         mode = os.lstat(path).st_mode
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
     kinds = ((stat.S_ISLNK, 'a symlink'), (stat.S_ISDIR, 'a folder'), (stat.S_ISFIFO, 'a FIFO'),
              (stat.S_ISSOCK, 'a socket'), (stat.S_ISCHR, 'a device'), (stat.S_ISBLK, 'a device'))
@@ -58,13 +58,14 @@ def refuse_special(path: Path, what: str) -> None:
 
 
 def check_writable_folder(folder: Path, what: str) -> None:
-    """Create ``folder`` if needed; a :class:`UserError` if it cannot be, or cannot be written."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UserError(f'cannot create the folder of {what}, {folder}: {error.strerror or error}') from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise UserError(f'cannot write {what}: the folder {folder} is not writable')
+    """A :class:`UserError` unless ``folder`` exists or could be created, and could be written;
+    nothing is created."""
+    folder = Path(os.path.abspath(folder))
+    existing = next(p for p in (folder, *folder.parents) if os.path.lexists(p))
+    if not existing.is_dir():
+        raise UserError(f'cannot create the folder of {what}, {folder}: {existing} is not a folder')
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f'cannot write {what}: the folder {existing} is not writable')
 
 
 def name_max(folder: Path) -> int:

@@ -30,6 +30,8 @@ __all__ = ['SCHEMA_VERSION', 'JournalError', 'Result', 'Journal', 'differences',
 SCHEMA_VERSION = 2  # 1: pyiqa-maclip 0.2 (MA-CLIP's five columns, no exports table)
 _APPLICATION_ID = 0x4D41434C  # 'MACL': marks files this package made
 _COLUMN = re.compile(r'[a-z_][a-z0-9_]*')
+#: What a user of ``pyiqa-maclip score`` can do about a journal this run cannot continue.
+START_AFRESH = 'start afresh with --overwrite, or choose another --output'
 
 
 class JournalError(UserError):
@@ -75,8 +77,9 @@ class Journal:
     a new one (or opens it, if it holds the same fingerprint). Every SQLite failure (a damaged
     page, a vanished or read-only folder) is a :class:`JournalError` naming the file and what to do."""
 
-    def __init__(self, file: str | os.PathLike, *, _new: tuple[dict, Sequence[str]] | None = None) -> None:
-        self.file = Path(file)
+    def __init__(self, file: str | os.PathLike, *, _new: tuple[dict, Sequence[str]] | None = None,
+                 advice: str = START_AFRESH) -> None:
+        self.file, self.advice = Path(file), advice
         self._db = None
         # An empty file is what a kill leaves when it strikes as SQLite creates the file.
         if _new is None and not (self.file.is_file() and self.file.stat().st_size > 0):
@@ -89,28 +92,37 @@ class Journal:
                 'SELECT COUNT(*) FROM sqlite_master').fetchone()[0])  # another program's SQLite file
             if application not in (0, _APPLICATION_ID) or foreign:
                 self.close()
-                raise JournalError(f'{self.file} is not a journal of pyiqa-maclip; move it away or start afresh '
-                                   'with --overwrite')
+                raise JournalError(f'{self.file} is not a journal of pyiqa-maclip; move it away, or {self.advice}')
             if application == _APPLICATION_ID and version != SCHEMA_VERSION:
                 self.close()
                 raise JournalError(f'{self.file} was written by another version of pyiqa-maclip (journal schema '
-                                   f'{version or 1}, this version writes {SCHEMA_VERSION}); start afresh with '
-                                   '--overwrite, or finish it with the version that made it')
+                                   f'{version or 1}, this version writes {SCHEMA_VERSION}); {self.advice}, or finish '
+                                   'it with the version that made it')
             self._db.execute('PRAGMA synchronous = FULL')
             if application == 0:
                 self._initialise(*_new)
             self.columns = tuple(json.loads(self._meta('columns')))
         if _new is not None and self.fingerprint != _new[0]:
-            stored = self.fingerprint
+            stored, empty = self.fingerprint, self._empty()
             self.close()
-            raise JournalError(f'{self.file} holds results made with other settings: '
-                               + '; '.join(differences(stored, _new[0])))
+            if not empty:
+                raise JournalError(f'{self.file} holds results made with other settings: '
+                                   + '; '.join(differences(stored, _new[0])) + f'; {self.advice}')
+            self.file.unlink()  # nothing in it yet (the weights of its run failed to load): start it anew
+            self.__init__(file, _new=_new, advice=advice)
 
     @classmethod
-    def create(cls, file: str | os.PathLike, fingerprint: dict, columns: Sequence[str]) -> Journal:
+    def create(cls, file: str | os.PathLike, fingerprint: dict, columns: Sequence[str], *,
+               advice: str = START_AFRESH) -> Journal:
         """The journal at ``file`` for results of ``fingerprint`` with value ``columns``: a new one, or
-        the one there if it was made with the same fingerprint (:class:`JournalError` otherwise)."""
-        return cls(file, _new=(fingerprint, tuple(columns)))
+        the one there if it was made with the same fingerprint, or holds nothing yet
+        (:class:`JournalError` otherwise). ``advice`` ends every refusal: what the user can do."""
+        return cls(file, _new=(fingerprint, tuple(columns)), advice=advice)
+
+    def _empty(self) -> bool:
+        with self._errors('read'):
+            return not any(self._db.execute(f'SELECT 1 FROM {table} LIMIT 1').fetchone()
+                           for table in ('results', 'exports'))
 
     def _initialise(self, fingerprint: dict, columns: Sequence[str]) -> None:
         if not columns or not all(isinstance(c, str) and _COLUMN.fullmatch(c) and c not in ('path', 'error')
@@ -135,9 +147,9 @@ class Journal:
             self.close()
             if isinstance(error, sqlite3.OperationalError):  # the folder vanished, is read-only, the disk is full
                 advice = ('the results committed before are kept in it; fix the folder and run the same command '
-                          'again to resume, or start afresh with --overwrite')
+                          f'again to resume, or {self.advice}')
             else:
-                advice = 'it is damaged; start afresh with --overwrite'
+                advice = f'it is damaged; {self.advice}'
             raise JournalError(f'cannot {doing} the journal {self.file}: {error}; {advice}') from None
 
     def close(self) -> None:
@@ -236,7 +248,7 @@ class Journal:
             if theirs.fingerprint != self.fingerprint:
                 raise JournalError(f'{other} holds results made with other settings than this run, and was not '
                                    'merged: ' + '; '.join(differences(self.fingerprint, theirs.fingerprint))
-                                   + '; move it away (or start afresh with --overwrite)')
+                                   + f'; move it away, or {self.advice}')
         names = ', '.join(('path', *self.columns, 'error'))
         with self._errors('merge into'):
             self._db.execute('ATTACH DATABASE ? AS other', (os.fspath(other),))

@@ -7,29 +7,12 @@ datasets, the paper's per-dataset preprocessing, SRCC/KRCC on raw predictions,
 PLCC/RMSE after the 5-parameter logistic fit. It writes ``summary.csv``,
 ``summary.md``, per-image scores and plots, and resumes where a run stopped.
 
+Import from the modules (this package imports none of them, so that the command line can
+read a configuration without loading torch):
+
 * :mod:`.config`: the YAML format and its validation.
 * :mod:`.datasets`: (image, MOS) lists from custom tables or pyiqa's dataset configs.
 * :mod:`.evaluation`: correlations and the logistic fit (pure functions).
 * :mod:`.runner`: scoring (through :mod:`pyiqa_maclip.scoring`'s engine), resuming, summary;
   :mod:`.plots`: the figures.
 """
-from __future__ import annotations
-
-from .config import BenchmarkConfig, BenchmarkConfigError, load_config, parse_config, read_config
-from .evaluation import Agreement, evaluate, fit_logistic, logistic_5
-from .runner import SUMMARY_COLUMNS, run_benchmark, with_precision
-
-__all__ = [
-    'Agreement',
-    'BenchmarkConfig',
-    'BenchmarkConfigError',
-    'SUMMARY_COLUMNS',
-    'evaluate',
-    'fit_logistic',
-    'load_config',
-    'logistic_5',
-    'parse_config',
-    'read_config',
-    'run_benchmark',
-    'with_precision',
-]

@@ -43,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     raw = read_config(args.config)
     check_writable_folder(args.output_dir, f'the results (--output-dir {args.output_dir})')
 
-    from ..benchmark import parse_config, run_benchmark, with_precision
+    from ..benchmark.config import parse_config
+    from ..benchmark.runner import run_benchmark, with_precision
     from .score import check_device
 
     check_device(args.device)

@@ -66,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     check_device(args.device)
     metric = MACLIP(backbone=weights.resolve(args.backbone), precision=args.precision or 'fp32')
     metric = metric.to(args.device or 'cpu').eval()
+    args.output.mkdir(parents=True, exist_ok=True)
     failed = 0
     for path, output in zip(paths, outputs):
         try:

@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     check_writable_folder(args.output.parent, f'the report {shown(args.output)}')
     scores, selection, paths, unscored = read_selection(csv_file, args.thumbnails)
     failed = count_rows(WorkFiles(csv_file.absolute()).errors)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
     draw_report(scores, selection, paths, failed, unscored, shown(csv_file.name), args.output)
     print(f'{shown(args.output)}: {len(scores)} scores, {len(paths)} thumbnails from worst to best, {failed} failed '
           f'files' + (f', {unscored} unscored rows' if unscored else ''))
