@@ -18,11 +18,11 @@ when its pixels fit, and one larger than the whole budget only when nothing else
 """
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import signal
 import stat
-import warnings
 from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -50,6 +50,8 @@ RESAMPLING = {
 #: (a worker needs about twice an image's bytes while it decodes it).
 DEFAULT_PIXEL_BUDGET = 128_000_000
 _SIXTEEN_BIT = ('I;16', 'I;16L', 'I;16B', 'I;16N')
+_ORIENTATION = 0x0112  # the EXIF tag
+_STRIP_BYTES = 16 << 20  # pixels copied at a time out of a decoded image
 
 
 @contextmanager
@@ -84,31 +86,45 @@ def _regular_file(path: str | os.PathLike) -> None:
         raise ValueError('empty file (0 bytes)')
 
 
-def read_image(path: str | os.PathLike, resize: tuple[int, int] | None = None,
-               resize_mode: str = 'bicubic') -> torch.Tensor:
-    """Decode an image file: ``uint8`` (3, H, W), or ``float32`` (1 or 3, H, W) in [0, 1] for
-    16-bit and float images; resized to ``resize`` = (H, W) first if given.
+def _rgb_pixels(image: Image.Image, shared: bool) -> torch.Tensor:
+    """The (3, H, W) ``uint8`` pixels of ``image``, copied strip by strip into one tensor (in shared
+    memory if ``shared``, so that a worker hands it over without another copy). PIL's own export
+    (``np.asarray``) would hold the image's bytes twice more while it joins them."""
+    width, height = image.size
+    pixels = torch.empty((height, width, 3), dtype=torch.uint8)
+    if shared:
+        pixels.share_memory_()
+    target = pixels.numpy()
+    rows = max(1, _STRIP_BYTES // (3 * width))
+    for top in range(0, height, rows):
+        strip = image.crop((0, top, width, min(height, top + rows)))
+        target[top:top + rows] = np.asarray(strip if strip.mode == 'RGB' else strip.convert('RGB'))
+    return pixels.permute(2, 0, 1)
 
-    At most about twice the decoded image's bytes are held at once. Raises on an empty,
-    unidentifiable, truncated or unreadable file.
+
+def read_image(path: str | os.PathLike, resize: tuple[int, int] | None = None, resize_mode: str = 'bicubic', *,
+               shared: bool = False) -> torch.Tensor:
+    """Decode an image file: ``uint8`` (3, H, W), or ``float32`` (1 or 3, H, W) in [0, 1] for
+    16-bit and float images; resized to ``resize`` = (H, W) first if given; in shared memory
+    if ``shared`` (for a worker process to hand over).
+
+    An 8-bit image is held twice at most while it is read (PIL's decoded image and the
+    tensor). Raises on an empty, unidentifiable, truncated or unreadable file.
     """
     _regular_file(path)
-    with _strict_decoding(), Image.open(path) as opened:
-        opened.load()
-        image = ImageOps.exif_transpose(opened, in_place=False) if opened.getexif().get(0x0112, 1) != 1 else opened
+    with _strict_decoding(), Image.open(path) as image:
+        image.load()
+        if image.getexif().get(_ORIENTATION, 1) != 1:
+            image = ImageOps.exif_transpose(image)
         deep = image.mode in (*_SIXTEEN_BIT, 'I', 'F')
         if deep:
             image = Image.fromarray(_unit_range(image), mode='F')
-        elif image.mode != 'RGB':
-            image = image.convert('RGB')
         if resize is not None:
             image = image.resize((resize[1], resize[0]), RESAMPLING[resize_mode])
-        if deep:
-            return torch.from_numpy(np.clip(np.asarray(image, dtype=np.float32), 0, 1)).unsqueeze(0)
-        pixels = np.asarray(image)  # read-only, backed by PIL's bytes: one copy, not two
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore', UserWarning)  # "not writable": nothing writes into a decoded image
-        return torch.from_numpy(pixels).permute(2, 0, 1)
+        if not deep:
+            return _rgb_pixels(image, shared)
+        values = torch.from_numpy(np.clip(np.asarray(image, dtype=np.float32), 0, 1)).unsqueeze(0)
+        return values.share_memory_() if shared else values
 
 
 def as_float(image: torch.Tensor) -> torch.Tensor:
@@ -133,9 +149,9 @@ class Decoded(NamedTuple):
     error: str | None
 
 
-def _decode(index: int, path: str, resize, resize_mode: str) -> Decoded:
+def _decode(index: int, path: str, resize, resize_mode: str, shared: bool = False) -> Decoded:
     try:
-        return Decoded(index, read_image(path, resize, resize_mode), None)
+        return Decoded(index, read_image(path, resize, resize_mode, shared=shared), None)
     except Exception as error:  # noqa: BLE001 - whatever the file does, report it and go on
         return Decoded(index, None, error_text(error))
 
@@ -149,6 +165,17 @@ def default_num_workers() -> int:
     """Decoding processes: one per CPU, at most 4."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
     return min(4, cpus)
+
+
+def _worker_pool(num_workers: int):
+    """Decoding processes. Forked ones share this process's memory until either side writes to it;
+    frozen objects are never visited by their garbage collector, which would otherwise copy every
+    page holding one (some hundred MB after importing torch and pyiqa)."""
+    gc.freeze()
+    try:
+        return multiprocessing.get_context().Pool(num_workers, initializer=_quiet_worker)
+    finally:
+        gc.unfreeze()
 
 
 class _Done(NamedTuple):
@@ -170,7 +197,7 @@ def decoded_batches(paths: Sequence[str], *, batch_size: int = 8, num_workers: i
     decoded, and the batch the caller holds until it asks for the next) never exceed
     ``pixel_budget``, except one image larger than the budget, which is taken alone.
     """
-    pool = multiprocessing.get_context().Pool(num_workers, initializer=_quiet_worker) if num_workers else None
+    pool = _worker_pool(num_workers) if num_workers else None
     ahead = 2 * batch_size if pool else batch_size  # decoded ahead of the caller, at most
     waiting: deque = deque()  # (pixels, result), in path order
     in_flight, next_index, pixels = 0, 0, None
@@ -181,7 +208,7 @@ def decoded_batches(paths: Sequence[str], *, batch_size: int = 8, num_workers: i
                     pixels = pixel_count(paths[next_index], resize)
                 if in_flight and in_flight + pixels > pixel_budget:
                     break
-                task = (next_index, paths[next_index], resize, resize_mode)
+                task = (next_index, paths[next_index], resize, resize_mode, pool is not None)
                 waiting.append((pixels, pool.apply_async(_decode, task) if pool else _Done(_decode(*task))))
                 in_flight += pixels
                 next_index, pixels = next_index + 1, None
