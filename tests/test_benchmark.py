@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
+import warnings
 
 import shutil
 from pathlib import Path
@@ -24,6 +26,7 @@ from torchvision.transforms.functional import to_tensor
 import pyiqa
 from pyiqa_maclip import cli
 from pyiqa_maclip.benchmark import SUMMARY_COLUMNS, evaluate, fit_logistic, logistic_5, parse_config
+from pyiqa_maclip.benchmark.evaluation import fit_problems
 from pyiqa_maclip.benchmark.datasets import Item
 from pyiqa_maclip.benchmark.runner import pair_table, read_scores
 from pyiqa_maclip.scoring import Journal, score_into
@@ -64,7 +67,7 @@ def test_logistic_fit_recovers_a_monotone_relation():
     x = np.linspace(0.0, 1.0, 60)
     mos = logistic_5(x, 60.0, 8.0, 0.5, 5.0, 40.0)  # an S-shaped MOS, as VQEG's model assumes
     fit = fit_logistic(x, mos)
-    assert fit.params is not None
+    assert fit.params is not None and fit.problems == () and fit.note == ''
     result = evaluate(x, mos)
     assert result.srcc == pytest.approx(1.0)
     assert result.plcc < 0.99  # raw PLCC sees the S shape
@@ -106,6 +109,102 @@ def test_degenerate_inputs_give_nan_not_errors(prediction, mos, note):
     result = evaluate(np.array(prediction), np.array(mos))
     assert np.isnan(result.plcc_logistic)
     assert note in result.note
+
+
+# The 12-image case of issue 22: the signed predictions of the tiny-RN MA-CLIP (make_clip('tiny-RN', 0))
+# and of PIQE (negated: lower is better) on the 12 graded images of the `synthetic` fixture below,
+# read from scores/*/synth.csv of a run on an AMD EPYC host; MOS 100 - 7 * level.
+MOS_12 = np.array([100.0, 93.0, 86.0, 79.0, 72.0, 65.0, 58.0, 51.0, 44.0, 37.0, 30.0, 23.0])
+MACLIP_12 = np.array([0.8936816453933716, 0.8643110394477844, 0.8568512201309204, 0.9341542720794678,
+                      0.8607172966003418, 0.8357611894607544, 0.8846774697303772, 0.8271732330322266,
+                      0.8808499574661255, 0.8867584466934204, 0.8520935773849487, 0.9140258431434631])
+PIQE_12 = -np.array([14.304232597351074, 9.155946731567383, 16.745941162109375, 42.31037139892578,
+                     56.517417907714844, 62.89071273803711, 66.39457702636719, 69.11363220214844,
+                     70.5098648071289, 72.15711212158203, 73.17819213867188, 73.38644409179688])
+# What curve_fit returned for MACLIP_12 on that host (the fit is ill-conditioned: another CPU may
+# converge elsewhere or not at all, so the check of the curve is tested on these parameters).
+MACLIP_12_FIT = (131845.05583819462, -4.749139893988139, 0.881043607130542, 155921.7702252572, -137313.8081041763)
+
+
+def _official_fit(x: np.ndarray, mos: np.ndarray) -> tuple:
+    """The official plcc_srcc_cal.py fit, written out here."""
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', optimize.OptimizeWarning)
+        params, _ = optimize.curve_fit(logistic_5, x, mos, p0=[mos.max(), mos.min(), x.mean(), 0.1, 0.1],
+                                       maxfev=10000)
+    return tuple(params)
+
+
+def _reversal(params: tuple, lo: float, hi: float) -> float:
+    """How far the curve moves against its overall direction over [lo, hi], on a dense grid."""
+    values = logistic_5(np.linspace(lo, hi, 200_001), *params)
+    return (np.abs(np.diff(values)).sum() - abs(values[-1] - values[0])) / 2
+
+
+def test_the_twelve_image_piqe_fit_is_flagged_as_a_step_and_its_numbers_kept():
+    result = evaluate(PIQE_12, MOS_12)
+    assert set(result.fit.problems) == {'step', 'not monotone'}
+    assert 'logistic fit is a step' in result.note and 'not monotone' in result.note
+    # The numbers are the official protocol's, computed here independently.
+    params = _official_fit(PIQE_12, MOS_12)
+    assert result.fit.params == pytest.approx(params, rel=1e-9)
+    assert result.plcc_logistic == pytest.approx(stats.pearsonr(logistic_5(PIQE_12, *params), MOS_12)[0], abs=1e-12)
+    # A step: no image lies where the fitted curve rises from 10% to 90% of its sigmoid.
+    b1, b2, b3 = params[:3]
+    transition = b3 + np.array([-1, 1]) * np.log(9) / abs(b2)
+    assert not ((PIQE_12 > transition[0]) & (PIQE_12 < transition[1])).any()
+    assert abs(b1) > 0.1 * np.ptp(MOS_12)
+
+
+def test_the_twelve_image_maclip_fit_is_flagged_not_monotone():
+    """Raw PLCC about 0 became a logistic PLCC of 0.34 through a curve that rises, falls and rises."""
+    problems = fit_problems(MACLIP_12_FIT, MACLIP_12, MOS_12)
+    assert set(problems) == {'not monotone'}
+    against = float(re.search(r'moves ([\d.]+) MOS', problems['not monotone']).group(1))
+    assert against == pytest.approx(_reversal(MACLIP_12_FIT, MACLIP_12.min(), MACLIP_12.max()), rel=1e-3)
+    result = evaluate(MACLIP_12, MOS_12)
+    assert abs(result.plcc) < 0.05
+    # Whatever this CPU's fit converges to, a logistic PLCC far above the raw one comes with a word.
+    if result.fit.params is None:
+        assert 'logistic fit failed' in result.note
+    elif result.plcc_logistic > abs(result.plcc) + 0.1:
+        assert result.fit.problems and result.fit.note in result.note
+
+
+@pytest.mark.parametrize('params, problems', [
+    ((10.0, 1000.0, 0.5, 0.0, 0.0), {'step'}),  # 10-90% in 0.0044, the gap around 0.5 is 0.2
+    ((10.0, 10.0, 0.5, 0.0, 0.0), set()),  # 10-90% in 0.44: images on the transition
+    ((10.0, 1000.0, 1.5, 0.0, 0.0), set()),  # the step lies beyond the last prediction
+    ((10.0, 20.0, 0.5, -5.0, 0.0), {'not monotone'}),  # slope -5 away from 0.5, +45 at 0.5; 10-90% in 0.22
+    ((10.0, 20.0, 0.5, -1e-6, 0.0), set()),  # turns, by 1e-7 MOS: negligible
+    ((-10.0, 1000.0, 0.5, 30.0, 0.0), {'step', 'not monotone'}),  # a rising line with a drop (PIQE's case)
+])
+def test_fit_problems_on_curves_made_by_hand(params, problems):
+    x = np.r_[np.linspace(0.0, 0.4, 5), np.linspace(0.6, 1.0, 5)]
+    mos = np.linspace(0.0, 10.0, 10)  # only its range (10) matters
+    found = fit_problems(params, x, mos)
+    assert set(found) == problems
+    if 'not monotone' in found:
+        against = float(re.search(r'moves ([\d.]+) MOS', found['not monotone']).group(1))
+        assert against == pytest.approx(_reversal(params, 0.0, 1.0), rel=1e-3)
+
+
+@pytest.mark.parametrize('prediction, mos, note', [
+    (np.arange(12.0), np.full(12, 3.0), 'constant MOS'),
+    (np.full(12, 3.0), np.arange(12.0), 'constant prediction'),
+    (np.full(12, 3.0), np.full(12, 3.0), 'constant prediction and MOS'),
+])
+def test_constant_input_gives_no_numbers_and_no_fit(prediction, mos, note):
+    result = evaluate(prediction, mos)
+    assert note in result.note and 'no logistic fit' in result.note
+    assert result.fit.params is None
+    assert all(np.isnan(v) for v in (result.srcc, result.krcc, result.plcc, result.plcc_logistic, result.rmse_logistic))
+
+
+@pytest.mark.parametrize('bad', [np.nan, np.inf])
+def test_non_finite_input_is_a_value_error(bad):
+    with pytest.raises(ValueError, match='finite'):
+        evaluate(np.array([bad, 1.0, 2.0, 3.0]), np.arange(4.0))
 
 
 # ---------------------------------------------------------------- synthetic data
