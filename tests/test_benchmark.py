@@ -7,6 +7,7 @@ with the distortion level, plus one file that is not an image.
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
 import re
 import warnings
@@ -287,6 +288,51 @@ def test_summary_has_every_pair_with_counts_and_signs(run_dir):
     assert '| piqe |' in markdown and '†' in markdown
 
 
+def test_summary_carries_bootstrap_intervals_and_flags_the_piqe_step(run_dir):
+    summary = pd.read_csv(run_dir / 'summary.csv', keep_default_na=False, na_values=[''])
+    for name in ('srcc', 'krcc', 'plcc'):
+        assert (summary[f'{name}_low'] <= summary[f'{name}_high']).all()
+        assert (summary[f'{name}_low'] >= -1).all() and (summary[f'{name}_high'] <= 1).all()
+    piqe = summary.set_index('metric').loc['piqe']
+    assert 'step' in piqe['fit_problem'] and 'logistic fit is a step' in piqe['note']
+    markdown = (run_dir / 'summary.md').read_text(encoding='utf-8')
+    srcc_cell = f'{piqe["srcc"]:.4f} [{piqe["srcc_low"]:.4f}, {piqe["srcc_high"]:.4f}] † ‡'
+    assert f'| piqe | {srcc_cell} |' in markdown
+    assert 'resampled with replacement 1000 times' in markdown
+
+
+def test_comparisons_of_every_two_metrics_on_signed_predictions(run_dir):
+    summary = pd.read_csv(run_dir / 'summary.csv').set_index('metric')
+    comparisons = pd.read_csv(run_dir / 'comparisons.csv', keep_default_na=False, na_values=[''])
+    assert list(zip(comparisons['metric_a'], comparisons['metric_b'])) == [
+        ('maclip', 'maclip_qsim'), ('maclip', 'piqe'), ('maclip_qsim', 'piqe')]
+    assert (comparisons['n'] == LEVELS).all() and (comparisons['n_excluded'] == 0).all()
+    for row in comparisons.itertuples():
+        # PIQE enters negated, as in summary.csv: its SRCC here is the summary's positive one.
+        assert row.srcc_a == pytest.approx(summary.loc[row.metric_a, 'srcc'], abs=1e-12)
+        assert row.srcc_b == pytest.approx(summary.loc[row.metric_b, 'srcc'], abs=1e-12)
+        assert row.plcc_diff == pytest.approx(summary.loc[row.metric_a, 'plcc'] - summary.loc[row.metric_b, 'plcc'],
+                                              abs=1e-12)
+        assert row.srcc_diff_low <= row.srcc_diff_high and 0 < row.srcc_p <= 1
+    assert comparisons['flipped_b'].tolist() == [False, True, True]
+    markdown = (run_dir / 'summary.md').read_text(encoding='utf-8')
+    assert '## Differences between metrics' in markdown and 'Significant at 0.05' in markdown
+    assert '| synth | maclip_qsim | piqe † | 12 |' in markdown
+
+
+def test_the_output_is_the_same_when_run_again(run_dir, synthetic, tiny_rn, tmp_path):
+    """Resampling has a fixed seed: a second evaluation of the same scores gives the same numbers."""
+    output = tmp_path / 'out'
+    shutil.copytree(run_dir, output)
+    (output / 'summary.csv').unlink()
+    (output / 'comparisons.csv').unlink()
+    assert _run(_write_config(tmp_path / 'c.yml', _synthetic_config(synthetic, tiny_rn)), output) == 0
+    for name in ('summary.csv', 'comparisons.csv'):
+        again, first = pd.read_csv(output / name), pd.read_csv(run_dir / name)
+        pd.testing.assert_frame_equal(again.drop(columns='seconds', errors='ignore'),
+                                      first.drop(columns='seconds', errors='ignore'))
+
+
 def test_per_image_scores_match_direct_scoring(run_dir, synthetic, tiny_rn):
     maclip = read_scores(run_dir / 'scores' / 'maclip' / 'synth.csv')
     assert list(maclip.columns) == ['image', 'mos', 'prediction', 'error', 'score', 'q_sim', 'q_mag', 'w_sim', 'w_mag']
@@ -321,6 +367,50 @@ def test_plots_are_png_files(run_dir):
             assert min(image.size) > 200
 
 
+@pytest.fixture
+def drawn(monkeypatch) -> list:
+    """The figures the plot functions save, kept for inspection (and nothing written)."""
+    from pyiqa_maclip.benchmark import plots
+
+    figures = []
+    monkeypatch.setattr(plots, '_save', lambda figure, path: figures.append(figure) or path)
+    return figures
+
+
+def test_the_scatter_plot_says_on_the_curve_when_the_fit_is_a_step(drawn, tmp_path):
+    from pyiqa_maclip.benchmark.plots import plot_scatter
+
+    plot_scatter(PIQE_12, MOS_12, evaluate(PIQE_12, MOS_12), tmp_path / 'x.png', title='piqe', x_label='-piqe')
+    axes = drawn[0].axes[0]
+    curve = [line for line in axes.get_lines() if 'logistic' in line.get_label()]
+    assert len(curve) == 1 and 'STEP' in curve[0].get_label() and curve[0].get_linestyle() == '--'
+    notes = [t.get_text() for t in axes.texts if 'step' in t.get_text()]
+    assert len(notes) == 1 and 'not to be trusted' in notes[0]
+    b3 = evaluate(PIQE_12, MOS_12).fit.params[2]
+    assert next(t for t in axes.texts if 'step' in t.get_text()).xy[0] == pytest.approx(b3)  # points at the step
+
+    drawn.clear()
+    x = np.linspace(0.0, 1.0, 30)
+    plot_scatter(x, 10 * x, evaluate(x, 10 * x), tmp_path / 'y.png', title='fine', x_label='x')
+    assert not drawn[0].axes[0].texts[1:]  # only the box of numbers
+
+
+def test_srcc_bars_mark_negated_metrics_and_draw_the_intervals(drawn, tmp_path):
+    from pyiqa_maclip.benchmark.plots import plot_srcc_bars
+
+    summary = pd.DataFrame({'metric': ['a', 'b', 'a', 'b'], 'dataset': ['d', 'd', 'e', 'e'],
+                            'srcc': [0.5, 0.7, 0.6, np.nan], 'srcc_low': [0.4, 0.75, 0.5, np.nan],
+                            'srcc_high': [0.6, 0.9, 0.7, np.nan], 'flipped': [False, True, False, True]})
+    plot_srcc_bars(summary, tmp_path / 'bars.png')
+    axes = drawn[0].axes[0]
+    bars = [p for p in axes.patches if p.get_height() or p.get_width()]
+    assert [bool(p.get_hatch()) for p in bars] == [False, False, True, True]  # a on d, e; then b on d, e
+    assert [t.get_text() for t in axes.texts] == ['†', '†']
+    segments = [s for c in axes.collections for s in c.get_segments() if s[0][0] == s[1][0]]  # vertical lines
+    spans = sorted((s[0][1], s[1][1]) for s in segments)
+    assert spans == [(0.4, 0.6), (0.5, 0.7), (0.75, 0.9)]  # b on d: an interval above its estimate is kept
+
+
 def test_rerun_skips_complete_pairs_and_recomputes_changed_ones(run_dir, synthetic, tiny_rn, tmp_path, monkeypatch):
     output = tmp_path / 'out'
     shutil.copytree(run_dir, output)
@@ -349,6 +439,30 @@ def test_rerun_skips_complete_pairs_and_recomputes_changed_ones(run_dir, synthet
 
     assert _run(changed, output, '--force') == 0
     assert len(builds) == 3
+
+
+FORMULA_NAMES = ['=1+1.png', '+a.png', '-b.png', '@c.png', "'d.png", "'=e.png", '\tf.png', '\rg.png']
+
+
+def test_names_a_spreadsheet_would_run_are_written_as_text_and_read_back(tmp_path, monkeypatch, capsys):
+    """Names from the MOS table that start like a formula get a ' in front in scores/*.csv
+    (OWASP's advice); read_scores gives back the names of the table."""
+    folder = tmp_path / 'images'
+    for level, (name, image) in enumerate(zip(FORMULA_NAMES, _distorted_images(len(FORMULA_NAMES)))):
+        _save_rgb(image, folder / name)
+    pd.DataFrame({'image': FORMULA_NAMES, 'mos': np.arange(len(FORMULA_NAMES), dtype=float)}).to_csv(
+        tmp_path / 'mos.csv', index=False, quoting=csv.QUOTE_NONNUMERIC)  # a bare CR would end the line
+    monkeypatch.chdir(folder)  # images: . makes the names the table's, first character included
+    config = _write_config(tmp_path / 'c.yml', {'datasets': {'f': {'images': '.', 'mos': str(tmp_path / 'mos.csv')}},
+                                                'metrics': {'piqe': {}}})
+    assert _run(config, tmp_path / 'out', '--num-workers', '0') == 0
+    assert f'f: {len(FORMULA_NAMES)} images with their MOS read from {tmp_path / "mos.csv"}' in capsys.readouterr().out
+    path = tmp_path / 'out' / 'scores' / 'piqe' / 'f.csv'
+    with open(path, encoding='utf-8', newline='') as file:
+        cells = [row[0] for row in csv.reader(file)][1:]
+    assert cells == ["'" + name for name in FORMULA_NAMES]  # every one starts with = + - @ tab CR or '
+    scores = read_scores(path)
+    assert list(scores['image']) == FORMULA_NAMES and (scores['error'] == '').all()
 
 
 def _fake_pyiqa_root(root: Path) -> Path:

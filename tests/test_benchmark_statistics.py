@@ -8,6 +8,7 @@ pseudo-random samples with ties (resampling makes more: every resample repeats i
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import stats
 
@@ -15,6 +16,7 @@ from pyiqa_maclip.benchmark.statistics import (
     RESAMPLES, SEED, bootstrap_p_value, bootstrap_replicates, compare, correlation_intervals, percentile_interval,
     resample_indices,
 )
+from pyiqa_maclip.benchmark.tables import Evaluated, compare_metrics, markdown_summary
 
 TIGHT = 1e-12  # the same numbers, summed in another order
 SCIPY = {'srcc': stats.spearmanr, 'krcc': stats.kendalltau, 'plcc': stats.pearsonr}
@@ -42,7 +44,7 @@ def test_replicates_are_scipy_correlations_of_the_resampled_images(n, x_values, 
     replicates = bootstrap_replicates(x, y, resamples=40, seed=3)
     indices = np.random.default_rng(3).integers(0, n, (40, n))
     for name, function in SCIPY.items():
-        expected = _by_hand(lambda a, b: function(a, b)[0], indices, x, y)
+        expected = _by_hand(lambda a, b, f=function: f(a, b)[0], indices, x, y)
         assert np.allclose(replicates[name], expected, rtol=0, atol=TIGHT), name
 
 
@@ -53,8 +55,8 @@ def test_kendall_is_exact_on_large_samples(n):
     replicates = bootstrap_replicates(x, y, ('krcc', 'srcc'), resamples=2, seed=5)
     indices = np.random.default_rng(5).integers(0, n, (2, n))
     for name in ('krcc', 'srcc'):
-        assert np.allclose(replicates[name], _by_hand(lambda a, b: SCIPY[name](a, b)[0], indices, x, y),
-                           rtol=0, atol=TIGHT)
+        expected = _by_hand(lambda a, b, f=SCIPY[name]: f(a, b)[0], indices, x, y)
+        assert np.allclose(replicates[name], expected, rtol=0, atol=TIGHT)
 
 
 def test_resamples_are_scipys_draws_in_chunks_and_reproducible():
@@ -71,7 +73,7 @@ def test_intervals_equal_scipy_bootstrap_percentile_intervals():
     x, y = _sample(30, seed=4, y_values=9)
     intervals, _ = correlation_intervals(x, y, resamples=500, seed=SEED)
     for name, function in SCIPY.items():
-        reference = stats.bootstrap((x, y), lambda a, b: function(a, b)[0], paired=True, vectorized=False,
+        reference = stats.bootstrap((x, y), lambda a, b, f=function: f(a, b)[0], paired=True, vectorized=False,
                                     n_resamples=500, method='percentile', confidence_level=0.95,
                                     rng=np.random.default_rng(SEED)).confidence_interval
         assert getattr(intervals, f'{name}_low') == pytest.approx(reference.low, abs=TIGHT)
@@ -142,3 +144,53 @@ def test_too_few_images_or_values_give_nan_with_a_note():
 def test_bad_input_is_a_value_error(call):
     with pytest.raises(ValueError):
         call()
+
+
+# ---------------------------------------------------------------- comparisons table
+
+
+def _entry(metric, images, prediction, mos, flipped=False, with_replicates=True):
+    prediction, mos = np.asarray(prediction, dtype=float), np.asarray(mos, dtype=float)
+    replicates = correlation_intervals(prediction, mos)[1] if with_replicates else {}
+    return Evaluated(metric, 'd', list(images), prediction, mos, flipped, replicates)
+
+
+def test_comparisons_use_only_images_both_metrics_scored_and_reuse_replicates():
+    x, y = _sample(40, seed=9)
+    worse = y + np.random.default_rng(1).normal(scale=2.0, size=40)
+    names = [f'{i}.png' for i in range(40)]
+    half = [k for k in range(40) if k % 2 == 0]  # b failed on every odd image
+    a = _entry('a', names, x, y)
+    b = _entry('b', [names[k] for k in half], worse[half], y[half])
+    table = compare_metrics([a, b])
+    row = table.iloc[0]
+    assert (row['metric_a'], row['metric_b'], row['n'], row['n_excluded']) == ('a', 'b', 20, 20)
+    assert '20 images scored by only one of the two metrics left out' in row['note']
+    direct = compare(x[half], worse[half], y[half])
+    assert row['srcc_diff'] == pytest.approx(direct.srcc.diff, abs=TIGHT)
+    assert (row['srcc_diff_low'], row['plcc_p']) == pytest.approx((direct.srcc.low, direct.plcc.p), abs=TIGHT)
+    # With every image common, the replicates of the intervals serve: the same numbers as recomputing.
+    full_b = _entry('b', names, worse, y)
+    reused = compare_metrics([a, full_b]).iloc[0]
+    recomputed = compare_metrics([_entry('a', names, x, y, with_replicates=False),
+                                  _entry('b', names, worse, y, with_replicates=False)]).iloc[0]
+    assert reused[['srcc_diff_low', 'srcc_diff_high', 'srcc_p', 'plcc_p']].tolist() == \
+        recomputed[['srcc_diff_low', 'srcc_diff_high', 'srcc_p', 'plcc_p']].tolist()
+
+
+def test_summary_md_says_which_differences_are_significant():
+    x, y = _sample(200, seed=3)
+    noisy = y + np.random.default_rng(4).normal(scale=3.0, size=200)
+    twin = x + 1e-9 * np.random.default_rng(5).normal(size=200)
+    entries = [_entry('good', range(200), x, y), _entry('noisy', range(200), noisy, y),
+               _entry('twin', range(200), twin, y)]
+    comparisons = compare_metrics(entries)
+    summary = pd.DataFrame({'metric': ['good', 'noisy', 'twin'], 'dataset': 'd', 'n': 200, 'seconds': 1.0,
+                            'srcc': 0.7, 'srcc_low': 0.6, 'srcc_high': 0.8, 'plcc_logistic': 0.7, 'flipped': False,
+                            'fit_problem': '', 'note': ''})
+    text = markdown_summary(summary, comparisons)
+    good_noisy = comparisons.iloc[0]
+    assert good_noisy['srcc_p'] < 0.05 and comparisons.iloc[1]['srcc_p'] > 0.05
+    assert f'on d, the SRCC of good is higher than that of noisy by {good_noisy["srcc_diff"]:.4f}' in text
+    assert 'Not significant at 0.05: ' in text and 'SRCC of good and twin on d' in text
+    assert '| d | good | noisy | 200 |' in text

@@ -4,14 +4,18 @@
 every dataset of the configuration with every metric, following the official MA-CLIP
 evaluation (Liao et al., AAAI 2026; https://github.com/zhix000/MA-CLIP): whole
 datasets, the paper's per-dataset preprocessing, SRCC/KRCC on raw predictions,
-PLCC/RMSE after the 5-parameter logistic fit. It writes ``summary.csv``,
-``summary.md``, per-image scores and plots, and resumes where a run stopped.
+PLCC/RMSE after the 5-parameter logistic fit (checked for steps and reversals). It
+writes ``summary.csv`` and ``summary.md`` with bootstrap intervals, ``comparisons.csv``
+(every two metrics, paired differences and p-values), per-image scores and plots, and
+resumes where a run stopped.
 
 * :mod:`.config`: the YAML format and its validation.
 * :mod:`.datasets`: (image, MOS) lists from custom tables or pyiqa's dataset configs.
 * :mod:`.evaluation`: correlations and the logistic fit (pure functions).
-* :mod:`.runner`: scoring (through :mod:`pyiqa_maclip.scoring`'s engine), resuming, summary;
-  :mod:`.plots`: the figures.
+* :mod:`.statistics`: bootstrap intervals and paired comparisons (pure functions).
+* :mod:`.tables`: comparisons between metrics, summary.md, spreadsheet-safe CSV text.
+* :mod:`.runner`: scoring (through :mod:`pyiqa_maclip.scoring`'s engine), resuming, writing
+  the tables; :mod:`.plots`: the figures.
 """
 from __future__ import annotations
 
@@ -22,13 +26,18 @@ from ..safe_io import command_error
 from .config import BenchmarkConfig, BenchmarkConfigError, load_config, parse_config
 from .evaluation import Agreement, evaluate, fit_logistic, logistic_5
 from .runner import SUMMARY_COLUMNS, run_benchmark, with_precision
+from .statistics import compare, correlation_intervals
+from .tables import COMPARISON_COLUMNS
 
 __all__ = [
     'Agreement',
     'BenchmarkConfig',
     'BenchmarkConfigError',
+    'COMPARISON_COLUMNS',
     'SUMMARY_COLUMNS',
     'benchmark_command',
+    'compare',
+    'correlation_intervals',
     'evaluate',
     'fit_logistic',
     'load_config',

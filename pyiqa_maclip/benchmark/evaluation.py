@@ -89,10 +89,9 @@ def fit_problems(params: tuple[float, ...], prediction: np.ndarray, mos: np.ndar
     """What is wrong with fitted ``params`` over these predictions: ``{'step': text,
     'not monotone': text}``, each only if it moves the mapping by more than ``NEGLIGIBLE``
     of the MOS range."""
-    b1, b2, b3, b4, b5 = params
+    b1, b2, b3, b4, _ = params
     x, y = np.asarray(prediction, dtype=float), np.asarray(mos, dtype=float)
     lo, hi, span = np.min(x), np.max(x), np.ptp(y)
-    f = lambda t: float(logistic_5(np.asarray(t, dtype=float), *params))  # noqa: E731
     problems = {}
     # The slope b4 + b1 b2 s(1 - s) (s the sigmoid) is zero where s(1 - s) = q: at most two points.
     turns = []
@@ -101,7 +100,7 @@ def fit_problems(params: tuple[float, ...], prediction: np.ndarray, mos: np.ndar
         if 0 < q < 0.25:
             offset = 2 * np.arctanh(np.sqrt(1 - 4 * q)) / abs(b2)
             turns = [t for t in (b3 - offset, b3 + offset) if lo < t < hi]
-    values = [f(t) for t in (lo, *turns, hi)]
+    values = logistic_5(np.array([lo, *turns, hi]), *params)
     against = (np.sum(np.abs(np.diff(values))) - abs(values[-1] - values[0])) / 2
     if turns and against > NEGLIGIBLE * span:
         where = ' and '.join(_number(t) for t in turns)

@@ -119,7 +119,6 @@ class _Kendall:
 
     def statistic(self, weights: np.ndarray, x_counts: np.ndarray, y_counts: np.ndarray) -> np.ndarray:
         sequenced = weights[:, self.sequence]
-        dot = lambda a, b: np.einsum('ij,ij->i', a, b).astype(np.int64)  # noqa: E731  (in the counts' type)
         s_u = np.zeros(len(weights), dtype=np.int64)
         runs = sequenced
         for left_order, right, place in self.levels:
@@ -128,21 +127,31 @@ class _Kendall:
             before = np.cumsum(paired, axis=1, dtype=runs.dtype) - paired  # left halves of earlier blocks
             below = np.zeros((len(weights), len(left_order) + 1), dtype=runs.dtype)
             np.cumsum(sequenced[:, left_order], axis=1, out=below[:, 1:])
-            counted = dot(sequenced[:, right], below[:, place]) - dot(right_runs, before)
-            s_u += 2 * counted - dot(right_runs, paired)
+            counted = _dot(sequenced[:, right], below[:, place]) - _dot(right_runs, before)
+            s_u += 2 * counted - _dot(right_runs, paired)
             runs = paired + right_runs
             if left_runs.shape[1] > right_runs.shape[1]:
                 runs = np.concatenate([runs, left_runs[:, -1:]], axis=1)
         # u breaks ties of y by sequence: pairs tied in y counted +1; pairs tied in x are in s_u too.
-        tied_y = (dot(y_counts, y_counts) - dot(weights, weights)) // 2
+        tied_y = (_dot(y_counts, y_counts) - _dot(weights, weights)) // 2
         xy_counts = _group_sums(sequenced, self.xy_starts)
-        within_x = (dot(x_counts, x_counts) - dot(xy_counts, xy_counts)) // 2
+        within_x = (_dot(x_counts, x_counts) - _dot(xy_counts, xy_counts)) // 2
         return s_u - tied_y - within_x
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise dot products of counts, summed in the counts' type (which holds n**2), as int64."""
+    return np.einsum('ij,ij->i', a, b).astype(np.int64)
 
 
 def _midranks(ties: _Ties, counts: np.ndarray, total: np.ndarray) -> np.ndarray:
     """Midrank of each tie group in each resample, less the mean rank (n+1)/2."""
     return np.cumsum(counts, axis=1) - counts / 2 - total[:, None] / 2
+
+
+def _standard(values: np.ndarray) -> np.ndarray:
+    """Centred and scaled: raw moments of resamples then lose nothing to cancellation."""
+    return (values - values.mean()) / (values.std() or 1.0)
 
 
 def bootstrap_replicates(prediction: np.ndarray, mos: np.ndarray, statistics: Sequence[str] = STATISTICS, *,
@@ -160,8 +169,7 @@ def bootstrap_replicates(prediction: np.ndarray, mos: np.ndarray, statistics: Se
         return {name: np.full(resamples, np.nan) for name in statistics}
     x_ties, y_ties = _Ties(x), _Ties(y)
     kendall = _Kendall(x, y) if 'krcc' in statistics else None
-    scale = lambda v: (v - v.mean()) / (v.std() or 1.0)  # noqa: E731  exact moments need no cancellation
-    xs, ys = scale(x), scale(y)
+    xs, ys = _standard(x), _standard(y)
     moments = (xs, ys, xs * xs, ys * ys, xs * ys)
     for indices in resample_indices(n, resamples, seed):
         weights = _counts(indices, n)
