@@ -296,8 +296,9 @@ def test_summary_carries_bootstrap_intervals_and_flags_the_piqe_step(run_dir):
     piqe = summary.set_index('metric').loc['piqe']
     assert 'step' in piqe['fit_problem'] and 'logistic fit is a step' in piqe['note']
     markdown = (run_dir / 'summary.md').read_text(encoding='utf-8')
-    srcc_cell = f'{piqe["srcc"]:.4f} [{piqe["srcc_low"]:.4f}, {piqe["srcc_high"]:.4f}] † ‡'
+    srcc_cell = f'{piqe["srcc"]:.4f} [{piqe["srcc_low"]:.4f}, {piqe["srcc_high"]:.4f}] †'
     assert f'| piqe | {srcc_cell} |' in markdown
+    assert f'| piqe | {piqe["plcc_logistic"]:.4f} † ‡ |' in markdown  # the flagged fit's PLCC
     assert 'resampled with replacement 1000 times' in markdown
 
 

@@ -158,7 +158,7 @@ def read_scores(path: str | os.PathLike) -> pd.DataFrame:
     # Only the numeric columns read '' (how NaN is written) as missing: an image may be named 'NA'.
     numeric = {column: [''] for column in ('mos', 'prediction', *COMPONENT_COLUMNS)}
     frame = pd.read_csv(path, dtype={'image': str, 'error': str}, keep_default_na=False, na_values=numeric)
-    return frame.assign(image=frame['image'].map(from_spreadsheet_text), error=frame['error'].map(from_spreadsheet_text))
+    return frame.assign(**{c: frame[c].map(from_spreadsheet_text) for c in ('image', 'error')})
 
 
 @dataclass(frozen=True)

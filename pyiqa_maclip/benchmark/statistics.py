@@ -317,6 +317,7 @@ def compare(prediction_a: np.ndarray, prediction_b: np.ndarray, mos: np.ndarray,
         return Comparison(n, *(Difference(*points[name], nan, nan, nan, nan) for name in ('srcc', 'plcc')), note)
     reps_a = replicates_a or bootstrap_replicates(xa, y, ('srcc', 'plcc'), resamples=resamples, seed=seed)
     reps_b = replicates_b or bootstrap_replicates(xb, y, ('srcc', 'plcc'), resamples=resamples, seed=seed)
-    differences = {name: paired_difference(*points[name], reps_a[name], reps_b[name], level) for name in ('srcc', 'plcc')}
+    differences = {name: paired_difference(*points[name], reps_a[name], reps_b[name], level)
+                   for name in ('srcc', 'plcc')}
     note = _unusable({f'{k}{side}': r[k] for side, r in (('a', reps_a), ('b', reps_b)) for k in ('srcc', 'plcc')})
     return Comparison(n, differences['srcc'], differences['plcc'], note)

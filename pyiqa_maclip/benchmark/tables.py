@@ -138,9 +138,11 @@ def _pivot(summary: pd.DataFrame, cells: Sequence[str]) -> pd.DataFrame:
     return table.reset_index()
 
 
-def _marks(row) -> str:
-    return (f' {FLIP_MARK}' if row.flipped else '') + (f' {FIT_MARK}' if isinstance(row.fit_problem, str)
-                                                         and row.fit_problem else '')
+def _marks(row, fit: bool) -> str:
+    """The dagger where the prediction was negated; with ``fit`` (the logistic-PLCC table), the
+    double dagger where the fit is flagged."""
+    flagged = fit and isinstance(row.fit_problem, str) and bool(row.fit_problem)
+    return (f' {FLIP_MARK}' if row.flipped else '') + (f' {FIT_MARK}' if flagged else '')
 
 
 def _level() -> str:
@@ -203,16 +205,16 @@ def markdown_summary(summary: pd.DataFrame, comparisons: pd.DataFrame | None = N
     """summary.md: SRCC (with intervals) and logistic-PLCC tables, the comparisons between metrics
     in numbers and words, then every number."""
     full = summary.assign(seconds=summary['seconds'].round(1).astype(str))
-    srcc = [f'{_cell(r.srcc)}{_interval(r.srcc_low, r.srcc_high)}{_marks(r)}' for r in summary.itertuples()]
-    plcc = [f'{_cell(r.plcc_logistic)}{_marks(r)}' for r in summary.itertuples()]
+    srcc = [f'{_cell(r.srcc)}{_interval(r.srcc_low, r.srcc_high)}{_marks(r, fit=False)}' for r in summary.itertuples()]
+    plcc = [f'{_cell(r.plcc_logistic)}{_marks(r, fit=True)}' for r in summary.itertuples()]
     parts = [
         '# Benchmark summary',
         (f'{FLIP_MARK} the prediction was negated before correlating, because exactly one of metric '
          'and MOS is lower-is-better (columns `metric_lower_better`, `mos_lower_better`); no absolute '
-         f'values are taken anywhere. {FIT_MARK} the logistic fit is a step or not monotone (see `note`): '
-         'its PLCC and RMSE are those of the official protocol, and may flatter the metric. `n` counts the '
-         'images scored; `n_failed` those that could not be read or scored or gave a non-finite prediction '
-         '(see the `error` column of scores/*.csv).'),
+         f'values are taken anywhere. {FIT_MARK} (PLCC table) the logistic fit is a step or not monotone '
+         '(see `note`): its PLCC and RMSE are those of the official protocol, and may flatter the metric. '
+         '`n` counts the images scored; `n_failed` those that could not be read or scored or gave a '
+         'non-finite prediction (see the `error` column of scores/*.csv).'),
         (f'Intervals in brackets are {_level()} percentile bootstrap intervals: the images are resampled '
          f'with replacement {RESAMPLES} times (seed {SEED}, so a rerun gives the same numbers); `srcc_low`, '
          '`srcc_high`, `krcc_low`, ... in the table of all numbers. `plcc` is the raw Pearson correlation; '
