@@ -8,6 +8,8 @@ written here (the header is line 1). Nothing is scored: these tests build no met
 from __future__ import annotations
 
 import math
+import re
+import zipfile
 from pathlib import Path
 
 import openpyxl
@@ -348,6 +350,34 @@ def test_excel_rows_are_numbered_as_excel_shows_them(tmp_path):
     sheet.delete_rows(6)
     book.save(tmp_path / 'mos.xlsx')
     assert "mos.xlsx row 6: the 'Image' cell is empty" in _items_error(spec)
+
+
+def _with_dimension(path: Path, ref: str) -> None:
+    """Rewrite the first sheet's stored <dimension ref=...> in place, as writers other than Excel leave it."""
+    with zipfile.ZipFile(path) as source:
+        members = [(info, source.read(info.filename)) for info in source.infolist()]
+    with zipfile.ZipFile(path, 'w') as target:
+        for info, data in members:
+            if info.filename == 'xl/worksheets/sheet1.xml':
+                data, count = re.subn(rb'<dimension ref="[^"]*"', f'<dimension ref="{ref}"'.encode(), data)
+                assert count == 1  # the test's own precondition: the sheet declares a dimension
+            target.writestr(info, data)
+
+
+@pytest.mark.parametrize('ref', ['A1:B3', 'A1:XFD1048576'])
+def test_excel_tables_are_read_whole_whatever_dimension_they_declare(tmp_path, ref):
+    """A sheet declaring A1:B3 while holding 9 rows: openpyxl's read-only mode alone reads 3 of them."""
+    book = openpyxl.Workbook()
+    book.active.append(['image', 'mos'])
+    for i in range(8):
+        book.active.append([f'{i}.png', float(i)])
+    book.save(tmp_path / 'mos.xlsx')
+    _with_dimension(tmp_path / 'mos.xlsx', ref)
+    stale = openpyxl.load_workbook(tmp_path / 'mos.xlsx', read_only=True)
+    assert stale.worksheets[0].max_row == int(re.sub(r'\D', '', ref.split(':')[1]))  # the file does declare it
+    stale.close()
+    spec = _table(tmp_path, (tmp_path / 'mos.xlsx').read_bytes(), name='mos.xlsx')
+    assert load_items(spec) == [Item(str(tmp_path / 'img' / f'{i}.png'), float(i)) for i in range(8)]
 
 
 @pytest.mark.parametrize('name, content, message', [

@@ -116,12 +116,19 @@ def _csv_records(path: Path, delimiter: str, where: str) -> Iterator[tuple[str, 
 
 
 def _excel_records(path: Path) -> Iterator[tuple[str, list]]:
-    """Non-blank rows of the first sheet, each with its row number as Excel shows it."""
+    """Non-blank rows of the first sheet, each with its row number as Excel shows it.
+
+    Read streaming (memory bounded whatever the file's size) and to its last row: openpyxl's
+    read-only mode otherwise stops at the sheet's stored dimension, which writers other than
+    Excel can leave stale (a sheet declaring A1:B3 while holding 8 rows would read as 2).
+    """
     from openpyxl import load_workbook
 
     book = load_workbook(path, read_only=True, data_only=True)
     try:
-        for number, values in enumerate(book.worksheets[0].iter_rows(min_row=1, values_only=True), start=1):
+        sheet = book.worksheets[0]
+        sheet.reset_dimensions()
+        for number, values in enumerate(sheet.iter_rows(min_row=1, values_only=True), start=1):
             if any(value is not None and str(value).strip() for value in values):
                 yield f'row {number}', list(values)
     finally:

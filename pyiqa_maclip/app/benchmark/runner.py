@@ -2,14 +2,15 @@
 
 Output directory layout::
 
-    summary.csv, summary.md            one row per metric and dataset (complete pairs)
+    summary.csv, summary.md            one row per metric and dataset (complete pairs), intervals
+    comparisons.csv                    every two metrics on each dataset: differences, p-values
     scores/<metric>/<dataset>.csv      per image: image, mos, prediction, error (+ MA-CLIP components)
     scores/<metric>/<dataset>.json     done marker: the pair's fingerprint, timing, counts
     plots/<metric>/scatter_<dataset>.png, plots/<metric>/qsim_qmag_<dataset>.png, plots/srcc_bars.png
     journal/<fingerprint>.sqlite3      finished images of one model on one dataset's preprocessing
 
 Images are scored by the collection scorer's engine
-(:func:`pyiqa_maclip.scoring.score_into`): decoding workers, batches, strict
+(:func:`pyiqa_maclip.app.engine.score_into`): decoding workers, batches, strict
 decoding, and a journal committed per batch, so an interrupted run resumes image
 by image. A pair is complete when its marker holds the fingerprint of the
 metric's options and weights, the dataset's options and its (image, MOS) list.
@@ -46,15 +47,16 @@ from .config import BenchmarkConfig, DatasetSpec, MetricSpec, file_stem
 from .datasets import Item, items_digest, load_items
 from .evaluation import Agreement, evaluate
 from .plots import plot_qsim_qmag, plot_scatter, plot_srcc_bars
-
-__all__ = ['SUMMARY_COLUMNS', 'Pair', 'run_benchmark', 'with_precision', 'read_scores', 'pair_table', 'summarise', 'markdown_summary']
-
-SUMMARY_COLUMNS = (
-    'metric', 'dataset', 'n', 'srcc', 'krcc', 'plcc', 'plcc_logistic', 'rmse_logistic', 'n_failed', 'seconds',
-    'flipped', 'metric_lower_better', 'mos_lower_better', 'note',
+from .statistics import RESAMPLES, Intervals, correlation_intervals
+from .tables import (
+    SUMMARY_COLUMNS, Evaluated, compare_metrics, from_spreadsheet_text, markdown_summary, spreadsheet_csv,
 )
+
+__all__ = ['SUMMARY_COLUMNS', 'Pair', 'run_benchmark', 'with_precision', 'read_scores', 'pair_table', 'summarise',
+           'markdown_summary']
+
 COMPONENT_COLUMNS = COMPONENTS  # score, q_sim, q_mag, w_sim, w_mag
-FLIP_MARK = '†'
+_TEXT_COLUMNS = ('image', 'error', 'metric', 'dataset', 'metric_a', 'metric_b', 'note')
 _MACLIP_ARCH = 'MACLIP'
 
 
@@ -141,7 +143,7 @@ def pair_table(items: Sequence[Item], results: dict, metric: MetricSpec, columns
 
 def _write_pair(layout: Layout, pair: Pair, frame: pd.DataFrame, seconds: float) -> None:
     # CRLF rows: a CR inside an image name is then quoted too (RFC 4180).
-    _write_text(layout.scores_csv(pair), frame.to_csv(index=False, lineterminator='\r\n'))
+    _write_text(layout.scores_csv(pair), spreadsheet_csv(frame, _TEXT_COLUMNS, lineterminator='\r\n'))
     failed = int((frame['error'] != '').sum())
     marker = {
         'metric': pair.metric.name, 'dataset': pair.dataset.name, 'key': pair.key,
@@ -154,33 +156,55 @@ def _write_pair(layout: Layout, pair: Pair, frame: pd.DataFrame, seconds: float)
 
 
 def read_scores(path: str | os.PathLike) -> pd.DataFrame:
-    """A per-image table as written: ``error`` is '' where the image was scored."""
+    """A per-image table as written: ``error`` is '' where the image was scored; image names
+    as in the MOS table (the ``'`` that keeps a spreadsheet from running them removed)."""
     # Only the numeric columns read '' (how NaN is written) as missing: an image may be named 'NA'.
     numeric = {column: [''] for column in ('mos', 'prediction', *COMPONENT_COLUMNS)}
-    return pd.read_csv(path, dtype={'image': str, 'error': str}, keep_default_na=False, na_values=numeric)
+    frame = pd.read_csv(path, dtype={'image': str, 'error': str}, keep_default_na=False, na_values=numeric)
+    return frame.assign(**{c: frame[c].map(from_spreadsheet_text) for c in ('image', 'error')})
 
 
 @dataclass(frozen=True)
 class PairResult:
-    """A complete pair read back: its per-image table and its agreement with the MOS."""
+    """A complete pair read back: its per-image table, its agreement with the MOS, and the
+    bootstrap intervals (with the replicates they come from, for the comparisons)."""
 
     pair: Pair
     frame: pd.DataFrame  # per-image table
     agreement: Agreement
     seconds: float
+    intervals: Intervals
+    replicates: dict
 
     @property
     def scored(self) -> pd.DataFrame:
         return self.frame[self.frame['error'] == '']
 
+    @property
+    def signed(self) -> np.ndarray:
+        return _signed(self.pair, self.scored)
+
+    def evaluated(self) -> Evaluated:
+        scored = self.scored
+        return Evaluated(self.pair.metric.name, self.pair.dataset.name, list(scored['image']), self.signed,
+                         scored['mos'].to_numpy(float), self.pair.sign < 0, self.replicates)
+
     def row(self) -> dict:
         n_failed = len(self.frame) - len(self.scored)
+        notes = [note for note in (self.agreement.note, self.intervals.note) if note]
         return {
-            **self.agreement.as_row(), 'metric': self.pair.metric.name, 'dataset': self.pair.dataset.name,
+            **self.agreement.as_row(), **self.intervals.as_row(), 'note': '; '.join(notes),
+            'fit_problem': ', '.join(self.agreement.fit.problems),
+            'metric': self.pair.metric.name, 'dataset': self.pair.dataset.name,
             'n_failed': n_failed, 'seconds': self.seconds, 'flipped': self.pair.sign < 0,
             'metric_lower_better': self.pair.metric.lower_better,
             'mos_lower_better': self.pair.dataset.mos_lower_better,
         }
+
+
+def _signed(pair: Pair, scored: pd.DataFrame) -> np.ndarray:
+    """The scored images' predictions times the pair's sign, as correlated with the MOS."""
+    return pair.sign * scored['prediction'].to_numpy(float)
 
 
 def load_result(layout: Layout, pair: Pair) -> PairResult:
@@ -188,48 +212,14 @@ def load_result(layout: Layout, pair: Pair) -> PairResult:
     frame = read_scores(layout.scores_csv(pair))
     marker = json.loads(layout.marker(pair).read_text(encoding='utf-8'))
     scored = frame[frame['error'] == '']
-    agreement = evaluate(pair.sign * scored['prediction'].to_numpy(float), scored['mos'].to_numpy(float))
-    return PairResult(pair, frame, agreement, float(marker.get('seconds', math.nan)))
+    signed, mos = _signed(pair, scored), scored['mos'].to_numpy(float)
+    intervals, replicates = correlation_intervals(signed, mos)
+    return PairResult(pair, frame, evaluate(signed, mos), float(marker.get('seconds', math.nan)), intervals,
+                      replicates)
 
 
 def summarise(results: Sequence[PairResult]) -> pd.DataFrame:
     return pd.DataFrame([r.row() for r in results], columns=list(SUMMARY_COLUMNS))
-
-
-def _cell(value) -> str:
-    if isinstance(value, (bool, np.bool_)):
-        return 'yes' if value else 'no'
-    if isinstance(value, (float, np.floating)):
-        return 'n/a' if math.isnan(value) else f'{value:.4f}'
-    return str(value).replace('|', '\\|')
-
-
-def _markdown_table(frame: pd.DataFrame) -> str:
-    lines = ['| ' + ' | '.join(map(str, frame.columns)) + ' |', '|' + '---|' * len(frame.columns)]
-    lines += ['| ' + ' | '.join(_cell(v) for v in row) + ' |' for row in frame.itertuples(index=False)]
-    return '\n'.join(lines)
-
-
-def _pivot(summary: pd.DataFrame, value: str) -> pd.DataFrame:
-    marked = summary.assign(cell=[f'{_cell(v)}{" " + FLIP_MARK if f else ""}'
-                                  for v, f in zip(summary[value], summary['flipped'])])
-    table = marked.pivot(index='metric', columns='dataset', values='cell')
-    table = table.reindex(index=pd.unique(summary['metric']), columns=pd.unique(summary['dataset'])).fillna('')
-    return table.reset_index()
-
-
-def markdown_summary(summary: pd.DataFrame) -> str:
-    full = summary.assign(seconds=summary['seconds'].round(1).astype(str))
-    return '\n\n'.join([
-        '# Benchmark summary',
-        f'{FLIP_MARK} the prediction was negated before correlating, because exactly one of metric '
-        'and MOS is lower-is-better (columns `metric_lower_better`, `mos_lower_better`); no absolute '
-        'values are taken anywhere. `n` counts the images scored; `n_failed` those that could not be '
-        'read or scored or gave a non-finite prediction (see the `error` column of scores/*.csv).',
-        '## SRCC', _markdown_table(_pivot(summary, 'srcc')),
-        '## PLCC after the 5-parameter logistic fit', _markdown_table(_pivot(summary, 'plcc_logistic')),
-        '## All numbers', _markdown_table(full),
-    ]) + '\n'
 
 
 def _labels(pair: Pair) -> tuple[str, str]:
@@ -245,7 +235,7 @@ def write_plots(layout: Layout, results: Sequence[PairResult], summary: pd.DataF
         pair, scored = result.pair, result.scored
         x_label, mos_label = _labels(pair)
         title = f'{pair.metric.name} on {pair.dataset.name}'
-        made.append(plot_scatter(pair.sign * scored['prediction'].to_numpy(float), scored['mos'].to_numpy(float),
+        made.append(plot_scatter(result.signed, scored['mos'].to_numpy(float),
                                  result.agreement, layout.plots / pair.folder / f'scatter_{pair.stem}.png',
                                  title=title, x_label=x_label, mos_label=mos_label))
         if {'q_sim', 'q_mag'} <= set(scored.columns):
@@ -328,11 +318,15 @@ def run_benchmark(config: BenchmarkConfig, output_dir: str | os.PathLike, *, dev
 
     Every dataset's (image, MOS) list is read, and the output folder checked, before any
     scoring, so a wrong path fails at once
-    (:class:`~pyiqa_maclip.benchmark.config.BenchmarkConfigError`).
+    (:class:`~pyiqa_maclip.app.benchmark.config.BenchmarkConfigError`).
     """
     loading = loading_options(batch_size, num_workers, pixel_budget)
     layout = Layout(Path(output_dir))
     items = {spec.name: load_items(spec) for spec in config.datasets}
+    for spec in config.datasets:
+        source = spec.mos if spec.kind == 'custom' else f"pyiqa's list of {spec.pyiqa}"
+        count = len(items[spec.name])
+        log(f'{spec.name}: {count} image{"s" * (count != 1)} with their MOS read from {source}')
     _check_writable(layout.root)
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     digests = {name: items_digest(value) for name, value in items.items()}
@@ -381,10 +375,14 @@ def run_benchmark(config: BenchmarkConfig, output_dir: str | os.PathLike, *, dev
         del scorer
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    results = [load_result(layout, pair) for pair in pairs.values() if layout.is_complete(pair)]
+    complete = [pair for pair in pairs.values() if layout.is_complete(pair)]
+    log(f'evaluating {len(complete)} pairs: correlations, {RESAMPLES} bootstrap resamples, comparisons')
+    results = [load_result(layout, pair) for pair in complete]
     summary = summarise(results)
-    _write_text(layout.root / 'summary.csv', summary.to_csv(index=False))
-    _write_text(layout.root / 'summary.md', markdown_summary(summary))
+    comparisons = compare_metrics([result.evaluated() for result in results])
+    _write_text(layout.root / 'summary.csv', spreadsheet_csv(summary, _TEXT_COLUMNS))
+    _write_text(layout.root / 'comparisons.csv', spreadsheet_csv(comparisons, _TEXT_COLUMNS))
+    _write_text(layout.root / 'summary.md', markdown_summary(summary, comparisons))
     write_plots(layout, results, summary)
     log(f'summary of {len(results)} of {len(config.metrics) * len(config.datasets)} pairs: '
         f'{layout.root / "summary.csv"}')
