@@ -678,3 +678,48 @@ def test_bad_batch_size_or_workers_exit_2_before_any_work(tmp_path, synthetic, o
         _run(config, tmp_path / 'out', option, value)
     assert exit_info.value.code == 2 and 'expected an integer >=' in stderr.getvalue()
     assert not (tmp_path / 'out').exists()
+
+
+def test_resume_lives_in_the_journals_alone(run_dir):
+    """No second mechanism beside the engine's journal: no marker files, one journal per model and
+    preprocessing (the two MA-CLIP pairs share one), each with its schema version (issue 21, point 1)."""
+    import sqlite3
+
+    assert not list(run_dir.rglob('*.json'))
+    journals = sorted((run_dir / 'journal').iterdir())
+    assert len(journals) == 2  # maclip (with maclip_qsim) and piqe
+    for file in journals:
+        with contextlib.closing(sqlite3.connect(file)) as db:
+            assert db.execute('PRAGMA user_version').fetchone()[0] == 2
+            assert db.execute('SELECT COUNT(*) FROM results').fetchone()[0] == LEVELS + 1
+
+
+def test_a_folder_of_other_files_is_not_taken_for_results(tmp_path, synthetic, capsys):
+    config = _write_config(tmp_path / 'config.yml', {
+        'datasets': {'synth': {'images': str(synthetic / 'images'), 'mos': str(synthetic / 'mos.csv')}},
+        'metrics': {'piqe': {}}})
+    mine = tmp_path / 'mine'
+    mine.mkdir()
+    (mine / 'summary.csv').write_text('my own numbers\n')
+    assert _run(config, mine) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and 'is not empty and holds no results of pyiqa-maclip' in err
+    assert (mine / 'summary.csv').read_text() == 'my own numbers\n' and listing(mine) == ['summary.csv']
+
+
+def test_a_damaged_journal_is_one_line(tmp_path, synthetic, capsys):
+    config = _write_config(tmp_path / 'config.yml', {
+        'datasets': {'synth': {'images': str(synthetic / 'images'), 'mos': str(synthetic / 'mos.csv')}},
+        'metrics': {'piqe': {}}})
+    assert _run(config, tmp_path / 'out', '--num-workers', '0') == 0
+    journal = next((tmp_path / 'out' / 'journal').iterdir())
+    journal.write_bytes(journal.read_bytes()[:100] + b'\0' * 4000)  # the header survives, the pages do not
+    capsys.readouterr()
+    assert _run(config, tmp_path / 'out', '--num-workers', '0') == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and str(journal) in err and '--force' in err and 'Traceback' not in err
+    assert _run(config, tmp_path / 'out', '--num-workers', '0', '--force') == 0
+
+
+def listing(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())

@@ -182,6 +182,16 @@ class Journal:
         with self._errors('write'):
             self._db.execute("INSERT OR REPLACE INTO meta VALUES ('complete', '1')")
 
+    @property
+    def seconds(self) -> float:
+        """Seconds spent scoring into this journal, over every run (:meth:`add_seconds`)."""
+        with self._errors('read'):
+            return float(self._meta('seconds') or 0.0)
+
+    def add_seconds(self, seconds: float) -> None:
+        with self._errors('write'):
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('seconds', ?)", (str(self.seconds + seconds),))
+
     # ---------------------------------------------------------------- results
 
     def record(self, results: Sequence[Result]) -> None:

@@ -30,7 +30,7 @@ from pydantic_core import PydanticCustomError
 from ...errors import error_text
 from .config import BenchmarkConfigError, DatasetSpec
 
-__all__ = ['Item', 'load_items', 'items_digest', 'pyiqa_dataset_options']
+__all__ = ['Item', 'load_items', 'pyiqa_dataset_options']
 
 _PATH_KEYS = ('dataroot_target', 'dataroot_ref', 'meta_info_file')
 _DROPPED_KEYS = ('split_index', 'split_file', 'augment', 'override_phase', 'mos_normalize')
@@ -253,8 +253,3 @@ def load_items(spec: DatasetSpec) -> list[Item]:
     if not items:
         raise BenchmarkConfigError(f'datasets.{spec.name}: the MOS table lists no images')
     return items
-
-
-def items_digest(items: list[Item]) -> str:
-    """A hash of the image list and its MOS: a changed table invalidates finished results."""
-    return hashlib.sha256(json.dumps(items).encode()).hexdigest()

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from ..files import write_file
 from .evaluation import Agreement
 
 __all__ = ['plot_scatter', 'plot_qsim_qmag', 'plot_srcc_bars']
@@ -23,7 +24,8 @@ _DPI = 120
 
 def _save(figure: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=_DPI, bbox_inches='tight')
+    with write_file(path, 'wb') as file:  # whole or not at all, never through a link
+        figure.savefig(file, format='png', dpi=_DPI, bbox_inches='tight')
     return path
 
 

@@ -5,22 +5,21 @@ Output directory layout::
     summary.csv, summary.md            one row per metric and dataset (complete pairs), intervals
     comparisons.csv                    every two metrics on each dataset: differences, p-values
     scores/<metric>/<dataset>.csv      per image: image, mos, prediction, error (+ MA-CLIP components)
-    scores/<metric>/<dataset>.json     done marker: the pair's fingerprint, timing, counts
     plots/<metric>/scatter_<dataset>.png, plots/<metric>/qsim_qmag_<dataset>.png, plots/srcc_bars.png
     journal/<fingerprint>.sqlite3      finished images of one model on one dataset's preprocessing
 
-Images are scored by the collection scorer's engine
-(:func:`pyiqa_maclip.app.engine.score_into`): decoding workers, batches, strict
-decoding, and a journal committed per batch, so an interrupted run resumes image
-by image. A pair is complete when its marker holds the fingerprint of the
-metric's options and weights, the dataset's options and its (image, MOS) list.
-Metrics that build the same model (variants differing only in ``component:``)
-share one scoring pass. Summary and plots are rebuilt at the end of every run.
+Images are scored by the collection engine (:func:`pyiqa_maclip.app.engine.score_into`):
+decoding workers under a pixel budget, batches, strict decoding, and a journal committed
+per batch. The journals are the only record: a pair is complete when the journal of its
+model (the metric's fingerprint: options, weights, versions) and preprocessing holds a
+result for every image of the dataset, so an interrupted run resumes image by image and
+a changed option scores again. Metrics that build the same model (variants differing only
+in ``component:``) share one journal. Everything else is an export of the journals and
+the MOS tables, rebuilt at the end of every run.
 """
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import hashlib
 import json
 import math
@@ -37,14 +36,13 @@ from tqdm import tqdm
 
 from ...errors import one_line
 from ...names import COMPONENTS
-from ...safe_io import atomic_file
-from ...version import __version__
 from ..engine import loading_options, score_into
 from ..images import DEFAULT_PIXEL_BUDGET
-from ..journal import Journal
+from ..files import check_results_folder, write_file
+from ..journal import Journal, JournalError
 from ..scorers import Recipe
 from .config import BenchmarkConfig, DatasetSpec, MetricSpec, file_stem
-from .datasets import Item, items_digest, load_items
+from .datasets import Item, load_items
 from .evaluation import Agreement, evaluate
 from .plots import plot_qsim_qmag, plot_scatter, plot_srcc_bars
 from .statistics import RESAMPLES, Intervals, correlation_intervals
@@ -62,11 +60,10 @@ _MACLIP_ARCH = 'MACLIP'
 
 @dataclass(frozen=True)
 class Pair:
-    """One metric on one dataset, with the fingerprint that marks its results as current."""
+    """One metric on one dataset."""
 
     metric: MetricSpec
     dataset: DatasetSpec
-    key: str
 
     @property
     def folder(self) -> str:
@@ -88,16 +85,16 @@ def _digest(record) -> str:
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def pair_key(metric: MetricSpec, dataset: DatasetSpec, digest: str, scorer: dict) -> str:
-    """The fingerprint of a pair: metric options, the scorer's (weights, versions), dataset options
-    and the (image, MOS) list's digest."""
-    return _digest({'metric': metric.fingerprint(), 'scorer': scorer, 'dataset': dataset.fingerprint(),
-                    'items': digest})
-
-
 def _write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically, unless the file holds it already (its time then tells
+    when its content last changed)."""
+    try:
+        if path.read_bytes() == text.encode('utf-8'):
+            return
+    except OSError:
+        pass
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(path, encoding='utf-8', newline='') as file:
+    with write_file(path, encoding='utf-8', newline='') as file:
         file.write(text)
 
 
@@ -113,18 +110,14 @@ class Layout:
     def scores_csv(self, pair: Pair) -> Path:
         return self.scores / pair.folder / f'{pair.stem}.csv'
 
-    def marker(self, pair: Pair) -> Path:
-        return self.scores / pair.folder / f'{pair.stem}.json'
-
     def journal(self, fingerprint: dict) -> Path:
-        return self.journals / f'{_digest(fingerprint)[:32]}.sqlite3'
+        digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()
+        return self.journals / f'{digest[:32]}.sqlite3'
 
-    def is_complete(self, pair: Pair) -> bool:
-        try:
-            marker = json.loads(self.marker(pair).read_text(encoding='utf-8'))
-        except (OSError, ValueError):
-            return False
-        return isinstance(marker, dict) and marker.get('key') == pair.key and self.scores_csv(pair).is_file()
+    def check(self) -> None:
+        """A :class:`UserError` unless the output folder is new, empty, or holds results of an earlier
+        benchmark (its journal/ folder): nothing of the user's is replaced."""
+        check_results_folder(self.root, self.journals.name, '--output-dir')
 
 
 def pair_table(items: Sequence[Item], results: dict, metric: MetricSpec, columns: Sequence[str]) -> pd.DataFrame:
@@ -141,18 +134,9 @@ def pair_table(items: Sequence[Item], results: dict, metric: MetricSpec, columns
     return pd.DataFrame(rows, columns=['image', 'mos', 'prediction', 'error', *extra])
 
 
-def _write_pair(layout: Layout, pair: Pair, frame: pd.DataFrame, seconds: float) -> None:
+def _write_pair(layout: Layout, pair: Pair, frame: pd.DataFrame) -> None:
     # CRLF rows: a CR inside an image name is then quoted too (RFC 4180).
     _write_text(layout.scores_csv(pair), spreadsheet_csv(frame, _TEXT_COLUMNS, lineterminator='\r\n'))
-    failed = int((frame['error'] != '').sum())
-    marker = {
-        'metric': pair.metric.name, 'dataset': pair.dataset.name, 'key': pair.key,
-        'fingerprint': {'metric': pair.metric.fingerprint(), 'dataset': pair.dataset.fingerprint()},
-        'images': len(frame), 'failed': failed, 'seconds': seconds,
-        'finished': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-        'pyiqa_maclip': __version__,
-    }
-    _write_text(layout.marker(pair), json.dumps(marker, indent=2, default=str))
 
 
 def read_scores(path: str | os.PathLike) -> pd.DataFrame:
@@ -207,15 +191,12 @@ def _signed(pair: Pair, scored: pd.DataFrame) -> np.ndarray:
     return pair.sign * scored['prediction'].to_numpy(float)
 
 
-def load_result(layout: Layout, pair: Pair) -> PairResult:
-    """Evaluate a complete pair from its files (successful images only, prediction times the pair's sign)."""
-    frame = read_scores(layout.scores_csv(pair))
-    marker = json.loads(layout.marker(pair).read_text(encoding='utf-8'))
+def evaluate_pair(pair: Pair, frame: pd.DataFrame, seconds: float) -> PairResult:
+    """Evaluate a pair's per-image table (successful images only, prediction times the pair's sign)."""
     scored = frame[frame['error'] == '']
     signed, mos = _signed(pair, scored), scored['mos'].to_numpy(float)
     intervals, replicates = correlation_intervals(signed, mos)
-    return PairResult(pair, frame, evaluate(signed, mos), float(marker.get('seconds', math.nan)), intervals,
-                      replicates)
+    return PairResult(pair, frame, evaluate(signed, mos), seconds, intervals, replicates)
 
 
 def summarise(results: Sequence[PairResult]) -> pd.DataFrame:
@@ -277,35 +258,33 @@ def _build(recipe: Recipe, metric: MetricSpec, device: str | None):
     return recipe.build(device)
 
 
-def _score_dataset(layout: Layout, scorer, fingerprint: dict, spec: DatasetSpec, items: Sequence[Item],
-                   device: torch.device, force: bool, description: str, loading: dict) -> dict:
-    """Score the dataset's images not yet in the journal of (scorer, preprocessing); all their results."""
-    fingerprint = {**fingerprint, 'resize': spec.resize, 'resize_mode': spec.resize_mode}
+def _score_dataset(layout: Layout, recipe: Recipe, build: Callable[[], object], spec: DatasetSpec,
+                   items: Sequence[Item], device: torch.device, description: str, loading: dict,
+                   discard: set[Path]) -> tuple[dict, float, bool]:
+    """Score the dataset's images that the journal of (model, preprocessing) lacks. Returns every
+    image's result, the seconds spent scoring them over all runs, and whether anything was left
+    to score. A journal in ``discard`` (``--force``) is emptied first, once."""
+    fingerprint = {**recipe.fingerprint, 'resize': spec.resize, 'resize_mode': spec.resize_mode}
     file = layout.journal(fingerprint)
     file.parent.mkdir(parents=True, exist_ok=True)
-    if force:
+    if file in discard:
+        discard.discard(file)
         file.unlink(missing_ok=True)
     paths = [item.image for item in items]
-    with Journal.create(file, fingerprint, scorer.columns) as journal:
+    with Journal.create(file, fingerprint, recipe.columns, advice='recompute it with --force') as journal:
         finished = journal.finished()
         pending = [p for p in paths if p not in finished]
-        with tqdm(total=len(paths), initial=len(paths) - len(pending), desc=description, unit='img',
-                  dynamic_ncols=True) as bar:
-            score_into(journal, pending, scorer, device, **loading, resize=spec.resize, resize_mode=spec.resize_mode,
-                       bar=bar)
-        return {result.path: result for result in journal.results(paths)}
-
-
-def _check_writable(root: Path) -> None:
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        with atomic_file(root / '.write-test'):
-            pass
-        (root / '.write-test').unlink()
-    except OSError as error:
-        from .config import BenchmarkConfigError
-
-        raise BenchmarkConfigError(f'--output-dir {root}: cannot write there: {error.strerror or error}') from error
+        if pending:
+            scorer = build()
+            start = time.perf_counter()
+            with tqdm(total=len(paths), initial=len(paths) - len(pending), desc=description, unit='img',
+                      dynamic_ncols=True) as bar:
+                try:
+                    score_into(journal, pending, scorer, device, **loading, resize=spec.resize,
+                               resize_mode=spec.resize_mode, bar=bar)
+                finally:
+                    journal.add_seconds(time.perf_counter() - start)
+        return {result.path: result for result in journal.results(paths)}, journal.seconds, bool(pending)
 
 
 def run_benchmark(config: BenchmarkConfig, output_dir: str | os.PathLike, *, device: str | None = None,
@@ -314,7 +293,8 @@ def run_benchmark(config: BenchmarkConfig, output_dir: str | os.PathLike, *, dev
     """Score, evaluate and report every pair; returns 0, or 1 if a metric could not be built or run.
 
     ``batch_size`` images are decoded (in ``num_workers`` processes, default one per CPU, at most
-    4) and scored together, as by ``pyiqa-maclip score``; neither changes a score.
+    4, the images in flight under ``pixel_budget`` pixels) and scored together, as by
+    ``pyiqa-maclip score``; none of these changes a score. ``force`` scores every image again.
 
     Every dataset's (image, MOS) list is read, and the output folder checked, before any
     scoring, so a wrong path fails at once
@@ -322,62 +302,53 @@ def run_benchmark(config: BenchmarkConfig, output_dir: str | os.PathLike, *, dev
     """
     loading = loading_options(batch_size, num_workers, pixel_budget)
     layout = Layout(Path(output_dir))
+    layout.check()
     items = {spec.name: load_items(spec) for spec in config.datasets}
     for spec in config.datasets:
         source = spec.mos if spec.kind == 'custom' else f"pyiqa's list of {spec.pyiqa}"
         count = len(items[spec.name])
         log(f'{spec.name}: {count} image{"s" * (count != 1)} with their MOS read from {source}')
-    _check_writable(layout.root)
+    layout.root.mkdir(parents=True, exist_ok=True)
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-    digests = {name: items_digest(value) for name, value in items.items()}
-    pairs: dict[tuple[str, str], Pair] = {}
+    results: list[PairResult] = []
     status = 0
     for group in _groups(config.metrics):
         names = ', '.join(m.name for m in group)
+        scorer = None
+
+        def build():
+            nonlocal scorer
+            if scorer is None:
+                scorer = _build(recipe, group[0], str(device))
+            return scorer
+
         try:
             recipe = Recipe(group[0].pyiqa_name, group[0].options)
-            fingerprint = recipe.fingerprint
-        # The weights cannot be resolved (missing file, no download): the metric cannot be built.
-        except (OSError, ValueError) as error:
-            log(f'error: cannot build metric {names}: {one_line(error)}')
-            status = 1
-            continue
-        pairs.update({(m.name, d.name): Pair(m, d, pair_key(m, d, digests[d.name], fingerprint))
-                      for m in group for d in config.datasets})
-        todo = {d.name: [m for m in group if force or not layout.is_complete(pairs[m.name, d.name])]
-                for d in config.datasets}
-        for dataset, metrics in todo.items():
-            for metric in group:
-                if metric not in metrics:
-                    log(f'{metric.name} on {dataset}: complete, skipped')
-        if not any(todo.values()):
-            continue
-        try:
-            scorer = _build(recipe, group[0], str(device))
-        # create_metric fails in many ways (assert, download, bad option): report it, run the rest.
+            discard = {layout.journal({**recipe.fingerprint, 'resize': d.resize, 'resize_mode': d.resize_mode})
+                       for d in config.datasets} if force else set()
+            for spec in config.datasets:
+                found, seconds, scored = _score_dataset(layout, recipe, build, spec, items[spec.name], device,
+                                                        f'{names[:40]} | {spec.name}', loading, discard)
+                for metric in group:
+                    pair = Pair(metric, spec)
+                    frame = pair_table(items[spec.name], found, metric, recipe.columns)
+                    _write_pair(layout, pair, frame)
+                    results.append(evaluate_pair(pair, frame, seconds))
+                    failed = int((frame['error'] != '').sum())
+                    first = '' if not failed else f'; first failure: {frame.loc[frame["error"] != "", "error"].iloc[0]}'
+                    done = 'scored' if scored else 'complete, skipped:'
+                    log(f'{metric.name} on {spec.name}: {done} {len(frame) - failed} scored, {failed} failed{first}')
+        except JournalError:  # the results folder itself: nothing else can go on
+            raise
+        # The metric cannot be built, or its weights had (a missing file, no download, a bad option): report
+        # it, run the rest. create_metric fails in many ways (assert, download, bad option).
         except Exception as error:  # noqa: BLE001
             log(f'error: cannot build metric {names}: {one_line(error)}')
             status = 1
-            continue
-        for spec in config.datasets:
-            if not todo[spec.name]:
-                continue
-            start = time.perf_counter()
-            results = _score_dataset(layout, scorer, fingerprint, spec, items[spec.name], device, force,
-                                     f'{names[:40]} | {spec.name}', loading)
-            seconds = time.perf_counter() - start
-            for metric in todo[spec.name]:
-                frame = pair_table(items[spec.name], results, metric, scorer.columns)
-                _write_pair(layout, pairs[metric.name, spec.name], frame, seconds)
-                failed = int((frame['error'] != '').sum())
-                first = '' if not failed else f'; first failure: {frame.loc[frame["error"] != "", "error"].iloc[0]}'
-                log(f'{metric.name} on {spec.name}: {len(frame) - failed} scored, {failed} failed{first}')
         del scorer
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    complete = [pair for pair in pairs.values() if layout.is_complete(pair)]
-    log(f'evaluating {len(complete)} pairs: correlations, {RESAMPLES} bootstrap resamples, comparisons')
-    results = [load_result(layout, pair) for pair in complete]
+    log(f'evaluating {len(results)} pairs: correlations, {RESAMPLES} bootstrap resamples, comparisons')
     summary = summarise(results)
     comparisons = compare_metrics([result.evaluated() for result in results])
     _write_text(layout.root / 'summary.csv', spreadsheet_csv(summary, _TEXT_COLUMNS))

@@ -37,11 +37,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from ... import weights
     from ..benchmark.config import read_config
-    from ..files import check_writable_folder
+    from ..files import check_results_folder, check_writable_folder
 
     weights.check_environment()
     raw = read_config(args.config)
     check_writable_folder(args.output_dir, f'the results (--output-dir {args.output_dir})')
+    check_results_folder(args.output_dir, 'journal', '--output-dir')
 
     from ..benchmark.config import parse_config
     from ..benchmark.runner import run_benchmark, with_precision
