@@ -13,8 +13,6 @@ reported with the line (CSV, TSV) or row (.xlsx) a user finds it on.
 from __future__ import annotations
 
 import csv
-import hashlib
-import json
 import math
 import ntpath
 import os
