@@ -500,6 +500,28 @@ def test_two_processes_give_the_single_process_output(collection, tiny_rn, tmp_p
     assert listing(WorkFiles(sharded).folder) == ['lock', 'rank0.lock', 'rank0.sqlite3', 'rank1.lock']
 
 
+def test_a_problem_only_the_main_process_sees_is_one_line_in_every_process(collection, tiny_rn, tmp_path):
+    """The journal is the main process's to open: every process stops with its line, no gloo traceback."""
+    import sqlite3
+
+    output = tmp_path / 'scores.csv'
+    assert score_collection(collection, output, tiny_rn, '--num-workers', 0)[0] == 1
+    with contextlib.closing(sqlite3.connect(WorkFiles(output).journal(0))) as db:
+        db.execute('PRAGMA user_version = 1')  # as if another version had written it
+    launch = [Path(sys.executable).with_name('accelerate'), 'launch', '--multi_gpu', '--num_processes', 2,
+              '--num_machines', 1, '--mixed_precision', 'no', '--dynamo_backend', 'no',
+              '--main_process_port', free_port()]
+    env = {**os.environ, 'HF_HOME': str(tmp_path / 'hf'), 'ACCELERATE_USE_CPU': 'true', 'CUDA_VISIBLE_DEVICES': '',
+           'OMP_NUM_THREADS': '1'}
+    run = subprocess.run([*map(str, launch), '-m', 'pyiqa_maclip', 'score', *collection.inputs, '--output',
+                          str(output), '--backbone', str(tiny_rn), '--no-progress'],
+                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
+    errors = [line for line in run.stderr.splitlines() if line.startswith('pyiqa-maclip score: error:')]
+    assert len(errors) == 2 and all('written by another version of pyiqa-maclip' in line for line in errors)
+    assert run.stderr.count('exitcode  : 2') == 2  # accelerate's report: both stopped with status 2, no crash
+    assert 'pyiqa_maclip/' not in run.stderr and 'gloo' not in run.stderr.lower()  # no traceback of theirs
+
+
 def test_module_help():
     run = subprocess.run([sys.executable, '-m', 'pyiqa_maclip', 'score', '--help'], cwd=ROOT,
                          capture_output=True, text=True, timeout=120, check=False)

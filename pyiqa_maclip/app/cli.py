@@ -42,21 +42,25 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     prefix = f'pyiqa-maclip {args.command}'
 
+    def say(line: str) -> None:  # one write: lines of several processes never interleave mid-line
+        sys.stderr.write(line + '\n')
+        sys.stderr.flush()
+
     def one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
-        print(f'{prefix}: warning: {one_line(message)}', file=sys.stderr)
+        say(f'{prefix}: warning: {one_line(message)}')
 
     showwarning, warnings.showwarning = warnings.showwarning, one_line_warning
     try:
         return args.run(args)
     except KeyboardInterrupt:
-        print(f'interrupted: {prefix} stopped', file=sys.stderr)
+        say(f'interrupted: {prefix} stopped')
         return 130
     except (UserError, OSError) as error:
-        print(f'{prefix}: error: {one_line(error) or type(error).__name__}', file=sys.stderr)
+        say(f'{prefix}: error: {one_line(error) or type(error).__name__}')
         return 2
     except Exception:
-        print(f'{prefix}: this is a bug in pyiqa-maclip {__version__}, not a mistake of yours: please report it '
-              'with the traceback below', file=sys.stderr)
+        say(f'{prefix}: this is a bug in pyiqa-maclip {__version__}, not a mistake of yours: please report it '
+            'with the traceback below')
         raise
     finally:
         warnings.showwarning = showwarning

@@ -49,8 +49,8 @@ _log = logging.getLogger('pyiqa_maclip')
 #: Seconds the main process waits for the others once its own share is done (``--rank-timeout``).
 RANK_TIMEOUT = 3600.0
 _REPORT_EVERY = 60.0  # seconds between "waiting for" lines
-# The collectives at the start only wait for processes to start (loading weights, listing folders).
-_START_TIMEOUT = datetime.timedelta(hours=1)
+# The collectives at the start only wait for the processes to start (listing folders, hashing weights).
+_START_TIMEOUT = datetime.timedelta(minutes=10)
 
 
 def device_problem(device: torch.device) -> str | None:
@@ -249,13 +249,25 @@ def _held(lock_file: Path, busy: str) -> Iterator[FileLock]:
         lock.release()
 
 
+@contextmanager
+def _together(what: str) -> Iterator[None]:
+    """A collective of the processes at the start of a run: one that stopped before it (its own message
+    says why) leaves the others waiting until the start timeout, then one line, not gloo's traceback."""
+    try:
+        yield
+    except RuntimeError as error:
+        raise UserError(f'the processes of this run could not {what} within {_START_TIMEOUT.total_seconds():g} s: '
+                        'one of them stopped (see its own message above) or cannot reach the others') from error
+
+
 def _broadcast(state, value):
     """``value`` of the main process, in every process (as is, with one process)."""
     if state.num_processes == 1:
         return value
     from accelerate.utils import broadcast_object_list
 
-    return broadcast_object_list([value])[0]
+    with _together('agree on the plan'):
+        return broadcast_object_list([value])[0]
 
 
 def score_collection(paths: Sequence[str | os.PathLike], output: str | os.PathLike, recipe: Recipe | None = None, *,
@@ -290,10 +302,14 @@ def score_collection(paths: Sequence[str | os.PathLike], output: str | os.PathLi
         raise UserError('paths must be a list of image files; for a folder or a list file use collect_paths() first')
     recipe = recipe or Recipe()
     loading = loading_options(batch_size, num_workers, pixel_budget)
-    state = _distributed_state()
+    ours = not (torch.distributed.is_available() and torch.distributed.is_initialized())
+    with _together('meet'):
+        state = _distributed_state()
     main = state.is_main_process
     files = WorkFiles(Path(output).absolute())
     with contextlib.ExitStack() as held:
+        if ours and state.num_processes > 1:  # a process group made for this run ends with it, even on an error
+            held.callback(torch.distributed.destroy_process_group)
         journal, plan, problem = None, None, None
         try:  # every process: its own view of the settings (each resolves the weights it will load)
             fingerprint = recipe.fingerprint
@@ -306,7 +322,7 @@ def score_collection(paths: Sequence[str | os.PathLike], output: str | os.PathLi
                 paths = list(dict.fromkeys(os.fspath(p) for p in paths))
                 if not paths:
                     raise UserError('paths is empty: expected at least one image file to score')
-                files.check(paths)
+                files.check(paths, overwrite)
                 files.folder.mkdir(parents=True, exist_ok=True)
                 held.enter_context(_held(files.lock, f'another run is writing {files.output} (it holds '
                                                      f'{files.lock}); wait for it to end, or choose another output'))
@@ -323,7 +339,8 @@ def score_collection(paths: Sequence[str | os.PathLike], output: str | os.PathLi
         held.enter_context(_held(files.alive(state.process_index), f'{files.alive(state.process_index)} is held by '
                                  'another process: is another run with the same output going on?'))
         if state.num_processes > 1:
-            state.wait_for_everyone()  # every process holds its lock before any waits for the others
+            with _together('start'):
+                state.wait_for_everyone()  # every process holds its lock before any waits for the others
         device = _resolve_device(device, state)
         shard = pending[state.process_index::state.num_processes]
         own = journal if main else held.enter_context(Journal.create(files.journal(state.process_index),
@@ -370,7 +387,8 @@ def _gather(state, value) -> list:
         return [value]
     from accelerate.utils import gather_object
 
-    return gather_object([value])
+    with _together('compare their settings'):
+        return gather_object([value])
 
 
 def _others_problem(views: list, fingerprint: dict) -> UserError | None:

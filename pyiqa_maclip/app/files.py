@@ -155,16 +155,24 @@ class WorkFiles:
     def rank_of(journal: Path) -> int:
         return int(_JOURNAL.fullmatch(journal.name)[1])
 
-    def check(self, paths: Sequence[str]) -> None:
+    def check(self, paths: Sequence[str], overwrite: bool = False) -> None:
         """Before anything is written (no torch needed): a :class:`UserError` for an output that is a
-        folder, link, device or FIFO, is one of the inputs, has too long a name, or cannot be written."""
-        refuse_special(self.output, 'the output')
-        refuse_special(self.errors, 'the errors file of the output,')
+        folder, link, device or FIFO, is one of the inputs, has too long a name, or cannot be written;
+        and, for a first run (no journal yet), for a file in the way: an output not to be replaced
+        (without ``overwrite``) or any errors file."""
         inputs = set(paths)
-        for path in (self.output, self.errors):
-            if {os.path.abspath(path), os.path.realpath(path)} & inputs:
-                raise UserError(f'the output file {path} is one of the images to score; choose another output')
+        for path, what in ((self.output, 'the output'), (self.errors, 'the errors file')):
             if not fits_name(path):
                 raise UserError(f'the name of {path} is longer than the {name_max(path.parent)} bytes the file '
                                 'system allows; choose a shorter --output')
+            refuse_special(path, what)
+            if {os.path.abspath(path), os.path.realpath(path)} & inputs:
+                raise UserError(f'the output file {path} is one of the images to score; choose another output')
+        if not self.journals():
+            if self.output.exists() and not overwrite:
+                raise UserError(f'the output {self.output} is in the way: it was not written by this run; pass '
+                                '--overwrite to replace it, or choose another --output')
+            if self.errors.exists():
+                raise UserError(f'the errors file {self.errors} is in the way: it was not written by this run; '
+                                'move it away, or choose another --output')
         check_writable_folder(self.output.parent, f'the output {self.output}')

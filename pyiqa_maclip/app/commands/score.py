@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -121,12 +120,12 @@ def run(args: argparse.Namespace) -> int:
     extensions = None if args.extensions is None else parse_extensions(args.extensions.split(','))
     if args.rank_timeout <= 0:
         raise UserError(f'--rank-timeout {args.rank_timeout:g}: expected a positive number of seconds')
-    # Only the main process walks the inputs (RANK is set by accelerate launch and torchrun).
-    paths = collect_paths(args.inputs, extensions) if os.environ.get('RANK', '0') == '0' else []
-    if os.environ.get('RANK', '0') == '0':
-        if not paths:
-            raise UserError(f'no image files found in {", ".join(args.inputs)}')
-        WorkFiles(args.output.absolute()).check(paths)
+    # Every process checks alike (under accelerate, one that stopped here would leave the others waiting);
+    # the main process's list is the one scored.
+    paths = collect_paths(args.inputs, extensions)
+    if not paths:
+        raise UserError(f'no image files found in {", ".join(args.inputs)}')
+    WorkFiles(args.output.absolute()).check(paths, args.overwrite)
 
     # Now torch and pyiqa.
     from ..engine import score_collection
