@@ -286,3 +286,79 @@ def test_processes_with_other_settings_do_not_start():
                                    "mix: checkpoint_sha256 was 'aaaa")
     assert str(engine._others_problem([(0, main, None), (1, None, 'CLIP weights ... are not available')], main)) == (
         'process 1: CLIP weights ... are not available')
+
+
+# ---------------------------------------------------------------- any pyiqa metric, the images in flight
+
+
+def test_any_pyiqa_metric_scores_a_collection_as_create_metric_does(images, tmp_path):
+    """--metric piqe: the same numbers as pyiqa.create_metric('piqe') on each file (pyiqa reads it itself)."""
+    import csv
+
+    import pyiqa
+
+    output = tmp_path / 'piqe.csv'
+    status, stdout, _ = score(images, '-o', output, '--metric', 'piqe')
+    assert status == 1 and stdout.startswith('scored 3 images, 1 failed')
+    with open(output, newline='', encoding='utf-8') as file:
+        rows = list(csv.reader(file))
+    assert rows[0] == ['path', 'score']
+    metric = pyiqa.create_metric('piqe', device='cpu')
+    for path, value in rows[1:]:
+        assert float(value) == pytest.approx(float(metric(path)), rel=1e-6, abs=1e-6)
+    # Its journal is the engine's: a rerun resumes, another metric on the same output is refused.
+    assert score(images, '-o', output, '--metric', 'piqe')[1].endswith('0 processed in this run, 4 done before\n')
+    status, _, err = score(images, '-o', output, '--metric', 'entropy')
+    assert status == 2 and "metric was 'piqe', now 'entropy'" in err
+
+
+def test_the_images_in_flight_stay_under_the_pixel_budget(tmp_path, monkeypatch):
+    """However large the batch and the worker count: an image joins the flight only when its pixels fit,
+    an image larger than the budget only alone (issue 21, point 4)."""
+    from pyiqa_maclip.app import images as decoding
+
+    sizes = [(100, 100), (300, 200), (50, 40), (400, 400), (10, 10), (200, 150), (600, 600), (30, 30)]
+    paths = []
+    for i, (height, width) in enumerate(sizes):
+        paths.append(str(tmp_path / f'{i}.png'))
+        Image.new('RGB', (width, height)).save(paths[-1])
+    budget = 100_000  # pixels: (400, 400) and (600, 600) exceed it alone
+    flight: list[int] = []  # pixels of each image decoded and not yet handed back
+    read = decoding.read_image
+
+    def counted(path, *args, **kwargs):
+        image = read(path, *args, **kwargs)
+        flight.append(image.shape[-2] * image.shape[-1])
+        assert sum(flight) <= budget or len(flight) == 1, flight
+        return image
+
+    monkeypatch.setattr(decoding, 'read_image', counted)
+    seen = []
+    for batch in decoding.decoded_batches(paths, batch_size=8, num_workers=0, pixel_budget=budget):
+        seen += [item.index for item in batch]
+        for item in batch:  # the caller is done with the batch when it asks for the next
+            flight.remove(item.image.shape[-2] * item.image.shape[-1])
+    assert seen == list(range(len(paths))) and flight == []
+
+
+def test_decoding_workers_give_the_same_images(tmp_path):
+    from pyiqa_maclip.app import images as decoding
+
+    paths = []
+    for i in range(5):
+        paths.append(str(tmp_path / f'{i}.png'))
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (20 + i, 30, 3), dtype=np.uint8)).save(paths[-1])
+    paths.append(str(tmp_path / 'missing.png'))
+    here = [item for batch in decoding.decoded_batches(paths, batch_size=2) for item in batch]
+    pool = [item for batch in decoding.decoded_batches(paths, batch_size=2, num_workers=2, pixel_budget=1500)
+            for item in batch]
+    assert [item.index for item in pool] == list(range(6))
+    for a, b in zip(here[:5], pool[:5]):
+        assert a.error is None and b.error is None and torch_equal(a.image, b.image)
+    assert here[5].error == pool[5].error and pool[5].error.startswith('FileNotFoundError')
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return a.dtype == b.dtype == torch.uint8 and torch.equal(a, b)
