@@ -16,8 +16,6 @@ setup(
     license='MIT',
     python_requires='>=3.9',
     packages=find_packages(include=['pyiqa_maclip', 'pyiqa_maclip.*']),
-    # The command line: standard library only, so that --help does not wait for torch.
-    py_modules=['pyiqa_maclip_cli'],
     install_requires=[
         'pyiqa>=0.1.16,<0.2',
         'torch>=2.0',
@@ -42,7 +40,7 @@ setup(
     extras_require={'test': ['pytest']},
     entry_points={
         'pyiqa.archs': ['maclip = pyiqa_maclip.registration:register'],
-        'console_scripts': ['pyiqa-maclip = pyiqa_maclip_cli:main'],
+        'console_scripts': ['pyiqa-maclip = pyiqa_maclip.app.cli:main'],
     },
     classifiers=[
         'Programming Language :: Python :: 3',

@@ -1,6 +1,6 @@
 """``python -m pyiqa_maclip`` (and ``accelerate launch -m pyiqa_maclip``): the ``pyiqa-maclip`` command."""
 import sys
 
-from pyiqa_maclip_cli import main
+from .app.cli import main
 
 sys.exit(main())

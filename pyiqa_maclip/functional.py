@@ -24,6 +24,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from .names import COMPONENTS
+
 __all__ = [
     'DEFAULT_PROMPTS',
     'MAX_ASPECT_RATIO',
@@ -32,6 +34,7 @@ __all__ = [
     'working_size',
     'num_patches',
     'bilinear_taps',
+    'unit_values',
     'image_patch',
     'global_view',
     'similarity_quality',
@@ -57,8 +60,9 @@ DEFAULT_PROMPTS: tuple[tuple[str, str], ...] = (
 MAX_ASPECT_RATIO = 32
 
 
-class QualityComponents(NamedTuple):
-    """MA-CLIP's output for an image (0-d tensors) or a batch ((B,) tensors).
+class QualityComponents(NamedTuple('QualityComponents', [(name, torch.Tensor) for name in COMPONENTS])):
+    """MA-CLIP's output for an image (0-d tensors) or a batch ((B,) tensors): ``score``, ``q_sim``,
+    ``q_mag``, ``w_sim``, ``w_mag`` (:data:`~pyiqa_maclip.names.COMPONENTS`).
 
     ``score`` is the MA-CLIP quality; the other fields are the means over the
     image's views (patches and global view) of Q_sim, Q_mag and the two fusion
@@ -66,11 +70,7 @@ class QualityComponents(NamedTuple):
     it differs from ``w_sim * q_sim + w_mag * q_mag`` of these means.
     """
 
-    score: torch.Tensor
-    q_sim: torch.Tensor
-    q_mag: torch.Tensor
-    w_sim: torch.Tensor
-    w_mag: torch.Tensor
+    __slots__ = ()
 
 
 class FusedQuality(NamedTuple):
@@ -126,6 +126,11 @@ def bilinear_taps(
     return low, (low + 1).clamp(max=in_size - 1), weight
 
 
+def unit_values(x: torch.Tensor) -> torch.Tensor:
+    """Pixels as floats in [0, 1]: 8-bit (``uint8``) values divided by 255, float values as they are."""
+    return x.float().div_(255) if x.dtype == torch.uint8 else x
+
+
 def image_patch(x: torch.Tensor, size: tuple[int, int], top: int, left: int, patch_size: int) -> torch.Tensor:
     """The ``patch_size`` square at (``top``, ``left``) of (B, C, H, W) images resized to ``size``.
 
@@ -135,22 +140,23 @@ def image_patch(x: torch.Tensor, size: tuple[int, int], top: int, left: int, pat
     the :func:`bilinear_taps` of its row and column; the result equals
     ``F.interpolate(x, size, mode='bilinear', align_corners=False)`` then cropping, to
     float rounding. When ``size`` is the image's own size, the patch is a view of ``x``
-    (no copy, no arithmetic: the reference's own pixels).
+    (no copy, no arithmetic: the reference's own pixels). 8-bit images give float32 patches
+    in [0, 1] (:func:`unit_values`), converting only the pixels the patch needs.
     """
     height, width = x.shape[-2:]
     if (height, width) == tuple(size):
-        return x[..., top:top + patch_size, left:left + patch_size]
+        return unit_values(x[..., top:top + patch_size, left:left + patch_size])
     # F.interpolate's index arithmetic runs in float32 but for float64 images.
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     offsets = torch.arange(patch_size, dtype=dtype)
     row_low, row_high, row_weight = bilinear_taps(offsets + top, height, size[0])
     col_low, col_high, col_weight = bilinear_taps(offsets + left, width, size[1])
     row_low, row_high, col_low, col_high = (i.to(x.device) for i in (row_low, row_high, col_low, col_high))
-    row_weight = row_weight.to(device=x.device, dtype=x.dtype)[:, None]
-    col_weight = col_weight.to(device=x.device, dtype=x.dtype)
+    row_weight = row_weight.to(device=x.device, dtype=dtype if x.dtype == torch.uint8 else x.dtype)[:, None]
+    col_weight = col_weight.to(device=x.device, dtype=row_weight.dtype)
 
     def pixels(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-        return x[..., rows[:, None], cols[None, :]]
+        return unit_values(x[..., rows[:, None], cols[None, :]])
 
     upper = pixels(row_low, col_low) * (1 - col_weight) + pixels(row_low, col_high) * col_weight
     lower = pixels(row_high, col_low) * (1 - col_weight) + pixels(row_high, col_high) * col_weight
@@ -158,7 +164,13 @@ def image_patch(x: torch.Tensor, size: tuple[int, int], top: int, left: int, pat
 
 
 def global_view(x: torch.Tensor, size: int = 224) -> torch.Tensor:
-    """The whole image resized to ``size`` x ``size`` (bilinear, ``align_corners=False``)."""
+    """The whole image resized to ``size`` x ``size`` (bilinear, ``align_corners=False``).
+
+    An 8-bit image is resized from the source pixels the view needs (:func:`image_patch`),
+    never converted whole to floats.
+    """
+    if x.dtype == torch.uint8:
+        return image_patch(x, (size, size), 0, 0, size)
     return F.interpolate(x, size=(size, size), mode='bilinear', align_corners=False)
 
 

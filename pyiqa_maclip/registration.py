@@ -16,11 +16,9 @@ from pyiqa.default_model_configs import DEFAULT_CONFIGS
 from pyiqa.utils.registry import ARCH_REGISTRY
 
 from .arch import MACLIP
+from .names import ARCH_NAME, METRIC_NAME, VARIANTS
 
-__all__ = ['METRIC_NAME', 'ARCH_NAME', 'METRIC_CONFIG', 'VARIANTS', 'register']
-
-METRIC_NAME = 'maclip'
-ARCH_NAME = 'MACLIP'
+__all__ = ['METRIC_CONFIG', 'register']
 
 #: The ``DEFAULT_CONFIGS`` entry. Q_sim lies in (0, 1) and Q_mag in [0, inf) (a Box-Cox of
 #: non-negative values); the fused score is a convex combination of the two, so it is >= 0
@@ -30,15 +28,6 @@ METRIC_CONFIG = {
     'metric_mode': 'NR',
     'lower_better': False,
     'score_range': '0, ~1.5',
-}
-
-#: The paper's other backbones as named metrics, following pyiqa's naming of variants
-#: (``clipiqa+_vitL14_512``, ``topiq_iaa_res50``: an underscore and the architecture).
-VARIANTS = {
-    'maclip_rn101': 'RN101',
-    'maclip_vitB32': 'ViT-B/32',
-    'maclip_vitB16': 'ViT-B/16',
-    'maclip_vitL14': 'ViT-L/14',
 }
 
 # pyiqa 0.1.15+ ships this entry; its score_range ('0, 1') does not hold for MA-CLIP.

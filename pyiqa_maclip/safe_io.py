@@ -1,15 +1,14 @@
-"""File writing that never leaves a half-written file, and errors as one-line text for CSV cells."""
+"""File writing that never leaves a half-written file (weights downloads, every export)."""
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-__all__ = ['atomic_file', 'current_umask', 'one_line', 'error_text', 'command_error']
+__all__ = ['atomic_file', 'current_umask']
 
 
 def current_umask() -> int:
@@ -27,16 +26,21 @@ def current_umask() -> int:
 
 
 @contextmanager
-def atomic_file(path: str | os.PathLike, mode: str = 'w', **open_options) -> Iterator[IO]:
-    """Open a temporary file beside ``path``; it replaces ``path`` only if the block completes.
+def atomic_file(path: str | os.PathLike, mode: str = 'w', *, temporary_dir: str | os.PathLike | None = None,
+                **open_options) -> Iterator[IO]:
+    """Open a temporary file that replaces ``path`` only if the block completes.
 
-    The data is flushed to disk before the move. Any exception (a failed checksum
-    raised inside the block, a kill, a full disk) removes the temporary file and
-    leaves ``path`` as it was. The file gets the permissions of any file the user
-    creates (0666 less the umask), not mkstemp's owner-only 0600.
+    The temporary file is ``.<name>.<random>.part`` beside ``path``, or ``<random>.part`` in
+    ``temporary_dir`` (which must be on the same file system). The data is flushed to disk
+    before the move. Any exception (a failed checksum raised inside the block, a kill, a
+    full disk) removes the temporary file and leaves ``path`` as it was. The file gets the
+    permissions of any file the user creates (0666 less the umask), not mkstemp's 0600.
     """
     path = Path(path)
-    fd, temporary = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.part', dir=path.parent)
+    if temporary_dir is None:
+        fd, temporary = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.part', dir=path.parent)
+    else:
+        fd, temporary = tempfile.mkstemp(suffix='.part', dir=temporary_dir)
     try:
         os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, mode, **open_options) as file:
@@ -47,19 +51,3 @@ def atomic_file(path: str | os.PathLike, mode: str = 'w', **open_options) -> Ite
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-
-
-def one_line(text: object) -> str:
-    """``str(text)`` on one line: runs of whitespace, newlines included, become one space."""
-    return ' '.join(str(text).split())
-
-
-def error_text(error: BaseException) -> str:
-    """``'TypeName: message'`` on one line."""
-    return f'{type(error).__name__}: {one_line(error)}'
-
-
-def command_error(command: str, message: object) -> int:
-    """Print ``pyiqa-maclip COMMAND: error: MESSAGE`` as one line on stderr; return exit status 2."""
-    print(f'pyiqa-maclip {command}: error: {one_line(message)}', file=sys.stderr)
-    return 2

@@ -21,6 +21,8 @@ import torch
 from pyiqa.archs.clip_model import CLIP
 from torch import nn
 
+from .precision import EncoderPrecision
+
 if TYPE_CHECKING:
     from .functional import QualityComponents
 
@@ -227,7 +229,7 @@ def float64_metric(metric: nn.Module) -> nn.Module:
     """A copy of a :class:`~pyiqa_maclip.MACLIP` that computes everything in float64."""
     exact = copy.deepcopy(metric).double()
     exact._encoder[0] = float64_encoder(metric.visual)
-    exact.precision = 'fp32'  # no autocast
+    exact._precision = EncoderPrecision('fp32')  # no autocast
     return exact
 
 
@@ -397,7 +399,7 @@ def sampled_deviations(metric: nn.Module, images: list[torch.Tensor], errors: li
     from . import encoder
 
     model = copy.deepcopy(metric).float()
-    model.precision = 'fp32'
+    model._precision = EncoderPrecision('fp32')
     draws = RoundingDraws(model.visual, dtype, metric.patch_size, metric.text_features.shape[-1])
     encode, noise, done = model.encode_views, torch.cat(errors).float(), []
 

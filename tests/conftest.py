@@ -10,11 +10,11 @@ from pyiqa_maclip.testing import make_clip, save_state_dict, save_torchscript
 
 @pytest.fixture(scope='session')
 def checkpoints(tmp_path_factory):
-    """``checkpoints(architecture, fmt='torchscript'|'state_dict', seed=0)`` -> path, cached per session."""
+    """``checkpoints(architecture, fmt='state_dict'|'torchscript', seed=0)`` -> path, cached per session."""
     root = tmp_path_factory.mktemp('clip_checkpoints')
     made: dict[tuple, Path] = {}
 
-    def get(architecture: str, fmt: str = 'torchscript', seed: int = 0) -> Path:
+    def get(architecture: str, fmt: str = 'state_dict', seed: int = 0) -> Path:
         key = (architecture, fmt, seed)
         if key not in made:
             model = make_clip(architecture, seed)

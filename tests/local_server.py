@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from pyiqa_maclip import weights
+from pyiqa_maclip.names import DEADLINE_ENV, MIRROR_ENV, OFFICIAL_CHECKPOINTS, OFFLINE_ENV, WEIGHTS_DIR_ENV
 
 #: What the server does with a request:
 #: 'ok' serves the payload; 'slow' waits 0.5 s first; 'truncate' sends half of it and closes;
@@ -116,7 +116,7 @@ def cache_fixture(tmp_path, monkeypatch):
     """An empty torch hub directory and no PYIQA_MACLIP_* variable from the environment."""
     hub = tmp_path / 'hub'
     monkeypatch.setattr(torch.hub, '_hub_dir', str(hub))
-    for name in (weights.WEIGHTS_DIR_ENV, weights.OFFLINE_ENV, weights.MIRROR_ENV, weights.DEADLINE_ENV):
+    for name in (WEIGHTS_DIR_ENV, OFFLINE_ENV, MIRROR_ENV, DEADLINE_ENV):
         monkeypatch.delenv(name, raising=False)
     return hub / 'clip'
 
@@ -125,9 +125,9 @@ def cache_fixture(tmp_path, monkeypatch):
 def server_fixture(tiny_rn, monkeypatch):
     """A local server serving the tiny checkpoint as 'RN50', registered under that name's checksum."""
     s = LocalServer(tiny_rn.read_bytes())
-    monkeypatch.setenv(weights.MIRROR_ENV, s.url + '/clip/models')
-    monkeypatch.setitem(weights.OFFICIAL_CHECKPOINTS, 'RN50',
-                        weights.Checkpoint('RN50.pt', hashlib.sha256(s.payload).hexdigest()))
+    monkeypatch.setenv(MIRROR_ENV, s.url + '/clip/models')
+    monkeypatch.setitem(OFFICIAL_CHECKPOINTS, 'RN50',
+                        OFFICIAL_CHECKPOINTS['RN50']._replace(sha256=hashlib.sha256(s.payload).hexdigest()))
     yield s
     s.close()
 

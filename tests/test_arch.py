@@ -42,7 +42,7 @@ def test_batch_scores_equal_single_scores(tiny_rn, different):
     images, rounding = different
     batch = metric(images)
     single = torch.cat([metric(image[None]) for image in images])
-    assert batch.shape == (4,)
+    assert batch.shape == (4, 1)
     assert_within_rounding(batch, rounding)
     assert_within_rounding(single, rounding)
     assert batch.max() - batch.min() > 100 * rounding.bound.score.max()  # the check would see images being mixed
@@ -84,8 +84,9 @@ def _pyiqa_clip(path: str):
 
 def _independent_components(path, image: torch.Tensor, lam=0.5, base_cos=1.0, base_norm=0.6, alpha=1.0,
                             pos_embedding=False):
-    """The official pipeline written out with pyiqa's own CLIP loader, nn.Unfold, contiguous
-    tensors, autograd on, and SciPy's Box-Cox, for one image with both sides >= 224."""
+    """The official pipeline written out with pyiqa's own CLIP loader (a TorchScript archive, all it
+    reads), nn.Unfold, contiguous tensors, autograd on, and SciPy's Box-Cox, for one image with both
+    sides >= 224."""
     clip = _pyiqa_clip(str(path))
     mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
     std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
@@ -107,22 +108,28 @@ def _independent_components(path, image: torch.Tensor, lam=0.5, base_cos=1.0, ba
     return fused.mean(), q_sim.mean(), q_mag.mean(), w[:, 0].mean(), w[:, 1].mean()
 
 
+@pytest.fixture(scope='module')
+def tiny_archive(checkpoints):
+    """The tiny ResNet CLIP's weights (those of tiny_rn) as the TorchScript archive pyiqa's loader reads."""
+    return checkpoints('tiny-RN', 'torchscript')
+
+
 @pytest.mark.kernels
-def test_components_match_independent_computation(tiny_metric, tiny_rn):
+def test_components_match_independent_computation(tiny_metric, tiny_archive):
     """Ours and the independent float32 pipeline: both within float32 rounding of the float64 computation."""
     image = random_images(1, 352, 480, seed=3)
     rounding = rounding_bound(tiny_metric, image)
     with torch.no_grad():
         got = tiny_metric(image, return_components=True)
     assert isinstance(got, QualityComponents)
-    expected = _independent_components(tiny_rn, image)
+    expected = _independent_components(tiny_archive, image)
     for field, value in zip(got._fields, expected):
         assert_within_rounding(getattr(got, field), rounding, field)
         assert_within_rounding([value], rounding, field)
 
 
 @pytest.mark.parametrize('option, value', [('box_lam', 0.0), ('box_lam', 0.3), ('base_norm', 0.2), ('alpha', 2.5)])
-def test_fusion_options_reach_the_math(tiny_rn, option, value):
+def test_fusion_options_reach_the_math(tiny_rn, tiny_archive, option, value):
     metric = MACLIP(backbone=str(tiny_rn), **{option: value})
     image = random_images(1, 224, 352, seed=1)
     rounding = rounding_bound(metric, image, fields=['score'])
@@ -130,7 +137,7 @@ def test_fusion_options_reach_the_math(tiny_rn, option, value):
     with torch.no_grad():
         got = metric(image)
     assert_within_rounding(got, rounding)
-    assert_within_rounding([_independent_components(tiny_rn, image, **kwargs)[0]], rounding)
+    assert_within_rounding([_independent_components(tiny_archive, image, **kwargs)[0]], rounding)
     default = rounding_bound(MACLIP(backbone=str(tiny_rn)), image, fields=['score'])
     assert (rounding.exact.score - default.exact.score).abs() > rounding.bound.score + default.bound.score
 
@@ -139,7 +146,7 @@ def test_components_are_consistent(tiny_metric):
     images = _different_images()
     parts = tiny_metric(images, return_components=True)
     for tensor in parts:
-        assert tensor.shape == (4,)
+        assert tensor.shape == (4, 1)
         assert torch.isfinite(tensor).all()
     # Per view a two-way softmax: w_sim + w_mag = (e1 + e2) / (e1 + e2) up to its sum and two divisions (3 u);
     # each mean over the V views adds at most V roundings of values below 1.
@@ -433,7 +440,7 @@ def test_vit_patch_size_must_fit_its_grid(checkpoints):
     assert torch.isfinite(MACLIP(backbone=path, patch_size=160, stride=96)(random_images(1, 200, 300))).all()
 
 
-def test_pos_embedding_option_reaches_the_encoder(tiny_rn):
+def test_pos_embedding_option_reaches_the_encoder(tiny_rn, tiny_archive):
     """pos_embedding=True gives the official pipeline's score with pyiqa's positional embedding, a
     score other than without it (both within float32 rounding of the float64 computation)."""
     image = random_images(1, 256, 256)
@@ -441,7 +448,7 @@ def test_pos_embedding_option_reaches_the_encoder(tiny_rn):
     rounding = rounding_bound(metric, image, fields=['score'])
     with torch.no_grad():
         assert_within_rounding(metric(image), rounding)
-    assert_within_rounding([_independent_components(tiny_rn, image, pos_embedding=True)[0]], rounding)
+    assert_within_rounding([_independent_components(tiny_archive, image, pos_embedding=True)[0]], rounding)
     plain = rounding_bound(MACLIP(backbone=str(tiny_rn)), image, fields=['score'])
     assert (rounding.exact.score - plain.exact.score).abs() > rounding.bound.score + plain.bound.score
 

@@ -9,6 +9,8 @@ The paper's per-dataset preprocessing is checked here too, down to the resized p
 from __future__ import annotations
 
 import math
+import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -20,12 +22,12 @@ import yaml
 from PIL import Image
 from torchvision.transforms.functional import to_tensor
 
-from pyiqa_maclip import cli
-from pyiqa_maclip.benchmark.config import (
+from pyiqa_maclip.app import cli
+from pyiqa_maclip.app.benchmark.config import (
     MAX_CONFIG_BYTES, BenchmarkConfigError, MetricSpec, file_stem, load_config, parse_config,
 )
-from pyiqa_maclip.benchmark.datasets import Item, load_items
-from pyiqa_maclip.scoring.decoding import as_float, read_image
+from pyiqa_maclip.app.benchmark.datasets import Item, load_items
+from pyiqa_maclip.app.images import as_float, read_image
 
 OPTIONS = Path(__file__).resolve().parents[1] / 'options'
 _DATA = {'synth': {'images': 'img', 'mos': 'mos.csv'}}
@@ -261,7 +263,7 @@ def test_options_cover_the_paper():
     assert {'paper_main_table.yml', 'ablations.yml', 'custom_dataset_example.yml'} <= names
     ablation = {m.name: m for m in load_config(OPTIONS / 'ablations.yml').metrics}
     lambdas = sorted(m.options['box_lam'] for m in ablation.values() if m.name.startswith('maclip_lam'))
-    assert lambdas == pytest.approx([i / 10 for i in range(11)])
+    assert lambdas == [i / 10 for i in range(11)]  # YAML's 0.3 and 3 / 10 are the same nearest double
     assert {m.component for m in ablation.values()} == {'score', 'q_sim', 'q_mag'}
     assert any(m.options.get('alpha') == 0 for m in ablation.values())
 
@@ -361,6 +363,34 @@ def test_excel_rows_are_numbered_as_excel_shows_them(tmp_path):
     sheet.delete_rows(6)
     book.save(tmp_path / 'mos.xlsx')
     assert "mos.xlsx row 6: the 'Image' cell is empty" in _items_error(spec)
+
+
+def _with_dimension(path: Path, ref: str) -> None:
+    """Rewrite the first sheet's stored <dimension ref=...> in place, as writers other than Excel leave it."""
+    with zipfile.ZipFile(path) as source:
+        members = [(info, source.read(info.filename)) for info in source.infolist()]
+    with zipfile.ZipFile(path, 'w') as target:
+        for info, data in members:
+            if info.filename == 'xl/worksheets/sheet1.xml':
+                data, count = re.subn(rb'<dimension ref="[^"]*"', f'<dimension ref="{ref}"'.encode(), data)
+                assert count == 1  # the test's own precondition: the sheet declares a dimension
+            target.writestr(info, data)
+
+
+@pytest.mark.parametrize('ref', ['A1:B3', 'A1:XFD1048576'])
+def test_excel_tables_are_read_whole_whatever_dimension_they_declare(tmp_path, ref):
+    """A sheet declaring A1:B3 while holding 9 rows: openpyxl's read-only mode alone reads 3 of them."""
+    book = openpyxl.Workbook()
+    book.active.append(['image', 'mos'])
+    for i in range(8):
+        book.active.append([f'{i}.png', float(i)])
+    book.save(tmp_path / 'mos.xlsx')
+    _with_dimension(tmp_path / 'mos.xlsx', ref)
+    stale = openpyxl.load_workbook(tmp_path / 'mos.xlsx', read_only=True)
+    assert stale.worksheets[0].max_row == int(re.sub(r'\D', '', ref.split(':')[1]))  # the file does declare it
+    stale.close()
+    spec = _table(tmp_path, (tmp_path / 'mos.xlsx').read_bytes(), name='mos.xlsx')
+    assert load_items(spec) == [Item(str(tmp_path / 'img' / f'{i}.png'), float(i)) for i in range(8)]
 
 
 @pytest.mark.parametrize('name, content, message', [

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pytest
 
-import pyiqa_maclip_cli
 from local_server import cache_fixture, files_in, server_fixture  # noqa: F401  (fixtures cache, server)
 
-from pyiqa_maclip import __version__, benchmark, cli, scoring, weights
+from pyiqa_maclip import __version__, weights
+from pyiqa_maclip.app import cli
+from pyiqa_maclip.app.commands import download
+from pyiqa_maclip.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, 'PYTHONPATH': os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]),
@@ -21,75 +23,93 @@ def _run(*args, env=None, timeout=120):
                           timeout=timeout, check=False)
 
 
+def _imported(stderr: str) -> set[str]:
+    """Top-level modules a ``python -X importtime`` run imported."""
+    return {line.split('|')[-1].strip().split('.')[0] for line in stderr.splitlines() if '|' in line}
+
+
 # ---- fast answers
 
 
 @pytest.mark.slow  # fresh interpreters
 @pytest.mark.parametrize('args', [['--help'], ['score', '--help'], ['download', '--help'], ['benchmark', '--help'],
-                                  ['--version'], ['scroe'], ['score']])
+                                  ['explain', '--help'], ['report', '--help'], ['--version'], ['scroe'], ['score']])
 def test_help_version_and_usage_mistakes_import_neither_torch_nor_pyiqa(args):
-    run = _run('-X', 'importtime', '-m', 'pyiqa_maclip_cli', *args)
-    imported = {line.split('|')[-1].strip().split('.')[0] for line in run.stderr.splitlines() if '|' in line}
-    assert not {'torch', 'pyiqa', 'pyiqa_maclip', 'numpy'} & imported, sorted(imported)
+    run = _run('-X', 'importtime', '-m', 'pyiqa_maclip', *args)
+    assert not {'torch', 'pyiqa', 'numpy', 'PIL'} & _imported(run.stderr), sorted(_imported(run.stderr))
     assert run.returncode == (0 if args[-1] in ('--help', '--version') else 2)
+
+
+@pytest.mark.slow  # fresh interpreters
+@pytest.mark.parametrize('args, words', [
+    (['score', '{missing}', '-o', '{tmp}/s.csv'], "does not exist: expected an image file, a folder or a text file"),
+    (['score', '{empty}', '-o', '{tmp}/s.csv'], 'no image files found in'),
+    (['score', '{image}', '-o', '{tmp}/s.csv', '--backbone', 'vit-b/32'], 'did you mean ViT-B/32?'),
+    (['score', '{image}', '-o', '{tmp}'], 'is a folder'),
+    (['score', '{image}', '-o', '{file}/s.csv'], 'cannot create the folder'),
+    (['score', '{image}', '-o', '{tmp}/s.csv', '--option', 'box_lam'], 'expected KEY=VALUE'),
+    (['report', '{tmp}/nope.csv', '-o', '{tmp}/r.png'], 'does not exist or is not a file'),
+    (['benchmark', '--config', '{tmp}/nope.yml', '--output-dir', '{tmp}/b'], 'cannot read the configuration'),
+    (['benchmark', '--config', '{file}', '--output-dir', '{tmp}/b'], 'is not valid YAML'),
+    (['explain', '{missing}', '-o', '{tmp}/x'], 'does not exist'),
+    (['download', 'RN51'], "'RN51' is not an official CLIP backbone (did you mean RN50?)"),
+])
+def test_mistakes_are_answered_before_torch_loads(tmp_path, args, words):
+    """One line, exit status 2, and neither torch nor pyiqa imported (issue 20, point 2)."""
+    from PIL import Image
+
+    (tmp_path / 'empty').mkdir()
+    Image.new('RGB', (8, 8)).save(tmp_path / 'a.png')
+    (tmp_path / 'file').write_text('key: [unclosed\n')
+    fill = {'tmp': tmp_path, 'missing': tmp_path / 'missing.png', 'empty': tmp_path / 'empty',
+            'image': tmp_path / 'a.png', 'file': tmp_path / 'file'}
+    run = _run('-X', 'importtime', '-m', 'pyiqa_maclip', *[a.format(**fill) for a in args],
+               env={**ENV, 'TORCH_HOME': str(tmp_path / 'hub')})
+    errors = [line for line in run.stderr.splitlines() if '|' not in line]
+    assert run.returncode == 2 and len(errors) == 1, run.stderr[-2000:]
+    assert errors[0].startswith(f'pyiqa-maclip {args[0]}: error: ') and words in errors[0]
+    assert not {'torch', 'pyiqa'} & _imported(run.stderr)
 
 
 @pytest.mark.slow  # a fresh interpreter
 def test_version_is_the_package_version():
-    assert _run('-m', 'pyiqa_maclip_cli', '--version').stdout == f'pyiqa-maclip {__version__}\n'
-    assert pyiqa_maclip_cli.version() == __version__
+    assert _run('-m', 'pyiqa_maclip', '--version').stdout == f'pyiqa-maclip {__version__}\n'
 
 
-def test_the_light_module_agrees_with_the_package():
-    """Names it spells out itself, since importing them would import torch."""
-    assert pyiqa_maclip_cli.BACKBONE_NAMES == tuple(weights.OFFICIAL_CHECKPOINTS)
-    assert pyiqa_maclip_cli.WEIGHTS_DIR_ENV == weights.WEIGHTS_DIR_ENV
-    assert pyiqa_maclip_cli.LIST_SUFFIXES == scoring.LIST_SUFFIXES
-    assert cli.main is pyiqa_maclip_cli.main
-    assert scoring.default_num_workers() == min(4, len(os.sched_getaffinity(0)))  # the help says so in words
-
-
-def test_every_subcommand_has_its_handler():
-    handlers = {'download': weights.download_command, 'score': scoring.score_command,
-                'benchmark': benchmark.benchmark_command}
-    parser = pyiqa_maclip_cli.build_parser()
-    for name, expected in handlers.items():
-        module, function = parser.parse_args([name, *{'score': ['x', '-o', 'y'], 'benchmark': [
-            '--config', 'c', '--output-dir', 'd']}.get(name, [])]).handler.split(':')
-        assert getattr(sys.modules[module], function) is expected
-
-
-@pytest.mark.slow  # a fresh interpreter importing torch
-def test_python_m_pyiqa_maclip_is_the_same_command():
-    run = _run('-m', 'pyiqa_maclip', 'download', '--help')
-    assert run.returncode == 0 and run.stdout.startswith('usage: pyiqa-maclip download')
-
-
-# ---- the safety net
+def test_every_subcommand_runs_its_module():
+    parser = cli.build_parser()
+    needed = {'score': ['x', '-o', 'y'], 'benchmark': ['--config', 'c', '--output-dir', 'd'], 'explain': ['x', '-o', 'y'],
+              'report': ['x', '-o', 'y']}
+    for name in cli.COMMANDS:
+        args = parser.parse_args([name, *needed.get(name, [])])
+        assert args.run is sys.modules[f'pyiqa_maclip.app.commands.{name}'].run
 
 
 @pytest.mark.parametrize('raised, status, line', [
-    (ValueError('a bad\nvalue'), 2, 'pyiqa-maclip download: error: a bad value\n'),
-    (TypeError('a wrong type'), 2, 'pyiqa-maclip download: error: a wrong type\n'),
+    (UserError('a bad\nvalue'), 2, 'pyiqa-maclip download: error: a bad value\n'),
+    (weights.WeightsUnavailableError('no weights'), 2, 'pyiqa-maclip download: error: no weights\n'),
     (PermissionError(13, 'Permission denied'), 2, 'pyiqa-maclip download: error: [Errno 13] Permission denied\n'),
     (KeyboardInterrupt(), 130, 'interrupted: pyiqa-maclip download stopped\n'),
 ])
-def test_main_turns_what_a_handler_lets_through_into_one_line(monkeypatch, capsys, raised, status, line):
-    def handler(args):
+def test_main_turns_user_errors_into_one_line(monkeypatch, capsys, raised, status, line):
+    def run(args):
         raise raised
 
-    monkeypatch.setattr(weights, 'download_command', handler)
+    monkeypatch.setattr(download, 'run', run)
     assert cli.main(['download']) == status
     assert capsys.readouterr().err == line
 
 
-def test_a_bug_still_shows_its_traceback(monkeypatch):
-    def handler(args):
-        raise ZeroDivisionError
+@pytest.mark.parametrize('bug', [ValueError('a bad value'), TypeError('a wrong type'), ZeroDivisionError()])
+def test_a_bug_keeps_its_traceback_and_says_where_to_report_it(monkeypatch, capsys, bug):
+    """Only UserError and OSError are a user's mistakes; a ValueError inside the code is a bug (issue 20, point 3)."""
+    def run(args):
+        raise bug
 
-    monkeypatch.setattr(weights, 'download_command', handler)
-    with pytest.raises(ZeroDivisionError):
+    monkeypatch.setattr(download, 'run', run)
+    with pytest.raises(type(bug)):
         cli.main(['download'])
+    assert 'this is a bug in pyiqa-maclip' in capsys.readouterr().err
 
 
 # ---- download
@@ -144,7 +164,7 @@ def test_download_usage_mistakes(cache, server, tmp_path, capsys, tiny_rn, args,
 @pytest.mark.slow  # a fresh interpreter importing torch
 def test_download_command_in_a_shell(cache, tmp_path):
     """The real console: one line on stderr, exit status 2, no traceback."""
-    run = _run('-m', 'pyiqa_maclip_cli', 'download', 'RN51', 'models/RN50.pt', env={**ENV, 'TORCH_HOME': str(tmp_path)})
+    run = _run('-m', 'pyiqa_maclip', 'download', 'RN51', 'models/RN50.pt', env={**ENV, 'TORCH_HOME': str(tmp_path)})
     assert run.returncode == 2 and run.stdout == ''
     assert run.stderr.startswith("pyiqa-maclip download: error: 'RN51' is not an official CLIP backbone")
     assert run.stderr.count('\n') == 1
@@ -173,7 +193,7 @@ def test_other_boolean_values_are_refused(monkeypatch, value):
 
 def test_offline_off_means_online(cache, server, monkeypatch):
     monkeypatch.setenv(weights.OFFLINE_ENV, 'off')
-    assert weights.resolve_checkpoint('RN50') == cache / 'RN50.pt'
+    assert weights.resolve('RN50').path == cache / 'RN50.pt'
     assert server.requests == 1
 
 
@@ -208,8 +228,8 @@ def image(tmp_path):
 
 
 @pytest.mark.parametrize('backbone, words', [
-    ('{text}', '--backbone {text}: {text} is not a CLIP checkpoint: neither a TorchScript archive nor a state '
-               'dict saved with torch.save (it is a text file)'),
+    ('{text}', '{text} is not a CLIP checkpoint: neither a state dict saved with torch.save nor an official '
+               'OpenAI file (it is a text file)'),
     ('RN51', "--backbone RN51: unknown CLIP backbone 'RN51' (did you mean RN50?)"),
     ('{missing}', "--backbone {missing}: CLIP checkpoint file '{missing}' does not exist"),
 ])

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 
-from pyiqa_maclip.scoring.decoding import as_float, read_image
+from pyiqa_maclip.app.images import as_float, read_image
 
 
 def save(tmp_path, name, image: Image.Image, **options):

@@ -20,7 +20,7 @@ from filelock import FileLock
 from local_server import cache_fixture, files_in, server_fixture  # noqa: F401  (fixtures cache, server)
 
 from pyiqa_maclip import weights
-from pyiqa_maclip.weights import Checkpoint, WeightsUnavailableError
+from pyiqa_maclip.weights import WeightsUnavailableError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,7 +67,7 @@ def test_a_stalled_tls_handshake_is_abandoned_at_the_deadline(cache, monkeypatch
 def test_the_deadline_comes_from_the_environment(cache, server, monkeypatch):
     server.mode = 'trickle'
     monkeypatch.setenv(weights.DEADLINE_ENV, '1.5')
-    took, message = _timed_failure(lambda: weights.resolve_checkpoint('RN50'), WeightsUnavailableError)
+    took, message = _timed_failure(lambda: weights.resolve('RN50'), WeightsUnavailableError)
     assert took < 6 and 'did not finish within 1.5 s' in message
 
 
@@ -75,7 +75,7 @@ def test_the_deadline_comes_from_the_environment(cache, server, monkeypatch):
 def test_a_bad_deadline_value_is_refused(cache, server, monkeypatch, value):
     monkeypatch.setenv(weights.DEADLINE_ENV, value)
     with pytest.raises(weights.EnvironmentValueError, match=f"{weights.DEADLINE_ENV}='{value}' is not a number"):
-        weights.resolve_checkpoint('RN50')
+        weights.resolve('RN50')
     assert server.requests == 0
 
 
@@ -83,7 +83,7 @@ def test_an_endless_stream_stops_at_the_size_cap(cache, server, monkeypatch):
     """No Content-Length and no end: stopped once past the largest size the file can have."""
     server.mode = 'endless'
     checkpoint = weights.OFFICIAL_CHECKPOINTS['RN50']
-    monkeypatch.setitem(weights.OFFICIAL_CHECKPOINTS, 'RN50', Checkpoint('RN50.pt', checkpoint.sha256, 4 << 20))
+    monkeypatch.setitem(weights.OFFICIAL_CHECKPOINTS, 'RN50', checkpoint._replace(max_bytes=4 << 20))
     took, message = _timed_failure(lambda: weights.download('RN50', cache, progress=False, deadline=60))
     assert took < 20
     assert 'sent more than 4194304 bytes' in message
@@ -128,7 +128,7 @@ def test_a_waiting_process_is_told_and_gives_up(cache, server, capsys):
 _DOWNLOADER = """
 import sys
 from pyiqa_maclip import weights
-weights.OFFICIAL_CHECKPOINTS['RN50'] = weights.Checkpoint('RN50.pt', sys.argv[1])
+weights.OFFICIAL_CHECKPOINTS['RN50'] = weights.OFFICIAL_CHECKPOINTS['RN50']._replace(sha256=sys.argv[1])
 weights.download('RN50', sys.argv[2], progress=False, deadline=600)
 """
 

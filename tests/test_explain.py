@@ -1,7 +1,7 @@
 """Per-patch maps drawn per pixel (issue 15): overlapping patches averaged, uncovered margins blank."""
 import numpy as np
 
-from pyiqa_maclip.explain import _output_names, pixel_map
+from pyiqa_maclip.app.explain import output_names, pixel_map
 
 
 def test_overlapping_patches_are_averaged_and_margins_left_blank():
@@ -24,20 +24,24 @@ def test_maps_are_sampled_at_a_scale():
 
 
 def test_output_names_are_unique(tmp_path):
-    names = _output_names(['/a/x.png', '/b/x.jpg', '/c/y.png'], tmp_path)
-    assert [p.name for p in names] == ['x_0_explain.png', 'x_1_explain.png', 'y_explain.png']
+    """Shared stems (and case twins) get a hash of their path; numbering could meet another file's name."""
+    names = [p.name for p in output_names(['/a/x.png', '/b/x.jpg', '/c/y.png', '/d/X.png', '/e/x_0.png'], tmp_path)]
+    assert names[2] == 'y_explain.png' and names[4] == 'x_0_explain.png'
+    assert all(n.startswith(('x-', 'X-')) and n.endswith('_explain.png') and len(n) == len('x-12345678_explain.png')
+               for n in (names[0], names[1], names[3]))
+    assert len({n.casefold() for n in names}) == 5
 
 
 # ---------------------------------------------------------------- MACLIP.quality_maps (issue 15, point 1)
 
-import argparse  # noqa: E402
+import os  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from pyiqa_maclip import MACLIP, QualityComponents  # noqa: E402
-from pyiqa_maclip.explain import explain_command  # noqa: E402
+from pyiqa_maclip.app import cli  # noqa: E402
 from pyiqa_maclip.testing import UNIT_ROUNDOFF, random_images  # noqa: E402
 
 
@@ -88,19 +92,56 @@ def test_maps_take_no_encoder_pass_beyond_scoring(tiny_rn, monkeypatch):
     assert [m.boxes.shape[:2] for m in maps] == [(2, 3), (1, 1)]
 
 
+def _photo(path, height, width, seed):
+    array = (random_images(1, height, width, seed=seed)[0].permute(1, 2, 0).numpy() * 255).astype('uint8')
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return str(path)
+
+
 def test_explain_writes_one_wide_picture_per_image(tiny_rn, tmp_path, capsys):
-    paths = []
-    for i, (h, w) in enumerate([(300, 450), (90, 700)]):
-        array = (random_images(1, h, w, seed=i)[0].permute(1, 2, 0).numpy() * 255).astype('uint8')
-        paths.append(str(tmp_path / f'photo{i}.png'))
-        Image.fromarray(array).save(paths[-1])
-    args = argparse.Namespace(images=paths, output=str(tmp_path / 'maps'), backbone=str(tiny_rn), device=None,
-                              precision=None)
-    assert explain_command(args) == 0
+    paths = [_photo(tmp_path / f'photo{i}.png', h, w, i) for i, (h, w) in enumerate([(300, 450), (90, 700)])]
+    args = ['explain', *paths, '-o', str(tmp_path / 'maps'), '--backbone', str(tiny_rn)]
+    assert cli.main(args) == 0
     written = capsys.readouterr().out.split()
     assert [p.rsplit('/', 1)[1] for p in written] == ['photo0_explain.png', 'photo1_explain.png']
     for path in written:
         with Image.open(path) as picture:
             assert picture.format == 'PNG' and picture.size[0] >= 800
-    args.images = [str(tmp_path / 'missing.png')]
-    assert explain_command(args) == 2 and capsys.readouterr().err.count('\n') == 1
+    # Pictures are files like any other: replaced only when asked to, never through a link.
+    assert cli.main(args) == 2 and 'pass --overwrite' in capsys.readouterr().err
+    assert cli.main([*args, '--overwrite']) == 0
+    capsys.readouterr()
+    os.replace(written[0], tmp_path / 'elsewhere.png')
+    os.symlink(tmp_path / 'elsewhere.png', written[0])
+    assert cli.main([*args, '--overwrite']) == 2 and 'is a symlink' in capsys.readouterr().err
+    assert cli.main(['explain', str(tmp_path / 'missing.png'), '-o', str(tmp_path / 'maps')]) == 2
+    assert capsys.readouterr().err.count('\n') == 1
+
+
+def test_explain_takes_folders_names_each_failure_and_goes_on(tiny_rn, tmp_path, capsys):
+    """Two inputs of one name in different folders get two pictures; a broken file is named, the others drawn
+    (exit status 1, as score)."""
+    _photo(tmp_path / 'in/x/a.png', 240, 260, 1)
+    _photo(tmp_path / 'in/y/a.png', 250, 230, 2)
+    (tmp_path / 'in/y/broken.png').write_bytes(b'\x89PNG not really')
+    status = cli.main(['explain', str(tmp_path / 'in'), '-o', str(tmp_path / 'maps'), '--backbone', str(tiny_rn)])
+    captured = capsys.readouterr()
+    assert status == 1
+    assert len(captured.out.split()) == 2 and len(set(captured.out.split())) == 2
+    errors = captured.err.splitlines()
+    assert errors[0].startswith(f'pyiqa-maclip explain: {tmp_path / "in/y/broken.png"}: UnidentifiedImageError')
+    assert errors[1] == 'pyiqa-maclip explain: 2 pictures written, 1 images failed'
+
+
+def test_explain_holds_one_image_at_a_time(tiny_rn, tmp_path, monkeypatch, capsys):
+    """Each image is read, scored and drawn before the next is read (memory of one image, however many)."""
+    from pyiqa_maclip.app import explain, images
+
+    paths = [_photo(tmp_path / f'in/p{i}.png', 230, 240, i) for i in range(3)]
+    events = []
+    read, draw = images.read_image, explain.draw_explanation
+    monkeypatch.setattr(images, 'read_image', lambda path, *a: events.append(('read', path)) or read(path, *a))
+    monkeypatch.setattr(explain, 'draw_explanation', lambda *a: events.append(('draw', a[-1])) or draw(*a))
+    assert cli.main(['explain', *paths, '-o', str(tmp_path / 'maps'), '--backbone', str(tiny_rn)]) == 0
+    assert [kind for kind, _ in events] == ['read', 'draw'] * 3

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from pyiqa_maclip import MACLIP
-from pyiqa_maclip import arch
-from pyiqa_maclip.scoring.scorers import maclip_fingerprint
+from pyiqa_maclip import precision as arch
+from pyiqa_maclip.app.scorers import Recipe
 from pyiqa_maclip.testing import assert_within_rounding, graded_photos, random_images, rounding_bound
 
 quiet_cpu = pytest.mark.filterwarnings('ignore:precision=.*emulated:RuntimeWarning')
@@ -147,12 +147,12 @@ def test_cpu_has_native_is_a_bool_or_none_when_torch_lacks_the_check(monkeypatch
     assert arch.cpu_has_native(torch.bfloat16) is None and arch.cpu_has_native(torch.float16) is None
 
 
-def test_resume_fingerprint_names_the_precision():
-    """A journal written in one precision is never resumed in another."""
-    sha = '0' * 64
-    fp32, bf16 = maclip_fingerprint({}, sha), maclip_fingerprint({'precision': 'bf16'}, sha)
+def test_resume_fingerprint_names_the_precision(tiny_rn):
+    """A journal written in one precision is never resumed in another; half=True is fp16's fingerprint."""
+    fp32, bf16, half, fp16 = (Recipe('maclip', {'backbone': str(tiny_rn), **options}).fingerprint for options in (
+        {}, {'precision': 'bf16'}, {'half': True}, {'precision': 'fp16'}))
     assert fp32['options']['precision'] == 'fp32' and bf16['options']['precision'] == 'bf16'
-    assert fp32 != bf16
+    assert fp32 != bf16 and half == fp16
 
 
 @pytest.mark.kernels

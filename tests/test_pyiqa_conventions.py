@@ -1,5 +1,7 @@
 """The plugin through pyiqa.create_metric, as upstream's tests/test_metric_general.py treats every metric,
 and as a loss inside a training model (checkpoints, dtype and device moves, DistributedDataParallel)."""
+import inspect
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -9,11 +11,14 @@ from torch import nn
 
 import pyiqa
 from pyiqa_maclip import MACLIP
-from pyiqa_maclip.testing import assert_within_rounding, random_images, rounding_bound
+from pyiqa_maclip.testing import UNIT_ROUNDOFF, assert_within_rounding, random_images, rounding_bound
 
 
 @pytest.fixture(scope='module')
 def metric(tiny_rn):
+    import pyiqa_maclip
+
+    pyiqa_maclip.register()  # what importing the plugin after pyiqa does: its score range, its variants
     return pyiqa.create_metric('maclip', backbone=str(tiny_rn), device='cpu')
 
 
@@ -30,7 +35,7 @@ def test_forward_on_a_file_path(metric, tmp_path):
     path = tmp_path / 'photo.png'
     Image.fromarray(array).save(path)
     from_file = metric(str(path))
-    assert from_file.shape == (1,) and torch.isfinite(from_file).all()
+    assert from_file.shape == (1, 1) and torch.isfinite(from_file).all()
     assert torch.equal(from_file, metric(imread2tensor(str(path), rgb=True)[None]))  # the same computation
 
 
@@ -38,8 +43,61 @@ def test_forward_on_a_batch_as_upstream(metric):
     """Upstream's test_forward: rand (2, 3, 224, 224), called with a second tensor as for every metric."""
     x, y = torch.rand(2, 3, 224, 224), torch.rand(2, 3, 224, 224)
     score = metric(x, y)
-    assert score.shape == (2,) and torch.isfinite(score).all()
+    assert score.shape == (2, 1) and torch.isfinite(score).all()
     torch.testing.assert_close(score, metric(x), rtol=0, atol=0)  # NR: the second tensor is not used
+
+
+def test_scores_have_the_shape_of_pyiqas_own_nr_metrics(metric):
+    """(B, 1), as create_metric('clipiqa') gives (checked on its arch, which needs no weights to tell)."""
+    from pyiqa.archs.clipiqa_arch import CLIPIQA
+
+    source = inspect.getsource(CLIPIQA.forward)
+    assert 'mean(dim=1, keepdim=True)' in source  # pyiqa's CLIP-IQA: (B, 1)
+    assert metric(torch.rand(3, 3, 224, 224)).shape == (3, 1)
+    parts = metric(torch.rand(3, 3, 224, 224), return_components=True)
+    assert all(part.shape == (3, 1) for part in parts)
+
+
+@pytest.mark.parametrize('reduction', ['mean', 'sum', 'none'])
+def test_as_loss_with_loss_weight_and_reduction_as_pyiqas_metrics(tiny_rn, reduction):
+    """pyiqa's weight_reduce_loss needs a 2-D result: weighted and reduced as for CLIP-IQA, MUSIQ, TOP-IQ."""
+    x = random_images(3, 224, 240, seed=4)
+    weight = torch.tensor([[1.0], [0.0], [2.0]])
+    plain = pyiqa.create_metric('maclip', backbone=str(tiny_rn), device='cpu')(x)
+    loss_fn = pyiqa.create_metric('maclip', as_loss=True, loss_weight=weight, loss_reduction=reduction,
+                                  backbone=str(tiny_rn), device='cpu')
+    loss = loss_fn(x.clone().requires_grad_())
+    weighted = plain * weight
+    # pyiqa's rule: 'mean' divides by the sum of the weights (times the score's width, 1).
+    expected = {'mean': weighted.sum() / weight.sum(), 'sum': weighted.sum(), 'none': weighted}[reduction]
+    # The loss's scores come from the autograd path, the plain ones from inference: each within its
+    # rounding bound b of the float64 score, so they differ by up to 2 b, weighted and reduced alike;
+    # the weighting and the sum of 3 round a few more times (4 u of the result).
+    spread = 2 * rounding_bound(loss_fn.net, x, fields=['score']).bound.score.float()[:, None] * weight.abs()
+    tolerance = {'mean': spread.sum() / weight.sum(), 'sum': spread.sum(), 'none': spread}[reduction]
+    tolerance = tolerance + 4 * UNIT_ROUNDOFF[torch.float32] * expected.abs()
+    assert ((loss.detach() - expected).abs() <= tolerance).all()
+
+
+@pytest.mark.parametrize('option, text, value', [('box_lam', '0.3', 0.3), ('alpha', ' 2 ', 2.0), ('base_norm', '-1e-1', -0.1),
+                                                  ('patch_size', '160', 160), ('pos_embedding', 'True', True)])
+def test_options_given_as_text_by_pyiqas_scripts(tiny_rn, option, text, value):
+    """pyiqa's --extra_metric_opts passes text; numbers in it are taken (issue 20, point 5)."""
+    from_text = pyiqa.create_metric('maclip', backbone=str(tiny_rn), device='cpu', **{option: text})
+    assert getattr(from_text.net, option) == value
+    x = random_images(1, 224, 240, seed=5)
+    expected = pyiqa.create_metric('maclip', backbone=str(tiny_rn), device='cpu', **{option: value})(x)
+    torch.testing.assert_close(from_text(x), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize('option, text, words', [('box_lam', '0.3x', "box_lam must be a real number in [-10, 10], got '0.3x'"),
+                                                 ('box_lam', 'nan', "got 'nan'"), ('alpha', '', "got ''"),
+                                                 ('patch_size', '160.5', "patch_size must be a positive integer, got '160.5'"),
+                                                 ('pos_embedding', 'yes', "pos_embedding must be True or False, got 'yes'")])
+def test_other_text_is_refused_with_the_same_message(tiny_rn, option, text, words):
+    with pytest.raises(ValueError) as raised:
+        MACLIP(backbone=str(tiny_rn), **{option: text})
+    assert str(raised.value) == words or words in str(raised.value)
 
 
 def test_batch_equals_single_images(metric):

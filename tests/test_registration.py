@@ -51,7 +51,7 @@ def test_create_metric_builds_plugin_in_any_import_order(tiny_rn, prelude):
     lines = result.stdout.split('\n')
     assert lines[0] == BUILT_BY_US
     assert lines[1] == '0, ~1.5'
-    assert lines[2] == 'torch.Size([2])'
+    assert lines[2] == 'torch.Size([2, 1])'  # (B, 1), as pyiqa's own NR metrics
     assert 'RuntimeWarning' not in result.stderr
 
 
@@ -235,7 +235,7 @@ def test_pyiqa_command_line(tiny_rn, tmp_path, monkeypatch, capsys):
     (cache / 'RN50.pt').write_bytes(tiny_rn.read_bytes())
     monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(cache))
     monkeypatch.setitem(weights.OFFICIAL_CHECKPOINTS, 'RN50',
-                        weights.Checkpoint('RN50.pt', weights.sha256sum(tiny_rn)))
+                        weights.OFFICIAL_CHECKPOINTS['RN50']._replace(sha256=weights.sha256sum(tiny_rn)))
     folder = tmp_path / 'images'
     folder.mkdir()
     expected = {}

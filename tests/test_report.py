@@ -1,12 +1,11 @@
 """``pyiqa-maclip report`` (issue 15, point 3): quantile selection by numbers, the picture by its size."""
-import argparse
-
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
-from pyiqa_maclip.report import _paths_at, report_command, select_quantiles
+from pyiqa_maclip.app import cli
+from pyiqa_maclip.app.report import _paths_at, read_selection, select_quantiles
 
 
 def test_quantile_selection_picks_ranks_worst_to_best():
@@ -24,7 +23,7 @@ def test_quantile_selection_picks_ranks_worst_to_best():
 
 
 def test_paths_are_read_by_row_across_chunks(tmp_path, monkeypatch):
-    import pyiqa_maclip.report as report
+    import pyiqa_maclip.app.report as report
 
     monkeypatch.setattr(report, '_CHUNK', 7)
     csv = tmp_path / 'scores.csv'
@@ -45,17 +44,37 @@ def test_report_picture_and_errors(tmp_path, capsys):
     pd.DataFrame([('/x/a.png', 'OSError: x'), ('/x/b.png', 'OSError: y')], columns=['path', 'error']).to_csv(
         tmp_path / 'scores.errors.csv', index=False)
     output = tmp_path / 'out' / 'report.png'
-    args = argparse.Namespace(scores=str(tmp_path / 'scores.csv'), output=str(output), thumbnails=9)
-    assert report_command(args) == 0
+    args = ['report', str(tmp_path / 'scores.csv'), '-o', str(output), '--thumbnails', '9']
+    assert cli.main(args) == 0
     out = capsys.readouterr().out
     assert '13 scores, 9 thumbnails' in out and '2 failed files' in out
     with Image.open(output) as picture:
         assert picture.format == 'PNG' and picture.size[0] >= 1200 and picture.size[1] >= 600
 
-    args.scores = str(tmp_path / 'missing.csv')
-    assert report_command(args) == 2
+    # A report is a file like any other: replaced only when asked to.
+    assert cli.main(args) == 2 and 'pass --overwrite' in capsys.readouterr().err
+    assert cli.main([*args, '--overwrite']) == 0
+
+    assert cli.main(['report', str(tmp_path / 'missing.csv'), '-o', str(output)]) == 2
     err = capsys.readouterr().err
     assert err.count('\n') == 1 and 'does not exist' in err
     (tmp_path / 'junk.csv').write_text('a,b\n1,2\n')
-    args.scores = str(tmp_path / 'junk.csv')
-    assert report_command(args) == 2 and 'score column' in capsys.readouterr().err
+    assert cli.main(['report', str(tmp_path / 'junk.csv'), '-o', str(tmp_path / 'r.png')]) == 2
+    assert 'score column' in capsys.readouterr().err
+
+
+def test_each_thumbnail_has_its_own_rows_score_whatever_the_csv_holds(tmp_path, capsys):
+    """Empty, NaN and infinite scores are unscored rows; the others keep their own row (issue 21, point 5)."""
+    scores = ['nan', '0.5', '', 'inf', '0.1', '-inf', '0.9', 'NaN', '0.3']
+    csv = tmp_path / 'scores.csv'
+    csv.write_text('path,score\n' + ''.join(f'/p/{i}.png,{s}\n' for i, s in enumerate(scores)))
+    finite, selection, paths, unscored = read_selection(csv, 10)
+    assert unscored == 5 and sorted(finite.tolist()) == [0.1, 0.3, 0.5, 0.9]
+    assert paths == ['/p/4.png', '/p/8.png', '/p/1.png', '/p/6.png']  # worst to best, each its own row
+    assert selection.scores.tolist() == [0.1, 0.3, 0.5, 0.9] and selection.rows.tolist() == [4, 8, 1, 6]
+    assert cli.main(['report', str(csv), '-o', str(tmp_path / 'r.png')]) == 0
+    out = capsys.readouterr().out
+    assert '4 scores, 4 thumbnails' in out and '5 unscored rows' in out
+    csv.write_text('path,score\n/a.png,nan\n/b.png,\n')
+    assert cli.main(['report', str(csv), '-o', str(tmp_path / 'r2.png')]) == 2
+    assert 'has no finite scores (2 rows)' in capsys.readouterr().err

@@ -28,11 +28,15 @@ import torch
 from PIL import Image
 from torchvision.transforms.functional import to_tensor
 
-from pyiqa_maclip import cli
-from pyiqa_maclip.scoring import COLUMNS, ERROR_COLUMNS, WorkFiles, collect_paths, image_extensions
+from pyiqa_maclip.app import cli
+from pyiqa_maclip.app.files import WorkFiles
+from pyiqa_maclip.app.inputs import collect_paths, image_extensions
+from pyiqa_maclip.errors import UserError
+from pyiqa_maclip.names import COMPONENTS
 from pyiqa_maclip.testing import Rounding, assert_within_rounding, random_images, rounding_bound
 
 ROOT = Path(__file__).resolve().parents[1]
+COLUMNS, ERROR_COLUMNS = ('path', *COMPONENTS), ('path', 'error')
 
 
 def pixels(height: int, width: int, seed: int, channels: int = 3) -> np.ndarray:
@@ -206,7 +210,7 @@ def test_collect_paths(collection, tmp_path):
         str(root / n) for n in ('photos/a.png', 'photos/empty.png', 'photos/sub/c_gray.png',
                                 'photos/sub/d_rgba.png', 'photos/sub/deeper/e_palette.gif', 'photos/truncated.png')]
     assert collect_paths([root / 'photos/notes.md']) == [str(root / 'photos/notes.md')]  # named files are taken
-    with pytest.raises(FileNotFoundError, match='does not exist'):
+    with pytest.raises(UserError, match='does not exist'):
         collect_paths([root / 'nowhere'])
 
     status, _, stderr = score(root / 'nowhere', '--output', tmp_path / 'scores.csv')
@@ -233,7 +237,8 @@ def complete_lines(file: Path) -> list[bytes]:
 # Scores in a real process, slowed down so that it can be killed halfway.
 SLOW_RUN = '''
 import sys, time
-from pyiqa_maclip import MACLIP, cli
+from pyiqa_maclip import MACLIP
+from pyiqa_maclip.app import cli
 score_images = MACLIP.score_images
 MACLIP.score_images = lambda self, images: time.sleep(float(sys.argv[1])) or score_images(self, images)
 sys.exit(cli.main(sys.argv[2:]))
@@ -262,12 +267,13 @@ def kill_after(run: subprocess.Popen, output: Path, rows: int, extra_seconds: fl
 @pytest.mark.slow  # kill -9 of a fresh interpreter
 def test_resume_after_kill_9_and_a_damaged_export(collection, baseline, collection_rounding, tiny_rn, tmp_path):
     output = tmp_path / 'scores.csv'
+    assert score(collection.good[0], '--output', output, '--backbone', tiny_rn)[0] == 0  # an export to damage later
     run = start_slow_run([*collection.inputs, '--output', output, '--backbone', tiny_rn, '--batch-size', 2,
                           '--num-workers', 1])
     kill_after(run, output, 3)
     done = journal_rows(output)
     assert 3 <= done < collection.total  # killed halfway
-    # Whatever the CSV holds (here: damage of every kind) costs no row: the journal is the truth.
+    # Whatever this run's CSV holds (here: damage of every kind) costs no row: the journal is the truth.
     output.write_bytes(b'path,score\n\n\n/x/y.png,0.5\n\x00\x00garbage,"unterminated\n')
 
     status, stdout, stderr = score_collection(collection, output, tiny_rn, '--num-workers', 1)
@@ -352,7 +358,8 @@ def test_refusals_and_overwrite(collection, baseline, tiny_rn, checkpoints, tmp_
     other.parent.mkdir()
     other.write_bytes(b'my own data\n')
     status, _, stderr = score_collection(collection, other, tiny_rn)
-    assert status == 2 and 'has no journal' in stderr and other.read_bytes() == b'my own data\n'
+    assert status == 2 and other.read_bytes() == b'my own data\n'
+    assert f'the output {other} is in the way: it was not written by this run; pass --overwrite' in stderr
 
     status, stdout, _ = score_collection(collection, output, weights, '--overwrite')
     assert status == 1 and f'{collection.total} processed in this run, 0 done before' in stdout
@@ -466,15 +473,15 @@ def test_random_names_and_kill_points_end_in_the_uninterrupted_output(tiny_rn, t
 
 def test_resume_from_the_journals_of_a_larger_run(collection, baseline, tiny_rn, tmp_path):
     """Results left in other processes' journals count as done and are merged in input order."""
-    from pyiqa_maclip.scoring import Journal, WorkFiles
+    from pyiqa_maclip.app.journal import Journal
 
     source = WorkFiles(baseline[2])
     files = WorkFiles(tmp_path / 'scores.csv')
     files.folder.mkdir()
-    results = list(Journal(source.journal(0)).results())
+    with Journal(source.journal(0)) as original:
+        results, fingerprint, columns = list(original.results()), original.fingerprint, original.columns
     for rank, share in ((0, results[::2]), (3, results[1::2])):
-        with Journal(files.journal(rank)) as journal:
-            journal.fingerprint = Journal(source.journal(0)).fingerprint
+        with Journal.create(files.journal(rank), fingerprint, columns) as journal:
             journal.record(share)
     status, stdout, _ = score_collection(collection, tmp_path / 'scores.csv', tiny_rn)
     assert status == 1 and f'0 processed in this run, {collection.total} done before' in stdout
@@ -513,7 +520,30 @@ def test_two_processes_give_the_single_process_output(collection, collection_rou
     assert_same_scores(read_csv_rows(sharded), read_csv_rows(single), collection_rounding)
     assert sharded.with_name('scores.errors.csv').read_text() == single.with_name('scores.errors.csv').read_text()
     assert listing(sharded.parent) == FINISHED_RUN
-    assert listing(WorkFiles(sharded).folder) == ['lock', 'rank0.sqlite3']  # the other journal was merged
+    # The other journal was merged; the locks are empty files.
+    assert listing(WorkFiles(sharded).folder) == ['lock', 'rank0.lock', 'rank0.sqlite3', 'rank1.lock']
+
+
+def test_a_problem_only_the_main_process_sees_is_one_line_in_every_process(collection, tiny_rn, tmp_path):
+    """The journal is the main process's to open: every process stops with its line, no gloo traceback."""
+    import sqlite3
+
+    output = tmp_path / 'scores.csv'
+    assert score_collection(collection, output, tiny_rn, '--num-workers', 0)[0] == 1
+    with contextlib.closing(sqlite3.connect(WorkFiles(output).journal(0))) as db:
+        db.execute('PRAGMA user_version = 1')  # as if another version had written it
+    launch = [Path(sys.executable).with_name('accelerate'), 'launch', '--multi_gpu', '--num_processes', 2,
+              '--num_machines', 1, '--mixed_precision', 'no', '--dynamo_backend', 'no',
+              '--main_process_port', free_port()]
+    env = {**os.environ, 'HF_HOME': str(tmp_path / 'hf'), 'ACCELERATE_USE_CPU': 'true', 'CUDA_VISIBLE_DEVICES': '',
+           'OMP_NUM_THREADS': '1'}
+    run = subprocess.run([*map(str, launch), '-m', 'pyiqa_maclip', 'score', *collection.inputs, '--output',
+                          str(output), '--backbone', str(tiny_rn), '--no-progress'],
+                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
+    errors = [line for line in run.stderr.splitlines() if line.startswith('pyiqa-maclip score: error:')]
+    assert len(errors) == 2 and all('written by another version of pyiqa-maclip' in line for line in errors)
+    assert run.stderr.count('exitcode  : 2') == 2  # accelerate's report: both stopped with status 2, no crash
+    assert 'pyiqa_maclip/' not in run.stderr and 'gloo' not in run.stderr.lower()  # no traceback of theirs
 
 
 @pytest.mark.slow  # a fresh interpreter importing torch
@@ -532,7 +562,8 @@ def test_weights_that_fail_to_load_leave_no_trace(tiny_rn, tmp_path, monkeypatch
     junk = tmp_path / 'model.pt'
     junk.write_text('<html><body>Not Found</body></html>')
     status, _, stderr = score(image, '--output', output, '--backbone', junk)
-    assert status == 2 and stderr.count('\n') == 1 and stderr.startswith(f'pyiqa-maclip score: error: --backbone {junk}')
+    assert status == 2 and stderr.count('\n') == 2  # the "to score" line and the error
+    assert stderr.splitlines()[-1].startswith(f'pyiqa-maclip score: error: {junk} is not a CLIP checkpoint')
     # The next run with good weights is not refused as "made with other settings".
     assert score(image, '--output', output, '--backbone', tiny_rn)[0] == 0
 
@@ -547,9 +578,9 @@ def test_a_resume_never_mixes_precisions(tiny_rn, tmp_path, monkeypatch, native)
     library warnings itself, so they reach stderr rather than Python's warning machinery); on one
     with bfloat16 instructions it does not. Which CPU is decided here, not by the host running the
     test: torch's oneDNN check follows the real CPU or ONEDNN_MAX_CPU_ISA depending on the build."""
-    from pyiqa_maclip import arch
+    from pyiqa_maclip import precision
 
-    monkeypatch.setattr(arch, 'cpu_has_native', lambda dtype: native)
+    monkeypatch.setattr(precision, 'cpu_has_native', lambda dtype: native)
     image = tmp_path / 'in' / 'a.png'
     image.parent.mkdir()
     image.write_bytes(encoded(pixels(40, 40, 1), 'PNG'))
@@ -569,8 +600,6 @@ def test_a_resume_never_mixes_precisions(tiny_rn, tmp_path, monkeypatch, native)
 
 
 def test_library_warnings_are_one_line_on_the_command_line(tmp_path, monkeypatch):
-    import pyiqa_maclip_cli
-
     clip = tmp_path / 'hub' / 'clip'
     clip.mkdir(parents=True)
     (clip / 'RN50.pt').write_bytes(b'corrupted')  # a cached file whose SHA-256 is wrong: warned about
@@ -582,8 +611,8 @@ def test_library_warnings_are_one_line_on_the_command_line(tmp_path, monkeypatch
     err = io.StringIO()
     with contextlib.redirect_stderr(err), warnings.catch_warnings():
         warnings.simplefilter('always')
-        status = pyiqa_maclip_cli.main(['score', str(image), '-o', str(tmp_path / 's.csv'), '--no-progress'])
+        status = cli.main(['score', str(image), '-o', str(tmp_path / 's.csv'), '--no-progress'])
     lines = err.getvalue().splitlines()
     assert status == 2 and len(lines) == 2, lines
     assert lines[0].startswith('pyiqa-maclip score: warning: ignoring') and 'RN50.pt' in lines[0]
-    assert lines[1].startswith('pyiqa-maclip score: error: --backbone RN50:')
+    assert lines[1].startswith("pyiqa-maclip score: error: CLIP weights for backbone 'RN50' are not available")

@@ -13,14 +13,14 @@ from pathlib import Path
 
 from PIL import Image
 
-__all__ = ['LIST_SUFFIXES', 'EXTERNAL_PROGRAM_FORMATS', 'image_extensions', 'parse_extensions', 'collect_paths']
+from ..errors import UserError, UserTypeError
+from ..names import LIST_SUFFIXES
 
-#: A PATH ending in one of these is a text file listing paths, one a line.
-LIST_SUFFIXES = ('.txt', '.lst', '.list')
+__all__ = ['EXTERNAL_PROGRAM_FORMATS', 'image_extensions', 'parse_extensions', 'collect_paths']
 #: PIL formats whose decoding runs another program (EPS/PS: Ghostscript): never taken from folders
 #: by default, since a collection may hold untrusted files. Named explicitly, they are still read.
 EXTERNAL_PROGRAM_FORMATS = frozenset({'EPS'})
-_log = logging.getLogger('pyiqa_maclip.scoring')
+_log = logging.getLogger('pyiqa_maclip')
 
 
 def image_extensions() -> frozenset[str]:
@@ -34,10 +34,10 @@ def parse_extensions(extensions: Iterable[str] | None) -> frozenset[str]:
     if extensions is None:
         return image_extensions()
     if isinstance(extensions, str):
-        raise TypeError(f"extensions must be a collection of suffixes such as ['.jpg', '.png'], got {extensions!r}")
+        raise UserTypeError(f"extensions must be a collection of suffixes such as ['.jpg', '.png'], got {extensions!r}")
     found = frozenset('.' + e.strip().lower().lstrip('.') for e in extensions if e.strip().lstrip('.'))
     if not found:
-        raise ValueError(f"extensions is empty; expected suffixes such as ['.jpg', '.png'], got {extensions!r}")
+        raise UserError(f"extensions is empty; expected suffixes such as ['.jpg', '.png'], got {extensions!r}")
     return found
 
 
@@ -80,7 +80,7 @@ def collect_paths(inputs: Iterable[str | os.PathLike], extensions: Iterable[str]
     a missing one is reported when it is scored.
 
     Raises:
-        FileNotFoundError: an input does not exist.
+        UserError: an input does not exist.
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
@@ -96,9 +96,7 @@ def collect_paths(inputs: Iterable[str | os.PathLike], extensions: Iterable[str]
         elif path.is_file():
             found = [str(path)]
         else:
-            raise FileNotFoundError(
-                f'{os.fsdecode(item)!r} does not exist: expected an image file, a folder or a text file '
-                f'listing paths ({", ".join(LIST_SUFFIXES)})'
-            )
+            raise UserError(f'{os.fsdecode(item)!r} does not exist: expected an image file, a folder or a text file '
+                            f'listing paths ({", ".join(LIST_SUFFIXES)})')
         paths.update((os.path.abspath(p), None) for p in found)
     return list(paths)

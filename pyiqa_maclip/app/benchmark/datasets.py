@@ -13,8 +13,6 @@ reported with the line (CSV, TSV) or row (.xlsx) a user finds it on.
 from __future__ import annotations
 
 import csv
-import hashlib
-import json
 import math
 import ntpath
 import os
@@ -27,10 +25,10 @@ from typing import Annotated, NamedTuple
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic_core import PydanticCustomError
 
-from ..safe_io import error_text
+from ...errors import error_text
 from .config import BenchmarkConfigError, DatasetSpec
 
-__all__ = ['Item', 'load_items', 'items_digest', 'pyiqa_dataset_options']
+__all__ = ['Item', 'load_items', 'pyiqa_dataset_options']
 
 _PATH_KEYS = ('dataroot_target', 'dataroot_ref', 'meta_info_file')
 _DROPPED_KEYS = ('split_index', 'split_file', 'augment', 'override_phase', 'mos_normalize')
@@ -116,12 +114,19 @@ def _csv_records(path: Path, delimiter: str, where: str) -> Iterator[tuple[str, 
 
 
 def _excel_records(path: Path) -> Iterator[tuple[str, list]]:
-    """Non-blank rows of the first sheet, each with its row number as Excel shows it."""
+    """Non-blank rows of the first sheet, each with its row number as Excel shows it.
+
+    Read streaming (memory bounded whatever the file's size) and to its last row: openpyxl's
+    read-only mode otherwise stops at the sheet's stored dimension, which writers other than
+    Excel can leave stale (a sheet declaring A1:B3 while holding 8 rows would read as 2).
+    """
     from openpyxl import load_workbook
 
     book = load_workbook(path, read_only=True, data_only=True)
     try:
-        for number, values in enumerate(book.worksheets[0].iter_rows(min_row=1, values_only=True), start=1):
+        sheet = book.worksheets[0]
+        sheet.reset_dimensions()
+        for number, values in enumerate(sheet.iter_rows(min_row=1, values_only=True), start=1):
             if any(value is not None and str(value).strip() for value in values):
                 yield f'row {number}', list(values)
     finally:
@@ -246,8 +251,3 @@ def load_items(spec: DatasetSpec) -> list[Item]:
     if not items:
         raise BenchmarkConfigError(f'datasets.{spec.name}: the MOS table lists no images')
     return items
-
-
-def items_digest(items: list[Item]) -> str:
-    """A hash of the image list and its MOS: a changed table invalidates finished results."""
-    return hashlib.sha256(json.dumps(items).encode()).hexdigest()

@@ -1,13 +1,14 @@
-"""``pyiqa-maclip report``: a picture of a scored collection, for choosing a filtering threshold.
+"""``pyiqa-maclip report``: a picture of a scored collection, for choosing a threshold.
 
 It shows the score histogram with quantile marks, a grid of thumbnails at evenly
 spaced score quantiles from worst to best (each with its quantile and score), and
 how many files failed. Only the ``score`` column is read whole; paths are read in
 chunks and only the images shown are opened, so a million-row CSV takes seconds.
+Rows whose score is empty, NaN or infinite are counted as unscored and named so in
+the picture; every thumbnail shows its own row's score.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 from collections.abc import Sequence
@@ -16,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .safe_io import command_error, one_line
+from ..errors import UserError, one_line
+from .files import shown, write_file
 
-__all__ = ['MARKED_QUANTILES', 'Selection', 'select_quantiles', 'read_selection', 'draw_report', 'report_command']
+__all__ = ['MARKED_QUANTILES', 'Selection', 'select_quantiles', 'read_selection', 'count_rows', 'draw_report']
 
 #: Quantiles drawn as vertical marks on the histogram.
 MARKED_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -64,7 +66,7 @@ def _paths_at(csv_file: Path, rows: np.ndarray) -> list[str]:
     return [wanted[int(r)] for r in rows]
 
 
-def _count_rows(csv_file: Path) -> int:
+def count_rows(csv_file: Path) -> int:
     import pandas as pd
 
     if not csv_file.is_file():
@@ -73,31 +75,37 @@ def _count_rows(csv_file: Path) -> int:
                                                    chunksize=_CHUNK))
 
 
-def read_selection(csv_file: str | os.PathLike, count: int) -> tuple[np.ndarray, Selection, list[str]]:
-    """All scores of a scores CSV, the quantile selection and the selected paths."""
+def read_selection(csv_file: str | os.PathLike, count: int) -> tuple[np.ndarray, Selection, list[str], int]:
+    """The finite scores of a scores CSV, the quantile selection (row numbers of the CSV), the selected
+    paths, and how many rows have no finite score (empty, NaN or infinite)."""
     import pandas as pd
 
     csv_file = Path(csv_file)
     try:
-        scores = pd.read_csv(csv_file, usecols=['score'], dtype={'score': float})['score'].to_numpy()
+        column = pd.read_csv(csv_file, usecols=['score'], dtype={'score': str}, keep_default_na=False)['score']
     except (OSError, ValueError, pd.errors.ParserError) as error:
-        raise ValueError(f'{csv_file} is not a scores CSV with a score column: {one_line(error)}') from None
-    scores = scores[np.isfinite(scores)]
-    if not len(scores):
-        raise ValueError(f'{csv_file} has no scores')
-    selection = select_quantiles(scores, count)
-    return scores, selection, _paths_at(csv_file, selection.rows)
+        raise UserError(f'{csv_file} is not a scores CSV with a score column: {one_line(error)}') from None
+    scores = pd.to_numeric(column, errors='coerce').to_numpy(dtype=float)
+    finite = np.flatnonzero(np.isfinite(scores))  # row numbers of the scored rows
+    if not len(finite):
+        raise UserError(f'{csv_file} has no finite scores ({len(scores)} rows)')
+    selection = select_quantiles(scores[finite], count)
+    rows = finite[selection.rows]  # back to row numbers of the whole CSV
+    selection = Selection(rows, selection.quantiles, scores[rows])
+    return scores[finite], selection, _paths_at(csv_file, rows), len(scores) - len(finite)
 
 
 def _thumbnail(path: str):
     """A small RGB picture of the image, or None if it cannot be read."""
     from PIL import Image
 
-    from .scoring.decoding import as_float, read_image
-    from .scoring.journal import file_path
+    from .images import as_float, read_image
+    from .journal import file_path
 
     try:
-        image = as_float(read_image(file_path(path))).expand(3, -1, -1)
+        image = read_image(file_path(path))
+        step = max(1, max(image.shape[-2:]) // (4 * _THUMBNAIL))  # subsampled before any conversion
+        image = as_float(image[:, ::step, ::step]).expand(3, -1, -1)
     except Exception:  # noqa: BLE001 - a moved or broken file is shown as missing, not fatal
         return None
     picture = Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
@@ -105,13 +113,8 @@ def _thumbnail(path: str):
     return picture
 
 
-def _printable(name: str) -> str:
-    """A file name for a label: control characters (CR, LF, tab, ...) shown as '?'."""
-    return ''.join(c if c.isprintable() else '?' for c in name)
-
-
-def draw_report(scores: np.ndarray, selection: Selection, paths: Sequence[str], failed: int, title: str,
-                output: Path, columns: int = 8) -> Path:
+def draw_report(scores: np.ndarray, selection: Selection, paths: Sequence[str], failed: int, unscored: int,
+                title: str, output: Path, columns: int = 8) -> Path:
     """Histogram with quantile marks over a grid of thumbnails; saved as a PNG (width >= 1200 px)."""
     from matplotlib.figure import Figure
 
@@ -127,7 +130,8 @@ def draw_report(scores: np.ndarray, selection: Selection, paths: Sequence[str], 
                            va='top', ha='right', fontsize=8, color='#c44e52')
     histogram.set_xlabel('MA-CLIP score (higher is better)')
     histogram.set_ylabel('images')
-    histogram.set_title(f'{title}: {len(scores)} images scored, {failed} failed')
+    unscored_rows = f', {unscored} rows without a finite score (empty, NaN or inf)' if unscored else ''
+    histogram.set_title(f'{title}: {len(scores)} images scored, {failed} failed{unscored_rows}')
     for i, (path, q, score) in enumerate(zip(paths, selection.quantiles, selection.scores)):
         axes = figure.add_subplot(grid[1 + i // columns, i % columns])
         picture = _thumbnail(path)
@@ -136,26 +140,9 @@ def draw_report(scores: np.ndarray, selection: Selection, paths: Sequence[str], 
         else:
             axes.imshow(np.asarray(picture))
         axes.set_title(f'q {q:.2f} · {score:.3f}', fontsize=9)
-        axes.set_xlabel(_printable(Path(path).name)[:28], fontsize=7)
+        axes.set_xlabel(shown(Path(path).name)[:28], fontsize=7)
         axes.set_xticks([])
         axes.set_yticks([])
-    output.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(output)
+    with write_file(output, 'wb') as file:
+        figure.savefig(file, format='png')
     return output
-
-
-def report_command(args: argparse.Namespace) -> int:
-    """``pyiqa-maclip report SCORES.csv -o REPORT.png [--thumbnails N]``."""
-    from .scoring.run import WorkFiles
-
-    csv_file = Path(args.scores)
-    try:
-        if not csv_file.is_file():
-            raise ValueError(f'{csv_file} does not exist: expected the CSV written by pyiqa-maclip score')
-        scores, selection, paths = read_selection(csv_file, args.thumbnails)
-        failed = _count_rows(WorkFiles(csv_file.absolute()).errors)
-        draw_report(scores, selection, paths, failed, csv_file.name, Path(args.output))
-    except (OSError, ValueError) as error:
-        return command_error('report', error)
-    print(f'{args.output}: {len(scores)} scores, {len(paths)} thumbnails from worst to best, {failed} failed files')
-    return 0

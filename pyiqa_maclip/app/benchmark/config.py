@@ -23,7 +23,7 @@ from typing import Annotated, Any, ClassVar, Literal, Optional
 
 import yaml
 
-from ..safe_io import one_line
+from ...errors import UserError, one_line
 from pydantic import (
     AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, JsonValue, ValidationError, WrapValidator,
 )
@@ -39,6 +39,7 @@ __all__ = [
     'MetricSpec',
     'BenchmarkConfig',
     'parse_config',
+    'read_config',
     'load_config',
     'file_stem',
 ]
@@ -63,7 +64,7 @@ PAPER_PREPROCESSING: dict[str, dict] = {
 }
 
 
-class BenchmarkConfigError(ValueError):
+class BenchmarkConfigError(UserError):
     """The benchmark configuration (or the data it points to) is not usable."""
 
 
@@ -473,8 +474,10 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
     return one_line(text)
 
 
-def load_config(path: str | os.PathLike, data_root: str | os.PathLike | None = None) -> BenchmarkConfig:
-    """Read and validate a YAML configuration file."""
+def read_config(path: str | os.PathLike) -> object:
+    """The YAML of a configuration file, parsed (no torch, no pyiqa): a :class:`BenchmarkConfigError`
+    if it cannot be read, is too large, not UTF-8, not YAML, gives a key twice, or lacks the
+    configuration's structure."""
     try:
         with open(path, 'rb') as file:
             data = file.read(MAX_CONFIG_BYTES + 1)
@@ -491,4 +494,10 @@ def load_config(path: str | os.PathLike, data_root: str | os.PathLike | None = N
         raise BenchmarkConfigError(f'{path} is not valid YAML: {_yaml_problem(error)}') from None
     except RecursionError:
         raise BenchmarkConfigError(f'{path}: YAML nested too deeply to be a configuration') from None
-    return parse_config(raw, data_root)
+    _validated(ConfigFile, raw)
+    return raw
+
+
+def load_config(path: str | os.PathLike, data_root: str | os.PathLike | None = None) -> BenchmarkConfig:
+    """Read and validate a YAML configuration file."""
+    return parse_config(read_config(path), data_root)

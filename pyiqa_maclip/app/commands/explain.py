@@ -1,0 +1,90 @@
+"""``pyiqa-maclip explain PATH ... -o FOLDER``: per-patch quality maps of images, as pictures (see
+:mod:`pyiqa_maclip.app.explain`). Images are read, scored and drawn one at a time; a file that
+fails is named with its error and the others go on (exit status 1)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ...errors import UserError, error_text
+from ...names import LIST_SUFFIXES
+from ..files import check_writable_folder, refuse_special, shown
+from ..options import add_backbone, add_device, add_precision
+
+__all__ = ['add_parser', 'run']
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        'explain', help='per-patch quality maps of images, as pictures',
+        description='Draw, per image, the photo, the fused MA-CLIP score per pixel (patches averaged), the '
+                    'Q_sim and Q_mag maps and the weight of Q_mag, on fixed colour scales, into '
+                    'FOLDER/<image stem>_explain.png.',
+        epilog='exit status: 0 every picture written, 1 some images failed (each named on stderr), 2 bad arguments '
+               'or nothing could start, 130 interrupted')
+    parser.add_argument('images', nargs='+', metavar='PATH',
+                        help=f'image file, folder (recursive) or text file listing paths ({", ".join(LIST_SUFFIXES)})')
+    parser.add_argument('-o', '--output', required=True, type=Path, help='the folder to write the pictures into')
+    add_backbone(parser)
+    add_device(parser, 'cpu')
+    add_precision(parser)
+    parser.add_argument('--overwrite', action='store_true', help='replace pictures an earlier run wrote')
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from ... import weights
+    from ..inputs import collect_paths
+
+    weights.check_environment()
+    try:
+        weights.check_backbone(args.backbone)
+    except UserError as error:
+        raise UserError(f'--backbone {args.backbone}: {error}') from None
+    paths = collect_paths(args.images)
+    if not paths:
+        raise UserError(f'no image files found in {", ".join(args.images)}')
+    if args.output.exists() and not args.output.is_dir():
+        raise UserError(f'-o {shown(args.output)} is not a folder: expected the folder to write the pictures into')
+    check_writable_folder(args.output, 'the pictures')
+    from ..explain import output_names
+
+    outputs = output_names(paths, args.output)
+    for output in outputs:
+        refuse_special(output, 'the picture')
+        if output.exists() and not args.overwrite:
+            raise UserError(f'{shown(output)} exists: pass --overwrite to replace it, or choose another -o folder')
+
+    import torch
+
+    from ...arch import MACLIP
+    from ..explain import MAX_SIDE, draw_explanation, output_names
+    from ..images import read_image
+    from .score import check_device
+
+    check_device(args.device)
+    metric = MACLIP(backbone=weights.resolve(args.backbone), precision=args.precision or 'fp32')
+    metric = metric.to(args.device or 'cpu').eval()
+    args.output.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    for path, output in zip(paths, outputs):
+        try:
+            image = read_image(path)
+            size = tuple(image.shape[-2:])
+            with torch.inference_mode():
+                qmap = metric.quality_maps([image])[0]
+            step = max(1, round(max(image.shape[-2:]) / MAX_SIDE))
+            picture = image[:, ::step, ::step].expand(3, -1, -1).permute(1, 2, 0).numpy()
+            del image
+            title = (f'{shown(Path(path).name)}: MA-CLIP {float(qmap.score):.4f} ({qmap.boxes.shape[0]}x'
+                     f'{qmap.boxes.shape[1]} patches + the whole image; {args.backbone}, {metric.precision})')
+            draw_explanation(picture, qmap, size, title, output)
+        except Exception as error:  # noqa: BLE001 - a file that cannot be read or drawn: name it, go on
+            failed += 1
+            print(f'pyiqa-maclip explain: {shown(path)}: {error_text(error)}', file=sys.stderr)
+            continue
+        print(shown(output))
+    if failed:
+        print(f'pyiqa-maclip explain: {len(paths) - failed} pictures written, {failed} images failed', file=sys.stderr)
+    return 1 if failed else 0

@@ -1,0 +1,157 @@
+"""``pyiqa-maclip score PATH [PATH ...] -o scores.csv [options]``: a collection into a CSV, resumably.
+
+Everything that can be checked without torch is checked first (paths, the backbone name,
+options, the output, environment variables): a mistake costs a fraction of a second.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from ...errors import UserError
+from ...names import COMPONENTS, LIST_SUFFIXES
+from ..options import add_device, add_loading, add_precision, integer_at_least
+
+__all__ = ['add_parser', 'run', 'parse_options', 'check_device']
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        'score', help='score image files, folders or path lists into a CSV (resumable, shardable)',
+        description=f'Score images into a CSV: path,{",".join(COMPONENTS)} with MA-CLIP (the default), or path,score '
+                    'with any other pyiqa no-reference metric (--metric). Files that cannot be scored are listed in '
+                    '<stem>.errors.csv. Running the same command again resumes; under `accelerate launch` the inputs '
+                    'are sharded across processes.',
+        epilog='exit status: 0 every image scored, 1 some failed (see the errors file), '
+               '2 bad arguments or the run could not start, 130 interrupted (run again to resume)')
+    parser.add_argument('inputs', nargs='+', metavar='PATH',
+                        help=f'image file, folder (recursive) or text file listing paths ({", ".join(LIST_SUFFIXES)})')
+    parser.add_argument('-o', '--output', required=True, type=Path, help='the CSV file to write, e.g. scores.csv')
+    parser.add_argument('--metric', default='maclip',
+                        help='a pyiqa no-reference metric, e.g. maclip (default), maclip_vitB32, clipiqa, musiq, piqe')
+    parser.add_argument('--option', action='append', default=[], metavar='KEY=VALUE',
+                        help='a create_metric option of the metric, e.g. box_lam=0.3 (repeatable)')
+    parser.add_argument('--backbone', default=None,
+                        help="MA-CLIP's CLIP name or checkpoint path (default: the metric's, RN50 for maclip)")
+    add_device(parser, "accelerate's device for the process, else cpu")
+    add_loading(parser)
+    parser.add_argument('--chunk-size', type=integer_at_least(1), default=None,
+                        help="MA-CLIP: most views sent through the image encoder at once (default: 16)")
+    add_precision(parser, ' (MA-CLIP)')
+    parser.add_argument('--half', action='store_true', help='the same as --precision fp16 (kept for earlier scripts)')
+    parser.add_argument('--extensions', default=None,
+                        help='suffixes taken from folders, e.g. jpg,png (default: every format PIL opens)')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='discard an earlier run on --output and start afresh (replacing --output, never a link, '
+                             'device, FIFO or folder)')
+    parser.add_argument('--retry-failed', action='store_true', help='score again the files an earlier run failed on')
+    parser.add_argument('--rank-timeout', type=float, default=3600.0, metavar='SECONDS',
+                        help='under accelerate: how long the main process waits for the others once its share is '
+                             'done (default: 3600)')
+    parser.add_argument('--no-progress', dest='progress', action='store_false', help='no progress bar')
+    return parser
+
+
+def parse_options(pairs: list[str]) -> dict:
+    """``['box_lam=0.3', 'backbone=RN101']`` -> ``{'box_lam': 0.3, 'backbone': 'RN101'}`` (values read as YAML
+    scalars: numbers, true/false, text)."""
+    import yaml
+
+    options = {}
+    for pair in pairs:
+        key, equals, text = pair.partition('=')
+        if not equals or not key.strip().isidentifier():
+            raise UserError(f'--option {pair}: expected KEY=VALUE, e.g. --option box_lam=0.3')
+        try:
+            value = yaml.safe_load(text) if text.strip() else text
+        except yaml.YAMLError:
+            value = text
+        options[key.strip()] = value if isinstance(value, (str, int, float, bool)) else text
+    return options
+
+
+def _metric_options(args: argparse.Namespace) -> dict:
+    """create_metric options from --option and the MA-CLIP flags, checked as far as can be without pyiqa."""
+    from ... import weights
+
+    options = parse_options(args.option)
+    precision = args.precision or ('fp16' if args.half else None)
+    if args.half and precision != 'fp16':
+        raise UserError(f'--half means --precision fp16 and contradicts --precision {args.precision}; pass one of them')
+    for flag, key, value in (('--backbone', 'backbone', args.backbone), ('--chunk-size', 'chunk_size', args.chunk_size),
+                             ('--precision', 'precision', precision)):
+        if value is not None:
+            if key in options:
+                raise UserError(f'{flag} and --option {key}= both given; pass one of them')
+            options[key] = value
+    if 'backbone' in options:
+        try:
+            weights.check_backbone(options['backbone'])
+        except UserError as error:
+            raise UserError(f'--backbone {options["backbone"]}: {error}') from None
+    return options
+
+
+def check_device(device: str | None) -> None:
+    """A :class:`UserError` naming ``--device`` if this machine cannot use it (loads torch, not pyiqa)."""
+    if device is None:
+        return
+    import torch
+
+    from ..engine import device_problem
+
+    try:
+        problem = device_problem(torch.device(device))
+    except RuntimeError:
+        problem = 'expected a torch device such as cpu, cuda, cuda:1 or mps'
+    if problem:
+        raise UserError(f'--device {device}: {problem}')
+
+
+def run(args: argparse.Namespace) -> int:
+    from ... import weights
+    from ..files import WorkFiles
+    from ..inputs import collect_paths, parse_extensions
+
+    weights.check_environment()
+    options = _metric_options(args)
+    extensions = None if args.extensions is None else parse_extensions(args.extensions.split(','))
+    if args.rank_timeout <= 0:
+        raise UserError(f'--rank-timeout {args.rank_timeout:g}: expected a positive number of seconds')
+    # Every process checks alike (under accelerate, one that stopped here would leave the others waiting);
+    # the main process's list is the one scored.
+    paths = collect_paths(args.inputs, extensions)
+    if not paths:
+        raise UserError(f'no image files found in {", ".join(args.inputs)}')
+    WorkFiles(args.output.absolute()).check(paths, args.overwrite)
+
+    # Now torch and pyiqa.
+    from ..engine import score_collection
+    from ..scorers import Recipe
+
+    check_device(args.device)
+    recipe = Recipe(args.metric, options)
+    if not recipe.is_maclip and {'backbone', 'chunk_size', 'precision'} & set(options):
+        raise UserError(f'--backbone, --chunk-size, --precision and --half are options of MA-CLIP metrics, not of '
+                        f'{args.metric}; give its own options with --option KEY=VALUE')
+    log = logging.getLogger('pyiqa_maclip')
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter('%(message)s'))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        summary = score_collection(
+            paths, args.output, recipe, device=args.device, batch_size=args.batch_size, num_workers=args.num_workers,
+            pixel_budget=args.pixel_budget * 1_000_000, overwrite=args.overwrite, retry_failed=args.retry_failed,
+            progress=args.progress, rank_timeout=args.rank_timeout)
+    except KeyboardInterrupt:
+        print('interrupted: every finished batch is kept; run the same command again to resume', file=sys.stderr)
+        return 130
+    finally:
+        log.removeHandler(handler)
+    if summary is None:  # another process than the main one: its share is in its journal
+        return 0
+    print(summary)
+    return 0 if summary.complete else 1

@@ -1,0 +1,178 @@
+"""The files the commands write: only where nothing of the user's is in the way, whole or not at all.
+
+A command replaces a file only if it created it (the run's journal lists it with its
+identity) or the user named it and passed ``--overwrite``; never a symlink, a device, a
+FIFO, a socket or a folder, whatever the options. Files are written to a temporary name
+and moved into place, with the permissions any file the user creates gets (the umask).
+Nothing here imports torch: the command line checks its outputs before loading it.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import stat
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from ..errors import UserError
+from ..safe_io import atomic_file
+
+__all__ = ['Identity', 'identity', 'kind_of', 'refuse_special', 'check_writable_folder', 'check_results_folder', 'name_max', 'fits_name',
+           'write_file', 'shown', 'WorkFiles']
+
+#: (device, inode) of a file: what a journal keeps of each file it wrote.
+Identity = tuple[int, int]
+_JOURNAL = re.compile(r'rank(0|[1-9]\d*)\.sqlite3')
+
+
+def identity(path: Path) -> Identity | None:
+    """(device, inode) of the file at ``path`` (not following a symlink), None if there is none."""
+    try:
+        status = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return status.st_dev, status.st_ino
+
+
+def kind_of(path: Path) -> str | None:
+    """What is at ``path`` if it is not a regular file (not following symlinks): 'a symlink', 'a folder', ...;
+    None for a regular file or nothing."""
+    try:
+        mode = os.lstat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    kinds = ((stat.S_ISLNK, 'a symlink'), (stat.S_ISDIR, 'a folder'), (stat.S_ISFIFO, 'a FIFO'),
+             (stat.S_ISSOCK, 'a socket'), (stat.S_ISCHR, 'a device'), (stat.S_ISBLK, 'a device'))
+    return next((kind for test, kind in kinds if test(mode)), None if stat.S_ISREG(mode) else 'not a regular file')
+
+
+def refuse_special(path: Path, what: str) -> None:
+    """A :class:`UserError` if ``path`` is anything but a regular file or nothing."""
+    if kind := kind_of(path):
+        raise UserError(f'{what} {path} is {kind}: pyiqa-maclip writes only regular files, never through or over '
+                        'a link, a device, a FIFO or a folder; choose another path')
+
+
+def check_writable_folder(folder: Path, what: str) -> None:
+    """A :class:`UserError` unless ``folder`` exists or could be created, and could be written;
+    nothing is created."""
+    folder = Path(os.path.abspath(folder))
+    existing = next(p for p in (folder, *folder.parents) if os.path.lexists(p))
+    if not existing.is_dir():
+        raise UserError(f'cannot create the folder of {what}, {folder}: {existing} is not a folder')
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f'cannot write {what}: the folder {existing} is not writable')
+
+
+def check_results_folder(folder: Path, marker: str, what: str) -> None:
+    """A :class:`UserError` unless ``folder`` is new, empty, or holds ``marker`` (a sub-folder a
+    command leaves in every folder of results it writes): the command then replaces only files of
+    its own results, never a user's."""
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / marker).is_dir():
+        raise UserError(f'{what} {folder} is not empty and holds no results of pyiqa-maclip (no {marker}/ folder '
+                        'in it): choose a new or empty folder')
+
+
+def name_max(folder: Path) -> int:
+    """The longest file name the file system of ``folder`` (or its nearest existing parent) takes, in bytes."""
+    for candidate in (folder, *folder.parents):
+        try:
+            return os.pathconf(candidate, 'PC_NAME_MAX')
+        except (OSError, ValueError):
+            continue
+    return 255
+
+
+def fits_name(path: Path) -> bool:
+    return len(os.fsencode(path.name)) <= name_max(path.parent)
+
+
+def shown(path: str | os.PathLike) -> str:
+    """A path on one printable line: control characters (CR, LF, tab, ...) and bytes that are not
+    UTF-8 written as Python escapes."""
+    text = os.fsencode(path).decode('utf-8', 'backslashreplace')
+    return ''.join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+@contextmanager
+def write_file(path: Path, mode: str = 'w', *, temporary_dir: Path | None = None, **open_options) -> Iterator[IO]:
+    """Open a temporary file that replaces ``path`` only if the block completes.
+
+    The caller has decided ``path`` may be replaced; a symlink, device, FIFO or folder there is
+    still refused. The temporary file is made in ``temporary_dir`` (a work folder on the same
+    file system, whose leftovers its owner can clean) or beside ``path``.
+    """
+    refuse_special(path, 'the output')
+    with atomic_file(path, mode, temporary_dir=temporary_dir, **open_options) as file:
+        yield file
+
+
+@dataclass(frozen=True)
+class WorkFiles:
+    """Where a run on ``output`` keeps its exports, lock and journals."""
+
+    output: Path
+
+    @property
+    def errors(self) -> Path:
+        name = self.output.name
+        return self.output.with_name(f'{name[:-4] if name.lower().endswith(".csv") else name}.errors.csv')
+
+    @property
+    def folder(self) -> Path:
+        """``.<output name>.pyiqa-maclip``, or, for an output name too long for that, a shorter
+        name ending in a hash of the whole name."""
+        name = f'.{self.output.name}.pyiqa-maclip'
+        limit = name_max(self.output.parent)
+        if len(os.fsencode(name)) > limit:
+            digest = hashlib.sha256(os.fsencode(self.output.name)).hexdigest()[:16]
+            stem = os.fsencode(self.output.name)[:limit - 40].decode('utf-8', 'ignore')
+            name = f'.{stem}-{digest}.pyiqa-maclip'
+        return self.output.with_name(name)
+
+    @property
+    def lock(self) -> Path:
+        return self.folder / 'lock'
+
+    def journal(self, rank: int) -> Path:
+        return self.folder / f'rank{rank}.sqlite3'
+
+    def alive(self, rank: int) -> Path:
+        """A lock each process holds while it scores: free while the process is gone."""
+        return self.folder / f'rank{rank}.lock'
+
+    def journals(self) -> list[Path]:
+        """Existing journal files, rank 0 first."""
+        if not self.folder.is_dir():
+            return []
+        return sorted((p for p in self.folder.iterdir() if _JOURNAL.fullmatch(p.name)), key=self.rank_of)
+
+    @staticmethod
+    def rank_of(journal: Path) -> int:
+        return int(_JOURNAL.fullmatch(journal.name)[1])
+
+    def check(self, paths: Sequence[str], overwrite: bool = False) -> None:
+        """Before anything is written (no torch needed): a :class:`UserError` for an output that is a
+        folder, link, device or FIFO, is one of the inputs, has too long a name, or cannot be written;
+        and, for a first run (no journal yet), for a file in the way: an output not to be replaced
+        (without ``overwrite``) or any errors file."""
+        inputs = set(paths)
+        for path, what in ((self.output, 'the output'), (self.errors, 'the errors file')):
+            if not fits_name(path):
+                raise UserError(f'the name of {path} is longer than the {name_max(path.parent)} bytes the file '
+                                'system allows; choose a shorter --output')
+            refuse_special(path, what)
+            if {os.path.abspath(path), os.path.realpath(path)} & inputs:
+                raise UserError(f'the output file {path} is one of the images to score; choose another output')
+        if not self.journals():
+            if self.output.exists() and not overwrite:
+                raise UserError(f'the output {self.output} is in the way: it was not written by this run; pass '
+                                '--overwrite to replace it, or choose another --output')
+            if self.errors.exists():
+                raise UserError(f'the errors file {self.errors} is in the way: it was not written by this run; '
+                                'move it away, or choose another --output')
+        check_writable_folder(self.output.parent, f'the output {self.output}')

@@ -1,0 +1,307 @@
+"""The journal: finished results in SQLite, committed per batch; CSV files are exports of it.
+
+One journal file per scoring process, so processes on different machines never write the
+same file; SQLite commits survive ``kill -9`` at any instant. A journal records its schema
+version, the fingerprint of what made its numbers (metric, options, weights, versions) and
+the value columns of its scorer; it refuses results of any other (a merge included). A
+path is stored as its bytes (``os.fsencode``), so every name the file system allows is one
+row. The main journal of a run also lists the files the run exported (with their identity),
+which are the only files a later run replaces. Nothing is ever parsed back from a CSV.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import os
+import re
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+from ..errors import UserError
+from .files import Identity, identity, write_file
+
+__all__ = ['SCHEMA_VERSION', 'JournalError', 'Result', 'Journal', 'differences', 'display_path', 'file_path',
+           'write_csv']
+
+SCHEMA_VERSION = 2  # 1: pyiqa-maclip 0.2 (MA-CLIP's five columns, no exports table)
+_APPLICATION_ID = 0x4D41434C  # 'MACL': marks files this package made
+_COLUMN = re.compile(r'[a-z_][a-z0-9_]*')
+#: What a user of ``pyiqa-maclip score`` can do about a journal this run cannot continue.
+START_AFRESH = 'start afresh with --overwrite, or choose another --output'
+
+
+class JournalError(UserError):
+    """A journal cannot be used: not ours, another version's, damaged, other settings, or not writable."""
+
+
+class Result(NamedTuple):
+    """One image's outcome: values by column name, or the error that stopped it."""
+
+    path: str
+    values: dict[str, float] | None
+    error: str | None
+
+
+def differences(stored: dict, wanted: dict, prefix: str = '') -> list[str]:
+    """What differs between two fingerprints, as ``key was X, now Y`` phrases."""
+    changes = []
+    for key in sorted(set(stored) | set(wanted)):
+        old, new = stored.get(key), wanted.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            changes += differences(old, new, f'{prefix}{key}.')
+        elif old != new:
+            changes.append(f'{prefix}{key} was {old!r}, now {new!r}')
+    return changes
+
+
+def display_path(raw: bytes) -> str:
+    """A stored path as CSV text: itself if valid UTF-8, else each other byte as ``\\xNN``."""
+    return raw.decode('utf-8', 'backslashreplace')
+
+
+def file_path(text: str) -> str:
+    """The file a CSV ``path`` names: ``text`` itself, or, if no such file exists, ``text`` with
+    its ``\\xNN`` escapes turned back into bytes (the inverse of :func:`display_path`)."""
+    if os.path.lexists(text) or '\\x' not in text:
+        return text
+    raw = re.sub(rb'\\x([0-9a-f]{2})', lambda m: bytes([int(m[1], 16)]), text.encode('utf-8'))
+    return os.fsdecode(raw)
+
+
+class Journal:
+    """One SQLite journal file. ``Journal(file)`` opens an existing one; ``Journal.create`` makes
+    a new one (or opens it, if it holds the same fingerprint). Every SQLite failure (a damaged
+    page, a vanished or read-only folder) is a :class:`JournalError` naming the file and what to do."""
+
+    def __init__(self, file: str | os.PathLike, *, _new: tuple[dict, Sequence[str]] | None = None,
+                 advice: str = START_AFRESH) -> None:
+        self.file, self.advice = Path(file), advice
+        self._db = None
+        # An empty file is what a kill leaves when it strikes as SQLite creates the file.
+        if _new is None and not (self.file.is_file() and self.file.stat().st_size > 0):
+            raise JournalError(f'the journal {self.file} is missing')
+        with self._errors('open'):
+            self._db = sqlite3.connect(self.file, timeout=60, isolation_level=None)
+            application, version = (self._db.execute(f'PRAGMA {p}').fetchone()[0] for p in ('application_id',
+                                                                                          'user_version'))
+            foreign = application == 0 and (_new is None or self._db.execute(
+                'SELECT COUNT(*) FROM sqlite_master').fetchone()[0])  # another program's SQLite file
+            if application not in (0, _APPLICATION_ID) or foreign:
+                self.close()
+                raise JournalError(f'{self.file} is not a journal of pyiqa-maclip; move it away, or {self.advice}')
+            if application == _APPLICATION_ID and version != SCHEMA_VERSION:
+                self.close()
+                raise JournalError(f'{self.file} was written by another version of pyiqa-maclip (journal schema '
+                                   f'{version or 1}, this version writes {SCHEMA_VERSION}); {self.advice}, or finish '
+                                   'it with the version that made it')
+            self._db.execute('PRAGMA synchronous = FULL')
+            if application == 0:
+                self._initialise(*_new)
+            self.columns = tuple(json.loads(self._meta('columns')))
+        if _new is not None and self.fingerprint != _new[0]:
+            stored, empty = self.fingerprint, self._empty()
+            self.close()
+            if not empty:
+                raise JournalError(f'{self.file} holds results made with other settings: '
+                                   + '; '.join(differences(stored, _new[0])) + f'; {self.advice}')
+            self.file.unlink()  # nothing in it yet (the weights of its run failed to load): start it anew
+            self.__init__(file, _new=_new, advice=advice)
+
+    @classmethod
+    def create(cls, file: str | os.PathLike, fingerprint: dict, columns: Sequence[str], *,
+               advice: str = START_AFRESH) -> Journal:
+        """The journal at ``file`` for results of ``fingerprint`` with value ``columns``: a new one, or
+        the one there if it was made with the same fingerprint, or holds nothing yet
+        (:class:`JournalError` otherwise). ``advice`` ends every refusal: what the user can do."""
+        return cls(file, _new=(fingerprint, tuple(columns)), advice=advice)
+
+    def _empty(self) -> bool:
+        with self._errors('read'):
+            return not any(self._db.execute(f'SELECT 1 FROM {table} LIMIT 1').fetchone()
+                           for table in ('results', 'exports'))
+
+    def _initialise(self, fingerprint: dict, columns: Sequence[str]) -> None:
+        if not columns or not all(isinstance(c, str) and _COLUMN.fullmatch(c) and c not in ('path', 'error')
+                                  for c in columns):
+            raise ValueError(f'journal columns must be lower-case identifiers, got {columns!r}')
+        values = ', '.join(f'{c} REAL' for c in columns)
+        with self._db:
+            self._db.execute('BEGIN IMMEDIATE')
+            self._db.execute('CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)')
+            self._db.execute(f'CREATE TABLE results (path BLOB NOT NULL UNIQUE, {values}, error TEXT)')
+            self._db.execute('CREATE TABLE exports (path BLOB PRIMARY KEY, device INTEGER, inode INTEGER)')
+            self._db.executemany('INSERT INTO meta VALUES (?, ?)', [
+                ('fingerprint', json.dumps(fingerprint, sort_keys=True)), ('columns', json.dumps(list(columns)))])
+            self._db.execute(f'PRAGMA application_id = {_APPLICATION_ID}')
+            self._db.execute(f'PRAGMA user_version = {SCHEMA_VERSION}')
+
+    @contextlib.contextmanager
+    def _errors(self, doing: str) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.DatabaseError as error:
+            self.close()
+            if isinstance(error, sqlite3.OperationalError):  # the folder vanished, is read-only, the disk is full
+                advice = ('the results committed before are kept in it; fix the folder and run the same command '
+                          f'again to resume, or {self.advice}')
+            else:
+                advice = f'it is damaged; {self.advice}'
+            raise JournalError(f'cannot {doing} the journal {self.file}: {error}; {advice}') from None
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _meta(self, key: str) -> str | None:
+        row = self._db.execute('SELECT value FROM meta WHERE key = ?', (key,)).fetchone()
+        return None if row is None else row[0]
+
+    @property
+    def fingerprint(self) -> dict:
+        with self._errors('read'):
+            return json.loads(self._meta('fingerprint'))
+
+    @property
+    def complete(self) -> bool:
+        """Whether the process writing this journal finished its share (:meth:`mark_complete`)."""
+        with self._errors('read'):
+            return self._meta('complete') == '1'
+
+    def mark_complete(self) -> None:
+        with self._errors('write'):
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('complete', '1')")
+
+    @property
+    def seconds(self) -> float:
+        """Seconds spent scoring into this journal, over every run (:meth:`add_seconds`)."""
+        with self._errors('read'):
+            return float(self._meta('seconds') or 0.0)
+
+    def add_seconds(self, seconds: float) -> None:
+        with self._errors('write'):
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('seconds', ?)", (str(self.seconds + seconds),))
+
+    # ---------------------------------------------------------------- results
+
+    def record(self, results: Sequence[Result]) -> None:
+        """Commit ``results`` in one transaction (non-finite values are stored as errors).
+
+        A success is never replaced by a failure; a failure is replaced by a later attempt.
+        """
+        rows = []
+        for result in results:
+            values, error = result.values or {}, result.error
+            if error is None and not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values.values()):
+                values, error = {}, f'ValueError: non-finite value {values}'
+            rows.append((os.fsencode(result.path), *(values.get(c) for c in self.columns), error))
+        with self._errors('write'), self._db:
+            self._db.execute('BEGIN IMMEDIATE')
+            self._db.executemany(self._upsert('VALUES (' + ', '.join('?' * (len(self.columns) + 2)) + ')'), rows)
+
+    def _upsert(self, source: str) -> str:
+        names = ', '.join(('path', *self.columns, 'error'))
+        updates = ', '.join(f'{c} = excluded.{c}' for c in (*self.columns, 'error'))
+        return (f'INSERT INTO results ({names}) {source} ON CONFLICT (path) DO UPDATE SET {updates} '
+                'WHERE results.error IS NOT NULL OR excluded.error IS NULL')
+
+    def finished(self, retry_failed: bool = False) -> set[str]:
+        """Paths with a result: scored ones, and failed ones unless ``retry_failed``."""
+        where = ' WHERE error IS NULL' if retry_failed else ''
+        with self._errors('read'):
+            return {os.fsdecode(raw) for (raw,) in self._db.execute(f'SELECT path FROM results{where}')}
+
+    def _want(self, paths: Iterable[str]) -> None:
+        """Put ``paths`` and their positions in the temporary table ``wanted``."""
+        self._db.execute('CREATE TEMP TABLE IF NOT EXISTS wanted (path BLOB PRIMARY KEY, position INTEGER)')
+        self._db.execute('DELETE FROM temp.wanted')
+        self._db.executemany('INSERT OR IGNORE INTO temp.wanted VALUES (?, ?)',
+                             ((os.fsencode(p), i) for i, p in enumerate(paths)))
+
+    def tally(self, paths: Sequence[str]) -> tuple[int, int]:
+        """How many of ``paths`` are scored, and how many failed."""
+        with self._errors('read'):
+            self._want(paths)
+            return self._db.execute('SELECT COUNT(*) - COUNT(r.error), COUNT(r.error) FROM results r '
+                                    'JOIN temp.wanted w ON w.path = r.path').fetchone()
+
+    def results(self, paths: Sequence[str] | None = None) -> Iterator[Result]:
+        """Stored results: those of ``paths`` in that order, then every other in the order stored
+        (with ``paths=None``, every result in the order stored)."""
+        with self._errors('read'):
+            self._want(paths or [])
+            order = 'w.position IS NULL, w.position, ' if paths is not None else ''
+            rows = self._db.execute(
+                f'SELECT r.path, {", ".join(f"r.{c}" for c in self.columns)}, r.error FROM results r '
+                f'LEFT JOIN temp.wanted w ON w.path = r.path ORDER BY {order}r.rowid')
+            for raw, *values, error in rows:
+                named = None if error is not None else {c: v for c, v in zip(self.columns, values) if v is not None}
+                yield Result(os.fsdecode(raw), named, error)
+
+    def absorb(self, other: str | os.PathLike) -> None:
+        """Copy every result of another process's journal into this one, in one transaction.
+
+        Refused (:class:`JournalError`, nothing copied) unless ``other`` was made with this
+        journal's fingerprint: results of other weights or options never mix.
+        """
+        with Journal(other) as theirs:
+            if theirs.fingerprint != self.fingerprint:
+                raise JournalError(f'{other} holds results made with other settings than this run, and was not '
+                                   'merged: ' + '; '.join(differences(self.fingerprint, theirs.fingerprint))
+                                   + f'; move it away, or {self.advice}')
+        names = ', '.join(('path', *self.columns, 'error'))
+        with self._errors('merge into'):
+            self._db.execute('ATTACH DATABASE ? AS other', (os.fspath(other),))
+            try:
+                with self._db:
+                    self._db.execute('BEGIN IMMEDIATE')
+                    # 'WHERE true' lets SQLite tell the upsert's ON from a join's.
+                    self._db.execute(self._upsert(f'SELECT {names} FROM other.results WHERE true ORDER BY rowid'))
+            finally:
+                self._db.execute('DETACH DATABASE other')
+
+    # ---------------------------------------------------------------- files the run exported
+
+    def exported(self, path: Path) -> Identity | None:
+        """The identity of the file this run last exported to ``path``, or None."""
+        with self._errors('read'):
+            row = self._db.execute('SELECT device, inode FROM exports WHERE path = ?', (os.fsencode(path),)).fetchone()
+        return None if row is None else tuple(row)
+
+    def owns(self, path: Path) -> bool:
+        """Whether the file at ``path`` is one this run exported (same path, same file)."""
+        exported = self.exported(path)
+        return exported is not None and exported == identity(path)
+
+    def own(self, path: Path, file: Identity | None = None) -> None:
+        """Record the file now at ``path`` (or the identity ``file``) as this run's; forget ``path``
+        if there is none."""
+        file = identity(path) if file is None else file
+        with self._errors('write'):
+            if file is None:
+                self._db.execute('DELETE FROM exports WHERE path = ?', (os.fsencode(path),))
+            else:
+                self._db.execute('INSERT OR REPLACE INTO exports VALUES (?, ?, ?)', (os.fsencode(path), *file))
+
+
+def write_csv(rows: Iterable[Sequence], header: Sequence[str], path: Path, temporary_dir: Path | None = None) -> int:
+    """Write an RFC 4180 CSV atomically: CRLF rows (a field with a comma, quote, CR or LF is quoted;
+    Python's writer leaves a bare CR unquoted with '\\n' line ends), UTF-8. Returns the row count."""
+    count = 0
+    with write_file(path, encoding='utf-8', newline='', temporary_dir=temporary_dir) as file:
+        writer = csv.writer(file, lineterminator='\r\n')
+        writer.writerow(header)
+        for row in rows:
+            writer.writerow(row)
+            count += 1
+    return count

@@ -1,0 +1,162 @@
+"""What scores a collection: any pyiqa no-reference metric, MA-CLIP with its components.
+
+A :class:`Recipe` names a pyiqa metric and its ``create_metric`` options. Before anything
+is built it gives the run's fingerprint (everything that determines the numbers: metric,
+options with their defaults, the SHA-256 of MA-CLIP's weights, versions), which a journal
+checks; :meth:`Recipe.build` then makes the :class:`Scorer`. A scorer takes a list of
+decoded images, (C, H, W) ``uint8`` or float in [0, 1], and returns one ``{column: value}``
+per image, or raises for the batch (the engine then retries the images one by one).
+"""
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Protocol
+
+import torch
+
+from ..errors import UserError
+from ..names import ARCH_NAME, COMPONENTS
+from ..version import __version__
+
+__all__ = ['Scorer', 'Recipe', 'MaclipScorer', 'PyiqaScorer']
+
+# Options that change no number: where the weights are (their SHA-256 counts), the encoder's chunking.
+_NOT_IN_FINGERPRINT = ('type', 'backbone', 'chunk_size')
+
+
+class Scorer(Protocol):
+    columns: tuple[str, ...]
+    fingerprint: dict
+
+    def __call__(self, images: Sequence[torch.Tensor]) -> list[dict[str, float]]: ...
+
+
+def _json_ready(value):
+    if isinstance(value, Mapping):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    return value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
+
+
+def _as_float(image: torch.Tensor) -> torch.Tensor:
+    return image.float().div_(255) if image.dtype == torch.uint8 else image.float()
+
+
+@dataclass
+class Recipe:
+    """``pyiqa.create_metric(metric, **options)``, as a collection scorer."""
+
+    metric: str = 'maclip'
+    options: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from pyiqa.default_model_configs import DEFAULT_CONFIGS
+
+        import pyiqa_maclip  # noqa: F401  registers MA-CLIP and its variants with pyiqa
+
+        if self.metric not in DEFAULT_CONFIGS:
+            close = difflib.get_close_matches(self.metric, DEFAULT_CONFIGS, n=1, cutoff=0.6)
+            hint = f' (did you mean {close[0]}?)' if close else ''
+            raise UserError(f'{self.metric!r} is not a pyiqa metric{hint}: see pyiqa.list_models(), e.g. maclip, '
+                            'clipiqa, musiq, piqe')
+        self.config = DEFAULT_CONFIGS[self.metric]
+        if self.config.get('metric_mode') != 'NR':
+            raise UserError(f'{self.metric!r} is a full-reference metric: it needs a reference image for each image; '
+                            'scoring a collection takes a no-reference metric, e.g. maclip, clipiqa, musiq, piqe')
+
+    @property
+    def is_maclip(self) -> bool:
+        return self.config['metric_opts'].get('type') == ARCH_NAME
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return COMPONENTS if self.is_maclip else ('score',)
+
+    @property
+    def lower_better(self) -> bool:
+        return bool(self.config.get('lower_better', False))
+
+    @cached_property
+    def checkpoint(self):
+        """MA-CLIP's weights, resolved (found or downloaded, and hashed) once."""
+        from ..weights import resolve
+
+        backbone = self.options.get('backbone', self.config['metric_opts'].get('backbone', 'RN50'))
+        return resolve(backbone)
+
+    @cached_property
+    def fingerprint(self) -> dict:
+        """What determines the numbers: for MA-CLIP every option (defaults filled in) and the weights'
+        SHA-256; for another metric its name, options and pyiqa's version."""
+        import pyiqa
+
+        if not self.is_maclip:
+            return {'metric': self.metric, 'options': _json_ready(self.options), 'pyiqa': pyiqa.__version__,
+                    'pyiqa_maclip': __version__}
+        from ..arch import MACLIP
+        from ..precision import parse_precision
+        from ..validation import flag_option
+
+        defaults = {name: p.default for name, p in inspect.signature(MACLIP).parameters.items()
+                    if p.default is not inspect.Parameter.empty}
+        settings = {**defaults, **self.config['metric_opts'], **self.options}
+        settings['precision'] = parse_precision(settings['precision'], flag_option('half', settings.pop('half')))
+        settings = {k: v for k, v in settings.items() if k not in _NOT_IN_FINGERPRINT}
+        return {'metric': 'maclip', 'checkpoint_sha256': self.checkpoint.sha256, 'options': _json_ready(settings),
+                'pyiqa_maclip': __version__}
+
+    def build(self, device: torch.device | str) -> Scorer:
+        """The scorer, on ``device``."""
+        import pyiqa
+
+        if self.is_maclip:
+            model = pyiqa.create_metric(self.metric, device=device, **{**self.options, 'backbone': self.checkpoint})
+            return MaclipScorer(model.net.eval(), self.fingerprint)
+        try:
+            model = pyiqa.create_metric(self.metric, device=device, **self.options)
+        except (TypeError, AssertionError) as error:  # pyiqa's way of saying an option is wrong
+            raise UserError(f'cannot build {self.metric} with options {self.options}: {error}') from error
+        return PyiqaScorer(model, self.fingerprint)
+
+
+class MaclipScorer:
+    """This package's MA-CLIP: the views of all images share encoder chunks; five columns. 8-bit
+    images stay 8-bit until their views are cut."""
+
+    columns = COMPONENTS
+
+    def __init__(self, metric, fingerprint: dict) -> None:
+        self.metric, self.fingerprint = metric, fingerprint
+
+    def __call__(self, images: Sequence[torch.Tensor]) -> list[dict[str, float]]:
+        parts = self.metric.score_images(list(images))
+        return [dict(zip(self.columns, row)) for row in torch.stack(list(parts), dim=1).tolist()]
+
+
+class PyiqaScorer:
+    """Any ``pyiqa.create_metric`` model: images of one size are scored as one batch, as floats in [0, 1]."""
+
+    columns = ('score',)
+
+    def __init__(self, model: torch.nn.Module, fingerprint: dict) -> None:
+        self.model, self.fingerprint = model, fingerprint
+
+    def __call__(self, images: Sequence[torch.Tensor]) -> list[dict[str, float]]:
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for index, image in enumerate(images):
+            groups.setdefault(tuple(image.shape[-2:]), []).append(index)
+        values: list[float] = [0.0] * len(images)
+        for indices in groups.values():
+            # Grayscale is replicated to RGB, as pyiqa's own reader gives it.
+            batch = torch.stack([_as_float(images[i]).expand(3, -1, -1) for i in indices])
+            out = torch.as_tensor(self.model(batch)).detach().float().flatten().cpu()
+            if out.numel() != len(indices):  # a metric that cannot batch: the engine retries one by one
+                raise ValueError(f'the metric returned {out.numel()} values for {len(indices)} images')
+            for i, value in zip(indices, out.tolist()):
+                values[i] = value
+        return [{'score': value} for value in values]
