@@ -2,7 +2,7 @@
 
 The reference is pyiqa's module itself (identical in its math to the official
 zhix000/MA-CLIP code), with only its CUDA device redirected (see reference_cpu.py).
-Both sides load the same full-size checkpoint file through their own loaders. Both are float32
+Both sides load the same full-size weights through their own loaders. Both are float32
 computations of the same scores: each lies within float32 rounding of this project's metric
 computed in float64 (pyiqa_maclip.testing.rounding_bound, a model of rounding that holds for any
 kernel, so on any CPU).
@@ -25,9 +25,10 @@ SIZES = [(224, 224), (300, 257), (384, 512), (481, 353)]
 def test_scores_equal_reference(architecture, checkpoints):
     """Images of different sizes scored together, in chunks that straddle images, give each image
     the reference's own score (computed one image at a time, as it must)."""
-    path = str(checkpoints(architecture))
-    reference = reference_class()(backbone=path).eval()
-    ours = MACLIP(backbone=path, chunk_size=5).eval()
+    # The same weights: as a TorchScript archive for pyiqa's loader (all it reads), as a state dict for
+    # ours (which runs no archive but OpenAI's).
+    reference = reference_class()(backbone=str(checkpoints(architecture, 'torchscript'))).eval()
+    ours = MACLIP(backbone=str(checkpoints(architecture)), chunk_size=5).eval()
     images = [random_images(1, height, width, seed=seed)[0] for seed, (height, width) in enumerate(SIZES)]
     rounding = rounding_bound(ours, images, fields=['score'])
     with torch.no_grad():

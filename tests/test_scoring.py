@@ -524,6 +524,7 @@ def test_two_processes_give_the_single_process_output(collection, collection_rou
     assert listing(WorkFiles(sharded).folder) == ['lock', 'rank0.lock', 'rank0.sqlite3', 'rank1.lock']
 
 
+@pytest.mark.slow  # an accelerate launch of two processes
 def test_a_problem_only_the_main_process_sees_is_one_line_in_every_process(collection, tiny_rn, tmp_path):
     """The journal is the main process's to open: every process stops with its line, no gloo traceback."""
     import sqlite3
