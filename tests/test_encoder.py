@@ -165,6 +165,7 @@ def test_gradients_reach_the_input_through_the_prepared_encoder(tiny_visuals):
         assert (gradient - exact).norm() <= DRAW_MULTIPLE * deviation, ((gradient - exact).norm(), deviation)
 
 
+@pytest.mark.filterwarnings('ignore:precision=.*emulated:RuntimeWarning')  # bf16 on a CPU without it: tested in test_precision
 def test_metric_takes_the_blocked_layout_in_float32_only(tiny_rn, monkeypatch):
     decisions = []
     decide = encoder.uses_blocked_layout
