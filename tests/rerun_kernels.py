@@ -1,5 +1,6 @@
 """The numeric tests again under plainer CPU kernels, so that a bound that holds only for this
-host's kernels fails here, whatever the host.
+host's kernels fails here, whatever the host. .ci/run runs this file after the README's test
+command (it is not collected by default: ``pytest tests/rerun_kernels.py`` runs it).
 
 torch and oneDNN pick their kernels from the CPU (AVX-512, AVX2, ...): a tolerance measured on
 one host can fail on another. ATEN_CPU_CAPABILITY and ONEDNN_MAX_CPU_ISA force plainer ones on
@@ -30,7 +31,6 @@ def _has(capability: str) -> bool:
     return native not in order or order.index(native) >= order.index(capability)
 
 
-@pytest.mark.slow  # two child test runs: ~20 s each
 @pytest.mark.parametrize('variables, capability', PLAINER_KERNELS.values(), ids=PLAINER_KERNELS.keys())
 def test_numeric_tests_pass_under_plainer_kernels(variables, capability, tmp_path):
     if not _has(capability):
