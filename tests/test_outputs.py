@@ -237,6 +237,7 @@ def _rank_journal(files: WorkFiles, rank: int, fingerprint: dict, complete: bool
             journal.mark_complete()
 
 
+@pytest.mark.slow  # waits for a wall-clock timeout
 def test_the_main_process_says_it_waits_and_gives_up_after_the_timeout(tmp_path, monkeypatch, capsys):
     files = WorkFiles(tmp_path / 'scores.csv')
     files.folder.mkdir()

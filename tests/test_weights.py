@@ -136,6 +136,7 @@ def test_the_url_is_labelled_official_or_mirror(cache, monkeypatch):
     assert 'official' not in str(raised.value)
 
 
+@pytest.mark.slow  # waits for a wall-clock timeout
 def test_unresponsive_server_times_out(cache, server, monkeypatch):
     server.mode = 'hang'
     monkeypatch.setattr(weights, 'DOWNLOAD_TIMEOUT', 1.0)
