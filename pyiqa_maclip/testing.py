@@ -241,6 +241,10 @@ class Rounding(NamedTuple):
     bound: 'QualityComponents'
 
 
+#: Operations whose operands a 16-bit mode rounds to 16 bits.
+_PRODUCTS = (nn.Conv2d, nn.Linear, nn.MultiheadAttention)
+
+
 def _first(value):
     return value[0] if isinstance(value, tuple) else value
 
@@ -283,8 +287,6 @@ def _rounding_points(visual: nn.Module, dtype: torch.dtype, patch_size: int,
     return weights, [m for m in list(visual.modules())[1:] if not isinstance(m, passing) and type(m).__name__ != 'Transformer']
 
 
-_PRODUCTS = (nn.Conv2d, nn.Linear, nn.MultiheadAttention)
-
 
 def float32_deviations(visual: nn.Module, patch_size: int, feature_dim: int, forward) -> torch.Tensor:
     """Four standard deviations of each scalar ``forward`` computes, under float32 rounding.
@@ -312,16 +314,14 @@ def float32_deviations(visual: nn.Module, patch_size: int, feature_dim: int, for
     with mock.patch.object(encoder, 'uses_blocked_layout', lambda *args: False):
         scalars, inputs = forward(model)
     u = UNIT_ROUNDOFF[torch.float32]
-    pairs = [(w, std) for w, std in weights] + [(a, u) for a in activations] + [(t, 1.0) for t, _ in inputs]
-    tensors, sizes = zip(*[(t, size) for t, size in pairs if t.requires_grad])
-    errors = [error for _, error in inputs]
+    # (tensor, relative standard deviation, or None and the absolute one elementwise)
+    terms = [(w, std, None) for w, std in weights] + [(a, u, None) for a in activations]
+    terms = [term for term in terms + [(t, None, error) for t, error in inputs] if term[0].requires_grad]
     deviations = []
     for scalar in scalars:
-        grads = torch.autograd.grad(scalar, tensors, retain_graph=True, allow_unused=True)
-        relative = [g for g in grads[:len(grads) - len(errors)]]
-        variance = sum((torch.linalg.vector_norm(g * t) * size) ** 2
-                       for g, t, size in zip(relative, tensors, sizes) if g is not None)
-        variance += sum(torch.linalg.vector_norm(g * e) ** 2 for g, e in zip(grads[len(relative):], errors) if g is not None)
+        grads = torch.autograd.grad(scalar, [t for t, _, _ in terms], retain_graph=True, allow_unused=True)
+        variance = sum(torch.linalg.vector_norm(g * (t * size if error is None else error)) ** 2
+                       for g, (t, size, error) in zip(grads, terms) if g is not None)
         deviations.append(4 * variance.detach().double().sqrt())
     return torch.stack(deviations)
 
