@@ -22,7 +22,7 @@ from PIL import Image
 
 from pyiqa_maclip.app import cli, engine
 from pyiqa_maclip.app.files import WorkFiles
-from pyiqa_maclip.app.journal import Journal
+from pyiqa_maclip.app.journal import Journal, JournalError
 from pyiqa_maclip.names import COMPONENTS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -362,3 +362,16 @@ def torch_equal(a, b) -> bool:
     import torch
 
     return a.dtype == b.dtype == torch.uint8 and torch.equal(a, b)
+
+
+def test_a_fingerprint_holding_tuples_is_the_same_when_read_back(tmp_path):
+    """The benchmark's journals key on the dataset's resize, a tuple, which JSON stores as a list: a
+    resized dataset's journal was taken for one of other settings, emptied and made again without end
+    (RecursionError, so every metric of such a dataset "could not be built")."""
+    fingerprint = {'metric': 'piqe', 'resize': (448, 448), 'resize_mode': 'bicubic'}
+    with Journal.create(tmp_path / 'j.sqlite3', fingerprint, ('score',)) as journal:
+        journal.record([engine.Result('/x/a.png', {'score': 1.0}, None)])
+    with Journal.create(tmp_path / 'j.sqlite3', fingerprint, ('score',)) as journal:  # resumed, not refused
+        assert journal.finished() == {'/x/a.png'}
+    with pytest.raises(JournalError, match=r'resize was \[448, 448\], now \[224, 224\]'):
+        Journal.create(tmp_path / 'j.sqlite3', {**fingerprint, 'resize': (224, 224)}, ('score',))
