@@ -364,6 +364,29 @@ def torch_equal(a, b) -> bool:
     return a.dtype == b.dtype == torch.uint8 and torch.equal(a, b)
 
 
+def test_a_journal_still_being_written_by_a_process_of_an_earlier_run_is_left_alone(images, tiny_rn, tmp_path):
+    output = tmp_path / 'scores.csv'
+    assert score(images, '-o', output, '--backbone', tiny_rn)[0] == 1
+    files = WorkFiles(output)
+    with Journal(files.journal(0)) as journal:
+        fingerprint = journal.fingerprint
+    holder = subprocess.Popen([sys.executable, '-c', HOLD, str(files.alive(1)), '60'], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline() == 'held\n'
+        with Journal.create(files.journal(1), fingerprint, COMPONENTS):
+            pass
+        for options in ((), ('--overwrite',)):
+            status, _, err = score(images, '-o', output, '--backbone', tiny_rn, *options)
+            assert status == 2 and 'process 1 of an earlier run is still scoring into' in err
+            assert files.journal(1).exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert score(images, '-o', output, '--backbone', tiny_rn)[0] == 1  # once it has gone, its journal is merged
+    assert not files.journal(1).exists()
+
+
 def test_a_fingerprint_holding_tuples_is_the_same_when_read_back(tmp_path):
     """The benchmark's journals key on the dataset's resize, a tuple, which JSON stores as a list: a
     resized dataset's journal was taken for one of other settings, emptied and made again without end

@@ -180,6 +180,10 @@ def _claim(journal: Journal, path: Path, what: str, hint: str, claim: bool = Fal
 def _plan(files: WorkFiles, paths: Sequence[str], recipe: Recipe, overwrite: bool) -> Journal:
     """Main process, under the output's lock: the main journal, holding every earlier result
     (and a list of the files earlier runs exported), checked against the recipe's fingerprint."""
+    for other in files.journals()[1:]:  # shards an earlier run under accelerate left: merged (or discarded) below
+        if not _is_free(files.alive(files.rank_of(other))):
+            raise JournalError(f'process {files.rank_of(other)} of an earlier run is still scoring into {other}; '
+                               'wait for it to end, then run again')
     exported = {}
     if overwrite:
         for journal_file in files.journals():
@@ -197,11 +201,7 @@ def _plan(files: WorkFiles, paths: Sequence[str], recipe: Recipe, overwrite: boo
         for path, identity in exported.items():
             if identity is not None:
                 journal.own(path, identity)
-        for other in files.journals()[1:]:  # shards an earlier run under accelerate left
-            rank = files.rank_of(other)
-            if not _is_free(files.alive(rank)):
-                raise JournalError(f'process {rank} of an earlier run is still scoring into {other}; wait for it to '
-                                   'end, then run again')
+        for other in files.journals()[1:]:
             journal.absorb(other)
             other.unlink()
         _claim(journal, files.output, 'the output', 'pass --overwrite to replace it, or choose another --output',
