@@ -11,7 +11,7 @@ counted twice) and resident size (RSS, shared pages counted in every process) ar
 
 Real CLIP weights cannot be downloaded here: ``score`` runs random weights of RN50's shape (the
 same memory as the real RN50), ``explain`` the tiny test model (its memory is the images').
-``--seconds`` stops each run after that long (the peak comes while an image is decoded, in the
+``--seconds`` stops (kills) each run after that long (the peak comes while an image is decoded, in the
 first seconds; scoring the views afterwards holds one chunk of views at a time).
 
     python benchmarks/memory.py --output benchmarks/results/memory.md [--seconds 120]
@@ -75,7 +75,7 @@ def peak_memory(command: list[str], seconds: float) -> dict:
     stopped = False
     while process.poll() is None:
         if time.monotonic() - start > seconds:
-            os.killpg(process.pid, signal.SIGINT)
+            os.killpg(process.pid, signal.SIGKILL)  # the peak is known: no need for a clean end
             stopped = True
             process.wait()
             break

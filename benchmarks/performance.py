@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 
 from pyiqa_maclip import MACLIP
-from pyiqa_maclip.arch import cpu_has_native
+from pyiqa_maclip.precision import cpu_has_native
 from pyiqa_maclip.safe_io import atomic_file
 from pyiqa_maclip.testing import graded_photos, make_clip, random_images, save_torchscript
 
@@ -69,11 +69,11 @@ def median_times(contenders: dict, rounds: int) -> dict[str, float]:
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def time_per_image(checkpoint: Path, rounds: int) -> list[dict]:
+def time_per_image(checkpoint: Path, weights: Path, rounds: int) -> list[dict]:
     from pyiqa.archs.clip_model import load
 
-    ours = MACLIP(backbone=str(checkpoint)).eval()
-    reduced = {p: MACLIP(backbone=str(checkpoint), precision=p).eval() for p in ('bf16', 'fp16')}
+    ours = MACLIP(backbone=str(weights)).eval()
+    reduced = {p: MACLIP(backbone=str(weights), precision=p).eval() for p in ('bf16', 'fp16')}
     floor_visual = load(str(checkpoint), 'cpu').visual.eval()
     rows = []
     with reference_on_cpu() as Reference:
@@ -105,14 +105,14 @@ def time_per_image(checkpoint: Path, rounds: int) -> list[dict]:
     return rows
 
 
-def encoder_steps(checkpoint: Path, rounds: int) -> list[dict]:
+def encoder_steps(checkpoint: Path, weights: Path, rounds: int) -> list[dict]:
     """What each step of the float32 encoder's preparation gives, on the 7 views of a 512x384
     image, timed interleaved against the plain encoder (the floor of section a)."""
     from pyiqa.archs.clip_model import load
 
     from pyiqa_maclip import encoder
 
-    metric = MACLIP(backbone=str(checkpoint)).eval()
+    metric = MACLIP(backbone=str(weights)).eval()
     plain = load(str(checkpoint), 'cpu').visual.eval()
     prepared = metric.visual
     views = (torch.stack(list(metric._views(random_images(1, 384, 512, seed=1)))) - metric.mean) / metric.std
@@ -163,11 +163,11 @@ def memory_child(which: str, checkpoint: str) -> None:
     print(f'{peak:.0f} {loaded:.0f} {seconds:.1f} {score:.7f}')
 
 
-def peak_memory(checkpoint: Path) -> list[dict]:
+def peak_memory(checkpoint: Path, weights: Path) -> list[dict]:
     rows = []
-    for which in ('ours', 'reference'):
+    for which, file in (('ours', weights), ('reference', checkpoint)):
         out = subprocess.run(
-            [sys.executable, __file__, '--memory-child', which, '--checkpoint', str(checkpoint)],
+            [sys.executable, __file__, '--memory-child', which, '--checkpoint', str(file)],
             capture_output=True, text=True, check=True,
         ).stdout.split()
         peak, loaded, seconds, score = float(out[0]), float(out[1]), float(out[2]), float(out[3])
@@ -189,12 +189,12 @@ def batch_throughput(checkpoint: Path, rounds: int) -> list[dict]:
 
 def folder_throughput(checkpoint: Path, count: int, workers: int) -> list[dict]:
     """Scoring JPEG files (decoded in workers) vs the model alone on the decoded tensors."""
-    try:
-        from pyiqa_maclip import scoring
-    except ImportError:
-        return []
     from PIL import Image
     from torchvision.transforms.functional import to_tensor
+
+    from pyiqa_maclip.app.engine import score_collection
+    from pyiqa_maclip.app.inputs import collect_paths
+    from pyiqa_maclip.app.scorers import Recipe
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / 'images'
@@ -202,7 +202,7 @@ def folder_throughput(checkpoint: Path, count: int, workers: int) -> list[dict]:
         for i in range(count):
             array = (random_images(1, 384, 512, seed=i)[0].permute(1, 2, 0) * 255).byte().numpy()
             Image.fromarray(array).save(folder / f'{i:04d}.jpg', quality=90)
-        paths = scoring.collect_paths([folder])
+        paths = collect_paths([folder])
         decoded = [to_tensor(Image.open(p).convert('RGB')) for p in paths]
         # Both sides build the metric once and score in batches of 8; only the decoding differs.
         start = time.perf_counter()
@@ -212,8 +212,8 @@ def folder_throughput(checkpoint: Path, count: int, workers: int) -> list[dict]:
                 metric.score_images(decoded[i:i + 8])
         model_alone = time.perf_counter() - start
         start = time.perf_counter()
-        scoring.score_paths(paths, Path(tmp) / 'scores.csv', backbone=checkpoint, device='cpu', batch_size=8,
-                            num_workers=workers, progress=False)
+        score_collection(paths, Path(tmp) / 'scores.csv', Recipe('maclip', {'backbone': str(checkpoint)}),
+                         device='cpu', batch_size=8, num_workers=workers, progress=False)
         folder_seconds = time.perf_counter() - start
     return [{'images': count, 'model_alone_images_per_s': count / model_alone,
              'folder_images_per_s': count / folder_seconds, 'folder_vs_model': model_alone / folder_seconds}]
@@ -321,18 +321,27 @@ def main() -> None:
         sys.exit(2)
     load_before = load_average()
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = save_torchscript(make_clip('RN50'), Path(tmp) / 'RN50-random.pt')
-        subnormal, activations = subnormal_activations(checkpoint)
+        from pyiqa_maclip.testing import save_state_dict
+
+        # The same weights twice: pyiqa's reference and its plain encoder read TorchScript archives only,
+        # while this package refuses a TorchScript archive that is not OpenAI's and reads the state dict.
+        model = make_clip('RN50')
+        checkpoint = save_torchscript(model, Path(tmp) / 'RN50-random.pt')
+        weights = save_state_dict(model, Path(tmp) / 'RN50-random.pth')
+        del model
+        subnormal, activations = subnormal_activations(weights)
         sections = [
-            ('a. time per image (s), CPU float32', None if 'time' in args.skip else time_per_image(checkpoint, args.rounds)),
-            ('b. peak resident memory, 3000x4000 image', None if 'memory' in args.skip else peak_memory(checkpoint)),
-            ('c. throughput by batch size, 512x384', None if 'batch' in args.skip else batch_throughput(checkpoint, args.rounds)),
+            ('a. time per image (s), CPU float32', None if 'time' in args.skip
+             else time_per_image(checkpoint, weights, args.rounds)),
+            ('b. peak resident memory, 3000x4000 image', None if 'memory' in args.skip
+             else peak_memory(checkpoint, weights)),
+            ('c. throughput by batch size, 512x384', None if 'batch' in args.skip else batch_throughput(weights, args.rounds)),
             ('d. folder scoring vs model alone, 512x384 JPEG', None if 'folder' in args.skip
-             else folder_throughput(checkpoint, args.folder_images, args.workers)),
+             else folder_throughput(weights, args.folder_images, args.workers)),
             ('e. bf16 and fp16 vs float32 scores, graded photos 512x384', None if 'precision' in args.skip
-             else precision_effect(checkpoint, args.device)),
+             else precision_effect(weights, args.device)),
             ('f. float32 encoder, step by step, 512x384 (7 views)', None if 'time' in args.skip
-             else encoder_steps(checkpoint, args.rounds)),
+             else encoder_steps(checkpoint, weights, args.rounds)),
         ]
     report = (f'Machine: {machine()}\n\n'
               f'Load average (1, 5, 15 min): {load_before} before, {load_average()} after. '

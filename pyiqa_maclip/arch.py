@@ -298,13 +298,18 @@ class MACLIP(nn.Module):
         return rows * cols + 1
 
     def _views(self, image: torch.Tensor) -> Iterator[torch.Tensor]:
-        """The (C, p, p) views of one (1, C, H, W) image, lazily: its patches row by row, then the global view."""
+        """The (3, p, p) views of one (1, C, H, W) image, lazily: its patches row by row, then the global view.
+
+        A gray image's views are replicated to RGB here, so that they share encoder chunks with views
+        of RGB images (``score_images`` of both kinds together).
+        """
         size, rows, cols = self._patch_grid(image)
         dtype = self.text_features.dtype  # an 8-bit image's views are float32
         for row in range(rows):
             for col in range(cols):
-                yield MF.image_patch(image, size, row * self.stride, col * self.stride, self.patch_size)[0].to(dtype)
-        yield MF.global_view(image, self.patch_size)[0].to(dtype)
+                patch = MF.image_patch(image, size, row * self.stride, col * self.stride, self.patch_size)[0]
+                yield patch.to(dtype).expand(3, -1, -1)
+        yield MF.global_view(image, self.patch_size)[0].to(dtype).expand(3, -1, -1)
 
     def encode_views(self, views: torch.Tensor) -> torch.Tensor:
         """Raw CLIP image features of a chunk of (N, C, p, p) views in [0, 1]: (N, D)."""

@@ -333,6 +333,17 @@ def test_bad_input_is_rejected_before_any_work(tiny_rn, monkeypatch, bad, error,
     assert '(B, C, H, W)' in str(raised.value)
 
 
+def test_gray_and_rgb_images_share_chunks(tiny_rn):
+    """score_images takes (C, H, W) images with C = 1 or 3 together (a 16-bit gray PNG decodes as
+    (1, H, W) among RGB photos in a collection): a gray image is scored as RGB, as alone."""
+    metric = MACLIP(backbone=str(tiny_rn), chunk_size=4)  # both images' views in one chunk
+    rgb, gray = random_images(1, 230, 300, seed=1)[0], random_images(1, 240, 250, channels=1, seed=2)[0]
+    together = metric.score_images([rgb, gray])
+    alone = torch.cat([metric(rgb[None]), metric(gray[None]), metric(gray.expand(3, -1, -1)[None])]).flatten()
+    torch.testing.assert_close(together.score, alone[:2], rtol=0, atol=1e-5)  # as the neighbouring chunk tests
+    torch.testing.assert_close(alone[1], alone[2], rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize('option, value, words', [
     ('box_lam', math.nan, 'box_lam'),
     ('alpha', 'high', 'alpha'),

@@ -22,7 +22,7 @@ from PIL import Image
 
 from pyiqa_maclip.app import cli, engine
 from pyiqa_maclip.app.files import WorkFiles
-from pyiqa_maclip.app.journal import Journal
+from pyiqa_maclip.app.journal import Journal, JournalError
 from pyiqa_maclip.names import COMPONENTS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -388,3 +388,16 @@ def test_a_journal_still_being_written_by_a_process_of_an_earlier_run_is_left_al
         holder.wait()
     assert score(images, '-o', output, '--backbone', tiny_rn)[0] == 1  # once it has gone, its journal is merged
     assert not files.journal(1).exists()
+
+
+def test_a_fingerprint_holding_tuples_is_the_same_when_read_back(tmp_path):
+    """The benchmark's journals key on the dataset's resize, a tuple, which JSON stores as a list: a
+    resized dataset's journal was taken for one of other settings, emptied and made again without end
+    (RecursionError, so every metric of such a dataset "could not be built")."""
+    fingerprint = {'metric': 'piqe', 'resize': (448, 448), 'resize_mode': 'bicubic'}
+    with Journal.create(tmp_path / 'j.sqlite3', fingerprint, ('score',)) as journal:
+        journal.record([engine.Result('/x/a.png', {'score': 1.0}, None)])
+    with Journal.create(tmp_path / 'j.sqlite3', fingerprint, ('score',)) as journal:  # resumed, not refused
+        assert journal.finished() == {'/x/a.png'}
+    with pytest.raises(JournalError, match=r'resize was \[448, 448\], now \[224, 224\]'):
+        Journal.create(tmp_path / 'j.sqlite3', {**fingerprint, 'resize': (224, 224)}, ('score',))

@@ -13,6 +13,7 @@ is replaced only with ``--overwrite``, and never a link, device, FIFO or folder.
 """
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 from collections.abc import Sequence
@@ -80,6 +81,7 @@ def draw_explanation(picture: np.ndarray, qmap, size: tuple[int, int], title: st
     figure.suptitle(title)
     with write_file(output, 'wb') as file:
         figure.savefig(file, format='png')
+    gc.collect()  # a figure's objects refer to one another: the previous figures are freed now, not much later
     return output
 
 

@@ -117,6 +117,8 @@ class Journal:
         """The journal at ``file`` for results of ``fingerprint`` with value ``columns``: a new one, or
         the one there if it was made with the same fingerprint, or holds nothing yet
         (:class:`JournalError` otherwise). ``advice`` ends every refusal: what the user can do."""
+        # Compared as stored: JSON makes tuples lists (a benchmark's resize (448, 448) is [448, 448]).
+        fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True))
         return cls(file, _new=(fingerprint, tuple(columns)), advice=advice)
 
     def _empty(self) -> bool:

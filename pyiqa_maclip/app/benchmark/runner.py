@@ -336,8 +336,8 @@ def run_benchmark(config: BenchmarkConfig, output_dir: str | os.PathLike, *, dev
                     results.append(evaluate_pair(pair, frame, seconds))
                     failed = int((frame['error'] != '').sum())
                     first = '' if not failed else f'; first failure: {frame.loc[frame["error"] != "", "error"].iloc[0]}'
-                    done = 'scored' if scored else 'complete, skipped:'
-                    log(f'{metric.name} on {spec.name}: {done} {len(frame) - failed} scored, {failed} failed{first}')
+                    done = '' if scored else 'complete, skipped: '
+                    log(f'{metric.name} on {spec.name}: {done}{len(frame) - failed} scored, {failed} failed{first}')
         except JournalError:  # the results folder itself: nothing else can go on
             raise
         # The metric cannot be built, or its weights had (a missing file, no download, a bad option): report
