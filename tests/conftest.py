@@ -13,11 +13,14 @@ def checkpoints(tmp_path_factory):
     """``checkpoints(architecture, fmt='state_dict'|'torchscript', seed=0)`` -> path, cached per session."""
     root = tmp_path_factory.mktemp('clip_checkpoints')
     made: dict[tuple, Path] = {}
+    models = {}  # (architecture, seed) -> the model both formats are saved from
 
     def get(architecture: str, fmt: str = 'state_dict', seed: int = 0) -> Path:
         key = (architecture, fmt, seed)
         if key not in made:
-            model = make_clip(architecture, seed)
+            if (architecture, seed) not in models:
+                models[architecture, seed] = make_clip(architecture, seed)
+            model = models[architecture, seed]
             name = f"{architecture.replace('/', '-')}-{seed}.{'pt' if fmt == 'torchscript' else 'pth'}"
             save = save_torchscript if fmt == 'torchscript' else save_state_dict
             made[key] = save(model, root / name)

@@ -100,7 +100,8 @@ class LocalServer:
         self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
         self.httpd.daemon_threads = True
         self.url = f'http://127.0.0.1:{self.httpd.server_address[1]}'
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        # shutdown() waits up to one poll interval (0.5 s by default) for the serving loop to notice
+        threading.Thread(target=self.httpd.serve_forever, kwargs={'poll_interval': 0.02}, daemon=True).start()
 
     def close(self) -> None:
         self.stop.set()

@@ -7,7 +7,8 @@ that is not OpenAI's). Tiny random checkpoints stand in for OpenAI's files: ever
 resolves to one (its SHA-256 registered as the official one) and downloads come from a local
 mirror (``PYIQA_MACLIP_MIRROR=file://...``), so ``pyiqa-maclip download`` and a first use download
 for real, from a folder. Python blocks of a page share one namespace and run in this process;
-``pyiqa-maclip ...`` lines run in this process through :func:`pyiqa_maclip.app.cli.main`, other
+``pyiqa-maclip ...`` and ``pyiqa ...`` lines run in this process (:func:`pyiqa_maclip.app.cli.main`,
+pyiqa's ``pyiqa_cmd.main``), other
 shell lines in bash, where a ``sitecustomize`` gives Python the same official names. A shell line
 must exit with status 0 unless its comment says ``exit status N``.
 
@@ -237,9 +238,9 @@ def _environment(assignments: dict[str, str]):
                 os.environ[name] = value
 
 
-def _argv(command: str) -> tuple[dict[str, str], list[str]] | None:
-    """(environment assignments, arguments) of a plain ``pyiqa-maclip ...`` or ``python -m pyiqa_maclip ...``
-    line, or None for anything else or anything that needs the shell."""
+def _argv(command: str) -> tuple[dict[str, str], str, list[str]] | None:
+    """(environment assignments, program, arguments) of a plain ``pyiqa-maclip ...``, ``python -m
+    pyiqa_maclip ...`` or ``pyiqa ...`` line, or None for anything else or anything that needs the shell."""
     try:
         words = shlex.split(command, comments=True)
     except ValueError:
@@ -250,10 +251,26 @@ def _argv(command: str) -> tuple[dict[str, str], list[str]] | None:
     while words and re.fullmatch(r'[A-Za-z_]\w*=.*', words[0]):
         name, _, value = words.pop(0).partition('=')
         assignments[name] = value
-    for prefix in (['pyiqa-maclip'], ['python', '-m', 'pyiqa_maclip']):
+    for prefix, program in ((['pyiqa-maclip'], 'pyiqa-maclip'), (['python', '-m', 'pyiqa_maclip'], 'pyiqa-maclip'),
+                            (['pyiqa'], 'pyiqa')):
         if words[:len(prefix)] == prefix:
-            return assignments, words[len(prefix):]
+            return assignments, program, words[len(prefix):]
     return None
+
+
+def _run_in_process(program: str, argv: list[str]) -> int:
+    if program == 'pyiqa':
+        from pyiqa.pyiqa_cmd import main
+
+        saved, sys.argv = sys.argv, ['pyiqa', *argv]
+        try:
+            main()
+            return 0
+        finally:
+            sys.argv = saved
+    from pyiqa_maclip.app.cli import main
+
+    return main(argv)
 
 
 def run_command(command: str, monkeypatch) -> None:
@@ -265,12 +282,10 @@ def run_command(command: str, monkeypatch) -> None:
                 monkeypatch.setenv(name, value)
         return
     if (plain := _argv(command)) is not None:
-        from pyiqa_maclip.app.cli import main
-
-        assignments, argv = plain
+        assignments, program, argv = plain
         with _environment(assignments):
             try:
-                status = main(argv)
+                status = _run_in_process(program, argv)
             except SystemExit as exit:  # argparse: --help, --version, usage mistakes
                 status = exit.code if isinstance(exit.code, int) else int(exit.code is not None)
         assert status == expected, f'`{command}` exited with status {status}, expected {expected}'

@@ -3,11 +3,15 @@
 Each scenario runs in a fresh interpreter, since registration is process state.
 """
 import json
+import multiprocessing
 import os
 import re
 import subprocess
 import sys
+import tempfile
 import textwrap
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import torch
@@ -27,26 +31,87 @@ SCENARIOS = {
 }
 
 
+IMPORT_ORDER_SCRIPT = textwrap.dedent('''
+    import os
+    PATH = os.environ['CHECKPOINT']
+    {prelude}
+    import pyiqa, torch
+    from pyiqa.default_model_configs import DEFAULT_CONFIGS
+    metric = pyiqa.create_metric('maclip', backbone=PATH, device='cpu')
+    net = type(metric.net)
+    print(net.__module__ + '.' + net.__name__)
+    print(DEFAULT_CONFIGS['maclip']['score_range'])
+    print(metric(torch.rand(2, 3, 230, 240)).shape)
+    import pyiqa.archs.maclip_arch  # an explicit import afterwards is harmless too
+''')
+
+
+class Interpreters:
+    """Python scripts, each in a new process that has imported nothing of pyiqa or this package:
+    forked from a server process that imported only torch and torchvision (multiprocessing's
+    forkserver), which spares each scenario the seconds those imports take. Started together, one
+    per CPU. ``run(script, env, cwd)`` -> a future of (exit status, stdout, stderr)."""
+
+    def __init__(self, folder):
+        self.folder = folder
+        self.context = multiprocessing.get_context('forkserver')
+        self.context.set_forkserver_preload(['torch', 'torchvision'])
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
+        self.pool = ThreadPoolExecutor(max_workers=cpus)
+
+    def run(self, script: str, env: dict[str, str], cwd) -> Future:
+        return self.pool.submit(self._run, script, env, cwd)
+
+    def _run(self, script: str, env: dict[str, str], cwd) -> subprocess.CompletedProcess:
+        out = Path(tempfile.mkdtemp(dir=self.folder))
+        # The child's own start: file descriptors 1 and 2 in files, its environment and folder.
+        start = (f'import os, sys\n'
+                 f'os.dup2(os.open({str(out / "out")!r}, os.O_WRONLY | os.O_CREAT), 1)\n'
+                 f'os.dup2(os.open({str(out / "err")!r}, os.O_WRONLY | os.O_CREAT), 2)\n'
+                 f'assert not {{"pyiqa", "pyiqa_maclip"}} & {{name.split(".")[0] for name in sys.modules}}, "not fresh"\n'
+                 f'os.environ.update({env!r}); os.chdir({str(cwd)!r})\n')
+        process = self.context.Process(target=exec, args=(start + script, {'__name__': '__main__'}))
+        process.start()
+        process.join(300)
+        if process.exitcode is None:
+            process.kill()
+            pytest.fail('a scenario ran for more than 300 s')
+        read = lambda name: (out / name).read_text(encoding='utf-8', errors='replace')
+        return subprocess.CompletedProcess(script, process.exitcode, read('out'), read('err'))
+
+
+def _start_side_by_side(request, runs: dict) -> dict[str, Future]:
+    """For each selected test of this module named in ``runs``, ``runs[name](params)`` with its
+    parameters, all started at once. Keyed by the test's node id."""
+    return {item.nodeid: runs[item.originalname](item.callspec.params) for item in request.session.items
+            if getattr(item, 'originalname', None) in runs and item.module is request.module}
+
+
+@pytest.fixture(scope='module')
+def fresh_interpreters(request, tiny_rn, replay_inputs, tmp_path_factory):
+    """The runs of the import-order and benchmark-replay scenarios, started together."""
+    interpreters = Interpreters(tmp_path_factory.mktemp('interpreters'))
+    request.addfinalizer(interpreters.pool.shutdown)
+    options, _, image = replay_inputs
+
+    def import_order(params):
+        return interpreters.run(IMPORT_ORDER_SCRIPT.format(prelude=params['prelude']), {'CHECKPOINT': str(tiny_rn)},
+                                tmp_path_factory.mktemp('import_order'))
+
+    def replay(params):
+        script = BENCHMARK_REPLAY.format(**{'before': '', 'at_edit': '', 'after': '', **params['order']})
+        return interpreters.run(script, {'METRIC_OPT': str(options), 'IMAGE': str(image)},
+                                tmp_path_factory.mktemp('replay_run'))
+
+    return _start_side_by_side(request, {
+        'test_create_metric_builds_plugin_in_any_import_order': import_order,
+        'test_benchmark_script_options_are_never_dropped': replay})
+
+
 @pytest.mark.parametrize('prelude', SCENARIOS.values(), ids=SCENARIOS.keys())
 @pytest.mark.slow  # a fresh interpreter importing torch and pyiqa per case
-def test_create_metric_builds_plugin_in_any_import_order(tiny_rn, prelude):
-    script = textwrap.dedent('''
-        import os
-        PATH = os.environ['CHECKPOINT']
-        {prelude}
-        import pyiqa, torch
-        from pyiqa.default_model_configs import DEFAULT_CONFIGS
-        metric = pyiqa.create_metric('maclip', backbone=PATH, device='cpu')
-        net = type(metric.net)
-        print(net.__module__ + '.' + net.__name__)
-        print(DEFAULT_CONFIGS['maclip']['score_range'])
-        print(metric(torch.rand(2, 3, 230, 240)).shape)
-        import pyiqa.archs.maclip_arch  # an explicit import afterwards is harmless too
-    ''').format(prelude=prelude)
-    result = subprocess.run(
-        [sys.executable, '-c', script], capture_output=True, text=True, timeout=300,
-        env={**os.environ, 'CHECKPOINT': str(tiny_rn)},
-    )
+def test_create_metric_builds_plugin_in_any_import_order(fresh_interpreters, request, prelude):
+    result = fresh_interpreters[request.node.nodeid].result()
     assert result.returncode == 0, result.stderr
     lines = result.stdout.split('\n')
     assert lines[0] == BUILT_BY_US
@@ -165,13 +230,11 @@ def _rounding(backbone: str, image: torch.Tensor, **options):
     return _ROUNDINGS[key]
 
 
-@pytest.mark.slow  # a fresh interpreter importing torch and pyiqa per case
-@pytest.mark.parametrize('order, filled', REPLAY_ORDERS.values(), ids=REPLAY_ORDERS.keys())
-def test_benchmark_script_options_are_never_dropped(tiny_rn, tmp_path, order, filled):
-    """User options reach the metric whatever runs first, under maclip and under a custom name."""
-    from pyiqa_maclip import MACLIP
-
-    options = tmp_path / 'opts.yml'
+@pytest.fixture(scope='module')
+def replay_inputs(tmp_path_factory, tiny_rn):
+    """The benchmark script's option file and image tensor."""
+    folder = tmp_path_factory.mktemp('replay')
+    options = folder / 'opts.yml'
     options.write_text(textwrap.dedent(f'''
         piqe:
           metric_opts: {{type: PIQE}}
@@ -185,12 +248,18 @@ def test_benchmark_script_options_are_never_dropped(tiny_rn, tmp_path, order, fi
           lower_better: false
     '''))
     image = random_images(1, 240, 300, seed=3)
-    torch.save(image, tmp_path / 'image.pt')
-    script = BENCHMARK_REPLAY.format(**{'before': '', 'at_edit': '', 'after': '', **order})
-    result = subprocess.run(
-        [sys.executable, '-c', script], capture_output=True, text=True, timeout=300, cwd=tmp_path,
-        env={**os.environ, 'METRIC_OPT': str(options), 'IMAGE': str(tmp_path / 'image.pt')},
-    )
+    torch.save(image, folder / 'image.pt')
+    return options, image, folder / 'image.pt'
+
+
+@pytest.mark.slow  # a fresh interpreter importing torch and pyiqa per case
+@pytest.mark.parametrize('order, filled', REPLAY_ORDERS.values(), ids=REPLAY_ORDERS.keys())
+def test_benchmark_script_options_are_never_dropped(tiny_rn, replay_inputs, fresh_interpreters, request, order, filled):
+    """User options reach the metric whatever runs first, under maclip and under a custom name."""
+    from pyiqa_maclip import MACLIP
+
+    image = replay_inputs[1]
+    result = fresh_interpreters[request.node.nodeid].result()
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     # The other process's score and this one's: both within float32 rounding of the float64 computation.
