@@ -81,7 +81,8 @@ def draw_explanation(picture: np.ndarray, qmap, size: tuple[int, int], title: st
     figure.suptitle(title)
     with write_file(output, 'wb') as file:
         figure.savefig(file, format='png')
-    gc.collect()  # a figure's objects refer to one another: the previous figures are freed now, not much later
+    figure.clear()  # its artists refer to one another: cleared, the picture's arrays are freed now
+    gc.collect()  # and the rest of its objects (the command freezes what it loaded before, so this is quick)
     return output
 
 
