@@ -7,14 +7,15 @@ counted twice) and resident size (RSS, shared pages counted in every process) ar
 
   a. ``score`` on one 13000 x 13000 PNG (169 MP; 160 KB compressed, 507 MB decoded);
   b. ``score`` on three 12000 x 9000 PNGs (108 MP each), default batch size and workers;
-  c. ``explain`` on one 12 MP photo, then on 24 of them: streaming, the second should not need more.
+  c. ``explain`` on one 12 MP photo, on 2 and on 24 of them: streaming, 24 should need what 2 need (the
+     first photo also makes the caches every later one reuses: matplotlib's, the encoder's).
 
 Real CLIP weights cannot be downloaded here: ``score`` runs random weights of RN50's shape (the
 same memory as the real RN50), ``explain`` the tiny test model (its memory is the images').
 ``--seconds`` stops (kills) each run after that long (the peak comes while an image is decoded, in the
 first seconds; scoring the views afterwards holds one chunk of views at a time).
 
-    python benchmarks/memory.py --output benchmarks/results/memory.md [--seconds 120]
+    python benchmarks/memory.py --output benchmarks/results/memory.md [--seconds 120] [--only explain]
 """
 from __future__ import annotations
 
@@ -106,6 +107,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--output', type=Path, default=None, help='a Markdown file for the results')
     parser.add_argument('--seconds', type=float, default=float('inf'), help='stop each run after this long')
+    parser.add_argument('--only', default='', help='run only the scenarios whose name contains this text')
     args = parser.parse_args()
     Image.MAX_IMAGE_PIXELS = None
     command = [sys.executable, '-m', 'pyiqa_maclip']
@@ -115,14 +117,18 @@ def main() -> int:
         rn50, tiny = tmp / 'rn50.pth', tmp / 'tiny.pth'
         save_state_dict(make_clip('RN50'), rn50)
         save_state_dict(make_clip('tiny-RN'), tiny)
-        for folder in ('one', 'three', 'photo', 'photos'):
+        scoring = 'explain' not in args.only
+        for folder in ('one', 'three', 'photo', 'two', 'photos'):
             (tmp / folder).mkdir()
-        _png(tmp / 'one' / 'huge.png', 13000, 13000, 0)
-        for i in range(3):
-            _png(tmp / 'three' / f'{i}.png', 9000, 12000, i + 1)
+        if scoring:
+            _png(tmp / 'one' / 'huge.png', 13000, 13000, 0)
+            for i in range(3):
+                _png(tmp / 'three' / f'{i}.png', 9000, 12000, i + 1)
         for i in range(24):
             _photo(tmp / 'photos' / f'{i:02d}.jpg', i)
         os.link(tmp / 'photos' / '00.jpg', tmp / 'photo' / '00.jpg')
+        for i in range(2):
+            os.link(tmp / 'photos' / f'{i:02d}.jpg', tmp / 'two' / f'{i:02d}.jpg')
         scenarios = [
             ('score one 13000x13000 PNG', [*command, 'score', str(tmp / 'one'), '-o', str(tmp / 'a.csv'),
                                            '--backbone', str(rn50), '--no-progress'], 'RN50-shaped'),
@@ -130,9 +136,12 @@ def main() -> int:
                                              '--backbone', str(rn50), '--no-progress'], 'RN50-shaped'),
             ('explain one 12 MP photo', [*command, 'explain', str(tmp / 'photo'), '-o', str(tmp / 'c1'),
                                          '--backbone', str(tiny)], 'tiny'),
+            ('explain 2 photos of 12 MP', [*command, 'explain', str(tmp / 'two'), '-o', str(tmp / 'c2'),
+                                           '--backbone', str(tiny)], 'tiny'),
             ('explain 24 photos of 12 MP', [*command, 'explain', str(tmp / 'photos'), '-o', str(tmp / 'c24'),
                                             '--backbone', str(tiny)], 'tiny'),
         ]
+        scenarios = [scenario for scenario in scenarios if args.only in scenario[0]]
         for name, run, weights in scenarios:
             result = peak_memory(run, args.seconds)
             rows.append({'scenario': name, 'weights': weights, **result})
