@@ -13,7 +13,6 @@ is replaced only with ``--overwrite``, and never a link, device, FIFO or folder.
 """
 from __future__ import annotations
 
-import gc
 import hashlib
 import os
 from collections.abc import Sequence
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import write_file
+from .files import write_figure
 
 __all__ = ['SCALES', 'MAX_SIDE', 'pixel_map', 'draw_explanation', 'output_names']
 
@@ -79,11 +78,7 @@ def draw_explanation(picture: np.ndarray, qmap, size: tuple[int, int], title: st
         axes.set_xticks([])
         axes.set_yticks([])
     figure.suptitle(title)
-    with write_file(output, 'wb') as file:
-        figure.savefig(file, format='png')
-    figure.clear()  # its artists refer to one another: cleared, the picture's arrays are freed now
-    gc.collect()  # and the rest of its objects (the command freezes what it loaded before, so this is quick)
-    return output
+    return write_figure(figure, output)
 
 
 def output_names(images: Sequence[str], folder: Path) -> list[Path]:

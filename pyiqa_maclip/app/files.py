@@ -22,7 +22,7 @@ from ..errors import UserError
 from ..safe_io import atomic_file
 
 __all__ = ['Identity', 'identity', 'kind_of', 'refuse_special', 'check_writable_folder', 'check_results_folder', 'name_max', 'fits_name',
-           'write_file', 'shown', 'WorkFiles']
+           'write_file', 'write_figure', 'shown', 'WorkFiles']
 
 #: (device, inode) of a file: what a journal keeps of each file it wrote.
 Identity = tuple[int, int]
@@ -109,6 +109,16 @@ def write_file(path: Path, mode: str = 'w', *, temporary_dir: Path | None = None
     refuse_special(path, 'the output')
     with atomic_file(path, mode, temporary_dir=temporary_dir, **open_options) as file:
         yield file
+
+
+def write_figure(figure, path: Path, **savefig_options) -> Path:
+    """Save a matplotlib ``figure`` as a PNG at ``path`` (:func:`write_file`: whole or not at all, never
+    through a link), then clear it: its artists refer to one another, so cleared, their data is freed
+    now rather than at the next full garbage collection."""
+    with write_file(path, 'wb') as file:
+        figure.savefig(file, format='png', **savefig_options)
+    figure.clear()
+    return path
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError, one_line
-from .files import shown, write_file
+from .files import shown, write_figure
 
 __all__ = ['MARKED_QUANTILES', 'Selection', 'select_quantiles', 'read_selection', 'count_rows', 'draw_report']
 
@@ -143,6 +143,4 @@ def draw_report(scores: np.ndarray, selection: Selection, paths: Sequence[str], 
         axes.set_xlabel(shown(Path(path).name)[:28], fontsize=7)
         axes.set_xticks([])
         axes.set_yticks([])
-    with write_file(output, 'wb') as file:
-        figure.savefig(file, format='png')
-    return output
+    return write_figure(figure, output)

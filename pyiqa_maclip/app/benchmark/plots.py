@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ..files import write_file
+from ..files import write_figure
 from .evaluation import Agreement
 
 __all__ = ['plot_scatter', 'plot_qsim_qmag', 'plot_srcc_bars']
@@ -24,10 +24,7 @@ _DPI = 120
 
 def _save(figure: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with write_file(path, 'wb') as file:  # whole or not at all, never through a link
-        figure.savefig(file, format='png', dpi=_DPI, bbox_inches='tight')
-    figure.clear()  # its artists refer to one another: cleared, their data is freed now, not at the next full collection
-    return path
+    return write_figure(figure, path, dpi=_DPI, bbox_inches='tight')
 
 
 def _number(value: float) -> str:
