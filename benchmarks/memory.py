@@ -117,13 +117,11 @@ def main() -> int:
         rn50, tiny = tmp / 'rn50.pth', tmp / 'tiny.pth'
         save_state_dict(make_clip('RN50'), rn50)
         save_state_dict(make_clip('tiny-RN'), tiny)
-        scoring = 'explain' not in args.only
         for folder in ('one', 'three', 'photo', 'two', 'photos'):
             (tmp / folder).mkdir()
-        if scoring:
-            _png(tmp / 'one' / 'huge.png', 13000, 13000, 0)
-            for i in range(3):
-                _png(tmp / 'three' / f'{i}.png', 9000, 12000, i + 1)
+        _png(tmp / 'one' / 'huge.png', 13000, 13000, 0)
+        for i in range(3):
+            _png(tmp / 'three' / f'{i}.png', 9000, 12000, i + 1)
         for i in range(24):
             _photo(tmp / 'photos' / f'{i:02d}.jpg', i)
         os.link(tmp / 'photos' / '00.jpg', tmp / 'photo' / '00.jpg')
