@@ -9,7 +9,8 @@ from typing import NamedTuple
 
 __all__ = [
     'METRIC_NAME', 'ARCH_NAME', 'VARIANTS', 'OfficialFile', 'OFFICIAL_CHECKPOINTS', 'PRECISIONS', 'COMPONENTS',
-    'LIST_SUFFIXES', 'WEIGHTS_DIR_ENV', 'OFFLINE_ENV', 'MIRROR_ENV', 'DEADLINE_ENV',
+    'LIST_SUFFIXES', 'RESIZE_MODES', 'METRIC_COLUMNS', 'WEIGHTS_DIR_ENV', 'OFFLINE_ENV', 'MIRROR_ENV', 'DEADLINE_ENV',
+    'is_maclip',
 ]
 
 #: The pyiqa metric name and the arch name it builds.
@@ -63,6 +64,13 @@ PRECISIONS = ('fp32', 'bf16', 'fp16')
 #: MA-CLIP's outputs per image: the score and the means of its parts over the views.
 COMPONENTS = ('score', 'q_sim', 'q_mag', 'w_sim', 'w_mag')
 
+#: Columns every scores export ends with: the pyiqa metric that made the numbers and its direction
+#: (``True`` when lower scores are better, as pyiqa's ``lower_better``).
+METRIC_COLUMNS = ('metric', 'lower_better')
+
+#: PIL resampling filters the ``resize`` preprocessing accepts, by name.
+RESIZE_MODES = ('bicubic', 'bilinear', 'lanczos', 'nearest', 'box', 'hamming')
+
 #: A command-line PATH ending in one of these is a text file listing paths, one a line.
 LIST_SUFFIXES = ('.txt', '.lst', '.list')
 
@@ -71,3 +79,8 @@ WEIGHTS_DIR_ENV = 'PYIQA_MACLIP_WEIGHTS_DIR'
 OFFLINE_ENV = 'PYIQA_MACLIP_OFFLINE'
 MIRROR_ENV = 'PYIQA_MACLIP_MIRROR'
 DEADLINE_ENV = 'PYIQA_MACLIP_DOWNLOAD_DEADLINE'
+
+
+def is_maclip(metric_opts) -> bool:
+    """Whether a pyiqa metric configuration's ``metric_opts`` build MA-CLIP (this package's arch)."""
+    return metric_opts.get('type') == ARCH_NAME
