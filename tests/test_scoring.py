@@ -32,12 +32,15 @@ from torchvision.transforms.functional import to_tensor
 from pyiqa_maclip.app import cli
 from pyiqa_maclip.app.files import WorkFiles
 from pyiqa_maclip.app.inputs import collect_paths, image_extensions
+from pyiqa_maclip.app.journal import display_path
 from pyiqa_maclip.errors import UserError
-from pyiqa_maclip.names import COMPONENTS
+from pyiqa_maclip.names import COMPONENTS, METRIC_COLUMNS
 from pyiqa_maclip.testing import Rounding, assert_within_rounding, random_images, rounding_bound
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS, ERROR_COLUMNS = ('path', *COMPONENTS), ('path', 'error')
+#: The header of MA-CLIP's scores CSV: every row ends with the metric and its direction (issue 28).
+HEADER = [*COLUMNS, *METRIC_COLUMNS]
 
 
 def pixels(height: int, width: int, seed: int, channels: int = 3) -> np.ndarray:
@@ -138,10 +141,11 @@ def assert_same_scores(actual: list[list[str]], expected: list[list[str]], round
     """The same paths in the same order, and in both outputs every component of every image within
     float32 rounding of its float64 computation (``rounding``, for the images in that order): runs
     that batch images otherwise round otherwise. The CSV's 9 significant digits hold a float32 exactly."""
-    assert actual[0] == expected[0] == list(COLUMNS)
+    assert actual[0] == expected[0] == HEADER
     assert [row[0] for row in actual] == [row[0] for row in expected]
     for rows in (actual, expected):
-        values = np.array([row[1:] for row in rows[1:]], dtype=float)
+        assert all(row[len(COLUMNS):] == ['maclip', 'False'] for row in rows[1:])
+        values = np.array([row[1:len(COLUMNS)] for row in rows[1:]], dtype=float)
         for column, field in enumerate(COLUMNS[1:]):
             assert_within_rounding(values[:, column], rounding, field)
 
@@ -182,12 +186,13 @@ def test_collection_with_broken_files(collection, baseline, tiny_metric, collect
         assert stat.S_IMODE(file.stat().st_mode) == 0o666 & ~umask
 
     rows = read_csv_rows(output)
-    assert rows[0] == list(COLUMNS) and [row[0] for row in rows[1:]] == collection.good
+    assert rows[0] == HEADER and [row[0] for row in rows[1:]] == collection.good
+    assert all(row[len(COLUMNS):] == ['maclip', 'False'] for row in rows[1:])
     # The same files decoded independently (PIL, RGB, to_tensor) and scored by the metric itself:
     # both within float32 rounding of the float64 computation.
     with torch.no_grad():
         direct = tiny_metric.score_images([decoded(p) for p in collection.good])
-    values = np.array([row[1:] for row in rows[1:]], dtype=float)
+    values = np.array([row[1:len(COLUMNS)] for row in rows[1:]], dtype=float)
     for column, field in enumerate(COLUMNS[1:]):
         assert_within_rounding(values[:, column], collection_rounding, field)
         assert_within_rounding(getattr(direct, field), collection_rounding, field)
@@ -297,8 +302,13 @@ def test_resume_after_kill_9_and_a_damaged_export(collection, baseline, collecti
     done = journal_rows(output)
     assert 3 <= done < collection.total  # killed halfway
     # Whatever this run's CSV holds (here: damage of every kind) costs no row: the journal is the truth.
-    output.write_bytes(b'path,score\n\n\n/x/y.png,0.5\n\x00\x00garbage,"unterminated\n')
-
+    # A changed export is no longer the run's to replace (issue 27): refused by name, kept; once moved
+    # away, the run resumes.
+    damaged = b'path,score\n\n\n/x/y.png,0.5\n\x00\x00garbage,"unterminated\n'
+    output.write_bytes(damaged)
+    status, _, stderr = score_collection(collection, output, tiny_rn, '--num-workers', 1)
+    assert status == 2 and f'the output {output} is in the way' in stderr and output.read_bytes() == damaged
+    output.unlink()
     status, stdout, stderr = score_collection(collection, output, tiny_rn, '--num-workers', 1)
     assert status == 1
     remaining = collection.total - done
@@ -416,8 +426,12 @@ def test_rows_of_other_inputs_and_users_files_are_kept(collection, baseline, tin
              'scores.meta.json': b'{}', '.scores.lock': b''}
     for name, data in users.items():
         (tmp_path / name).write_bytes(data)
-    # A damaged export (a blank line) and a second input set: nothing of the first is lost.
-    output.write_bytes(output.read_bytes().replace(b'\r\n', b'\r\n\r\n', 1))
+    # A damaged export (a blank line) is no longer the run's: refused, kept. Deleted, it costs nothing:
+    # with a second input set, nothing of the first is lost.
+    damaged = output.read_bytes().replace(b'\r\n', b'\r\n\r\n', 1)
+    output.write_bytes(damaged)
+    assert score_collection(collection, output, tiny_rn)[0] == 2 and output.read_bytes() == damaged
+    output.unlink()
     assert score_collection(collection, output, tiny_rn)[0] == 1
     rows = read_csv_rows(output)
     assert [r[0] for r in rows[1:]] == [*collection.good, str(lonely)]  # this run's inputs first
@@ -463,13 +477,40 @@ def test_every_file_name_round_trips(tiny_rn, tmp_path):
     output = tmp_path / 'scores.csv'
     status, stdout, _ = score(tmp_path / 'odd', '--output', output, '--backbone', tiny_rn)
     assert status == 0 and stdout.startswith(f'scored {len(paths)} images, 0 failed')
-    written = [os.fsencode(p).decode('utf-8', 'backslashreplace') for p in paths]  # the documented form
+    written = [display_path(os.fsencode(p)) for p in paths]  # the documented form (checked in test_path_text)
     frame = pd.read_csv(output)
     assert len(frame) == len(paths) and list(frame['path']) == written
     with open(output, newline='', encoding='utf-8') as f:
         assert [row['path'] for row in csv.DictReader(f)] == written
     status, stdout, _ = score(tmp_path / 'odd', '--output', output, '--backbone', tiny_rn)
     assert status == 0 and f'0 processed in this run, {len(paths)} done before' in stdout
+
+
+def test_path_text_is_one_text_per_name_and_back(tiny_rn, tmp_path):
+    """Issue 27, point 4: a name holding the byte 0xff and one holding the four characters \\xff print
+    differently, and the text turns back into exactly the file's bytes (docs/collections.md)."""
+    from pyiqa_maclip.app.journal import decode_path_text
+    from pyiqa_maclip.errors import UserError
+
+    cases = {b'plain.png': 'plain.png', 'caf\u00e9.png'.encode(): 'caf\u00e9.png', b'bad\xff.png': 'bad\\xff.png',
+             b'bad\\xff.png': 'bad\\\\xff.png', b'a\\b': 'a\\\\b', b'\xed\xa0\x80.png': '\\xed\\xa0\\x80.png'}
+    for raw, text in cases.items():
+        assert display_path(raw) == text and os.fsencode(decode_path_text(text)) == raw
+    for text in ('a\\qb', 'end\\', 'short\\x4'):
+        with pytest.raises(UserError, match='a backslash must start'):
+            decode_path_text(text)
+
+    folder = tmp_path / 'in'
+    folder.mkdir()
+    for i, name in enumerate((b'bad\xff.png', b'bad\\xff.png')):
+        with open(os.fsencode(folder) + b'/' + name, 'wb') as f:
+            f.write(encoded(pixels(33, 40, 60 + i), 'PNG'))
+    output = tmp_path / 'scores.csv'
+    assert score(folder, '--output', output, '--backbone', tiny_rn)[0] == 0
+    texts = [row[0] for row in read_csv_rows(output)[1:]]
+    assert len(set(texts)) == 2
+    assert sorted(os.fsencode(decode_path_text(t)) for t in texts) == sorted(
+        os.fsencode(folder) + b'/' + n for n in (b'bad\xff.png', b'bad\\xff.png'))
 
 
 @pytest.mark.slow  # kill -9 of fresh interpreters, three times

@@ -19,8 +19,9 @@ from typing import Protocol
 import torch
 
 from ..errors import UserError
-from ..names import ARCH_NAME, COMPONENTS
+from ..names import COMPONENTS, is_maclip
 from ..version import __version__
+from .images import as_float
 
 __all__ = ['Scorer', 'Recipe', 'MaclipScorer', 'PyiqaScorer']
 
@@ -41,10 +42,6 @@ def _json_ready(value):
     if isinstance(value, (list, tuple)):
         return [_json_ready(v) for v in value]
     return value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
-
-
-def _as_float(image: torch.Tensor) -> torch.Tensor:
-    return image.float().div_(255) if image.dtype == torch.uint8 else image.float()
 
 
 @dataclass
@@ -71,7 +68,7 @@ class Recipe:
 
     @property
     def is_maclip(self) -> bool:
-        return self.config['metric_opts'].get('type') == ARCH_NAME
+        return is_maclip(self.config['metric_opts'])
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -153,7 +150,7 @@ class PyiqaScorer:
         values: list[float] = [0.0] * len(images)
         for indices in groups.values():
             # Grayscale is replicated to RGB, as pyiqa's own reader gives it.
-            batch = torch.stack([_as_float(images[i]).expand(3, -1, -1) for i in indices])
+            batch = torch.stack([as_float(images[i]).expand(3, -1, -1) for i in indices])
             out = torch.as_tensor(self.model(batch)).detach().float().flatten().cpu()
             if out.numel() != len(indices):  # a metric that cannot batch: the engine retries one by one
                 raise ValueError(f'the metric returned {out.numel()} values for {len(indices)} images')
