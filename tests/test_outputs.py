@@ -81,6 +81,64 @@ def test_a_foreign_errors_file_is_never_deleted_or_replaced(images, tiny_rn, tmp
     assert status == 2 and 'is in the way' in err and theirs.read_bytes() == b'mine now'
 
 
+def test_a_new_file_where_an_export_was_is_the_users_whatever_its_inode(images, tiny_rn, tmp_path):
+    """Issue 27, point 1: ``rm own.csv; echo MY DATA > own.csv`` (ext4 may give the new file the freed
+    inode): the run refuses it by name and leaves it as it is; the errors file likewise."""
+    output = tmp_path / 'own.csv'
+    errors = tmp_path / 'own.errors.csv'
+    assert score(images, '-o', output, '--backbone', tiny_rn)[0] == 1 and errors.is_file()
+    output.unlink()
+    output.write_bytes(b'MY DATA\n')
+    status, _, err = score(images, '-o', output, '--backbone', tiny_rn)
+    assert status == 2 and err.count('\n') == 1 and f'the output {output} is in the way' in err
+    assert output.read_bytes() == b'MY DATA\n'
+
+    output.unlink()  # a deleted export costs nothing: written again
+    assert score(images, '-o', output, '--backbone', tiny_rn)[0] == 1
+    errors.unlink()
+    errors.write_bytes(b'my notes\n')
+    (images / 'broken.png').unlink()  # fixed: the errors file would be deleted, if it were the run's
+    for options in ((), ('--retry-failed',), ('--overwrite',)):
+        status, _, err = score(images, '-o', output, '--backbone', tiny_rn, *options)
+        assert status == 2 and err.count('\n') == 1 and f'the errors file {errors} is in the way' in err
+        assert errors.read_bytes() == b'my notes\n'
+
+
+def test_an_export_touched_but_unchanged_is_still_the_runs(images, tiny_rn, tmp_path):
+    """Ownership is the bytes: a copy back or ``touch`` changes the time, not the file."""
+    output = tmp_path / 'scores.csv'
+    assert score(images, '-o', output, '--backbone', tiny_rn)[0] == 1
+    data = output.read_bytes()
+    output.unlink()
+    output.write_bytes(data)
+    os.utime(output.with_name('scores.errors.csv'), ns=(0, 0))
+    assert score(images, '-o', output, '--backbone', tiny_rn)[0] == 1
+
+
+@pytest.mark.parametrize('how', ['deleted', 'emptied'])
+def test_a_lost_journal_is_called_lost(images, tiny_rn, tmp_path, how):
+    """Issue 27, point 6: a missing or zero-byte journal beside the exports is "lost", with what to do;
+    following the advice scores afresh."""
+    output = tmp_path / 'scores.csv'
+    assert score(images, '-o', output, '--backbone', tiny_rn)[0] == 1
+    journal = WorkFiles(output).journal(0)
+    if how == 'deleted':
+        journal.unlink()
+    else:
+        journal.write_bytes(b'')
+    exports = {p: p.read_bytes() for p in (output, output.with_name('scores.errors.csv'))}
+    status, _, err = score(images, '-o', output, '--backbone', tiny_rn)
+    assert status == 2 and err.count('\n') == 1 and 'is in the way' not in err
+    assert f'the journal {journal} was lost (missing or empty)' in err and 'move' in err and '--overwrite' in err
+    assert all(p.read_bytes() == data for p, data in exports.items())
+    status, _, err = score(images, '-o', output, '--backbone', tiny_rn, '--overwrite')  # the errors file remains
+    assert status == 2 and 'was lost' in err and 'scores.errors.csv' in err and f'{output} and' not in err
+    output.with_name('scores.errors.csv').unlink()
+    assert score(images, '-o', output, '--backbone', tiny_rn, '--overwrite')[0] == 1
+    with pytest.raises(JournalError, match='was lost'):
+        Journal(tmp_path / 'nothing.sqlite3')
+
+
 @pytest.mark.parametrize('kind', ['symlink', 'fifo', 'folder', 'device'])
 def test_overwrite_never_replaces_a_link_fifo_folder_or_device(images, tiny_rn, tmp_path, kind):
     output = tmp_path / 'out' / 'scores.csv'
