@@ -319,6 +319,55 @@ def test_resume_after_kill_9_and_a_damaged_export(collection, baseline, collecti
     assert listing(tmp_path) == FINISHED_RUN
 
 
+# Decodes slowly in its worker processes, so that they can be killed mid-run.
+SLOW_DECODING = '''
+import sys, time
+from pyiqa_maclip.app import cli, images
+read_image = images.read_image
+images.read_image = lambda *a, **k: time.sleep(0.15) or read_image(*a, **k)
+sys.exit(cli.main(sys.argv[1:]))
+'''
+
+
+def children(pid: int) -> list[int]:
+    with open(f'/proc/{pid}/task/{pid}/children', encoding='ascii') as listing_:
+        return [int(child) for child in listing_.read().split()]
+
+
+@pytest.mark.slow  # a fresh interpreter whose decoding workers are killed
+@pytest.mark.skipif(not os.path.exists(f'/proc/{os.getpid()}/task/{os.getpid()}/children'), reason='needs Linux /proc')
+def test_killed_decoding_workers_never_hang_the_run(tiny_rn, tmp_path):
+    """Issue 27, point 2: SIGKILL on decoding workers at random moments (the out-of-memory killer):
+    the run ends by itself, the images in flight are failed with the reason, every row is kept, and
+    a rerun with --retry-failed finishes the job."""
+    rng = random.Random(27)
+    folder = tmp_path / 'in'
+    folder.mkdir()
+    for i in range(16):
+        (folder / f'{i:02d}.png').write_bytes(encoded(pixels(32 + i, 36, 80 + i), 'PNG'))
+    output = tmp_path / 'scores.csv'
+    args = ['score', folder, '--output', output, '--backbone', tiny_rn, '--num-workers', 2, '--batch-size', 2,
+            '--no-progress']
+    run = subprocess.Popen([sys.executable, '-c', SLOW_DECODING, *map(str, args)], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    killed = 0
+    while run.poll() is None and killed < 4:
+        time.sleep(rng.uniform(0.1, 0.6))
+        with contextlib.suppress(OSError, ValueError):
+            victims = children(run.pid)
+            if victims:
+                os.kill(rng.choice(victims), signal.SIGKILL)
+                killed += 1
+    stdout, stderr = run.communicate(timeout=600)  # the safety net, not the assertion: it ends by itself
+    assert killed > 0 and run.returncode in (0, 1), stderr
+    rows = read_csv_rows(output)[1:]
+    failed = read_csv_rows(output.with_name('scores.errors.csv'))[1:] if run.returncode else []
+    assert len(rows) + len(failed) == 16 and len(failed) <= killed
+    assert all(error == 'the decoding process died (signal 9)' for _, error in failed)
+    assert score(folder, '--output', output, '--backbone', tiny_rn, '--retry-failed')[0] == 0
+    assert sorted(row[0] for row in read_csv_rows(output)[1:]) == sorted(str(p) for p in folder.iterdir())
+
+
 @pytest.mark.slow  # a fresh interpreter holding the output
 def test_a_second_run_on_an_output_in_use_is_refused(collection, baseline, tiny_rn, tmp_path):
     output = tmp_path / 'scores.csv'
