@@ -640,6 +640,38 @@ def test_two_processes_give_the_single_process_output(collection, collection_rou
     assert listing(WorkFiles(sharded).folder) == ['lock', 'rank0.lock', 'rank0.sqlite3', 'rank1.lock']
 
 
+@pytest.mark.slow  # ten accelerate launches of two processes
+def test_a_two_process_run_can_be_rerun_every_time(tiny_rn, tmp_path):
+    """Issue 27, point 3: rerun after it finished (nothing to score: the exports are written again),
+    after an export was deleted, and with new images; 10 times in a row, every one must work (7 in 8
+    failed when the main process read the other's journal while it was being created)."""
+    folder = tmp_path / 'in'
+    folder.mkdir()
+    for i in range(4):
+        (folder / f'{i}.png').write_bytes(encoded(pixels(32, 32, 90 + i), 'PNG'))
+    output = tmp_path / 'scores.csv'
+    launch = [Path(sys.executable).with_name('accelerate'), 'launch', '--multi_gpu', '--num_processes', 2,
+              '--num_machines', 1, '--mixed_precision', 'no', '--dynamo_backend', 'no']
+    env = {**os.environ, 'HF_HOME': str(tmp_path / 'hf'), 'ACCELERATE_USE_CPU': 'true', 'CUDA_VISIBLE_DEVICES': '',
+           'OMP_NUM_THREADS': '1'}
+    total = 4
+    for attempt in range(10):
+        if attempt % 3 == 1:
+            output.unlink()  # deleted: written again
+        elif attempt % 3 == 2:
+            (folder / f'new{attempt}.png').write_bytes(encoded(pixels(32, 32, attempt), 'PNG'))
+            total += 1
+        written = output.stat().st_mtime_ns if output.exists() else None
+        run = subprocess.run([*map(str, launch), '--main_process_port', str(free_port()), '-m', 'pyiqa_maclip',
+                              'score', str(folder), '--output', str(output), '--backbone', str(tiny_rn),
+                              '--num-workers', '0', '--no-progress'],
+                             env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
+        assert run.returncode == 0, f'rerun {attempt}: {run.stderr[-3000:]}'
+        assert run.stdout.count(f'scored {total} images, 0 failed') == 1, run.stdout
+        assert len(read_csv_rows(output)) == total + 1 and output.stat().st_mtime_ns != written
+        assert listing(WorkFiles(output).folder) == ['lock', 'rank0.lock', 'rank0.sqlite3', 'rank1.lock']
+
+
 @pytest.mark.slow  # an accelerate launch of two processes
 def test_a_problem_only_the_main_process_sees_is_one_line_in_every_process(collection, tiny_rn, tmp_path):
     """The journal is the main process's to open: every process stops with its line, no gloo traceback."""
