@@ -716,12 +716,41 @@ def test_weights_that_fail_to_load_leave_no_trace(tiny_rn, tmp_path, monkeypatch
     status, _, stderr = score(image, '--output', output, '--backbone', junk)
     assert status == 2 and stderr.count('\n') == 2  # the "to score" line and the error
     assert stderr.splitlines()[-1].startswith(f'pyiqa-maclip score: error: {junk} is not a CLIP checkpoint')
+    assert listing(tmp_path) == ['in', 'model.pt']  # refused: no work folder, lock or empty journal left (issue 27)
     # The next run with good weights is not refused as "made with other settings".
     assert score(image, '--output', output, '--backbone', tiny_rn)[0] == 0
 
     monkeypatch.setenv('PYIQA_MACLIP_OFFLINE', 'maybe')
     status, _, stderr = score(image, '--output', output, '--backbone', tiny_rn)
     assert status == 2 and stderr.count('\n') == 1 and 'PYIQA_MACLIP_OFFLINE' in stderr and '--backbone' not in stderr
+
+
+def test_options_are_compared_as_the_values_maclip_uses(tiny_rn, tmp_path):
+    """Issue 27, point 6: '1e-1' and 0.1 are one box_lam, '256' and 256 one stride, 'true' and True one
+    flag, whoever passes them (the command line or the Python API); a value MA-CLIP refuses is refused
+    before anything is written."""
+    from pyiqa_maclip.app.engine import score_collection
+    from pyiqa_maclip.app.scorers import Recipe
+
+    def fingerprint(**options):
+        return Recipe(options={'backbone': str(tiny_rn), **options}).fingerprint
+
+    assert fingerprint(box_lam='1e-1', stride='256', pos_embedding='true') == fingerprint(
+        box_lam=0.1, stride=256, pos_embedding=True)
+    assert fingerprint(box_lam='1e-1') != fingerprint(box_lam=0.2)
+    image = tmp_path / 'in' / 'a.png'
+    image.parent.mkdir()
+    image.write_bytes(encoded(pixels(40, 40, 1), 'PNG'))
+    output = tmp_path / 'scores.csv'
+    recipe = Recipe(options={'backbone': str(tiny_rn), 'box_lam': '1e-1'})
+    assert score_collection([str(image)], output, recipe, progress=False, num_workers=0).complete
+    summary = score_collection([str(image)], output, Recipe(options={'backbone': str(tiny_rn), 'box_lam': 0.1}),
+                               progress=False, num_workers=0)
+    assert summary.processed == 0 and summary.complete  # resumed, not refused
+    with pytest.raises(UserError, match=r'box_lam must be a real number in \[-10, 10\]'):
+        score_collection([str(image)], tmp_path / 'other.csv', Recipe(options={'backbone': str(tiny_rn),
+                                                                               'box_lam': 'lots'}))
+    assert not (tmp_path / '.other.csv.pyiqa-maclip').exists()
 
 
 @pytest.mark.parametrize('native', [False, True])
