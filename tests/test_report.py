@@ -5,7 +5,8 @@ import pytest
 from PIL import Image
 
 from pyiqa_maclip.app import cli
-from pyiqa_maclip.app.report import _paths_at, read_selection, select_quantiles
+from pyiqa_maclip.app.report import read_selection, select_quantiles
+from pyiqa_maclip.app.report.collection import _paths_at
 
 
 def test_quantile_selection_picks_ranks_worst_to_best():
@@ -23,7 +24,7 @@ def test_quantile_selection_picks_ranks_worst_to_best():
 
 
 def test_paths_are_read_by_row_across_chunks(tmp_path, monkeypatch):
-    import pyiqa_maclip.app.report as report
+    import pyiqa_maclip.app.report.collection as report
 
     monkeypatch.setattr(report, '_CHUNK', 7)
     csv = tmp_path / 'scores.csv'
@@ -44,7 +45,7 @@ def test_report_picture_and_errors(tmp_path, capsys):
     pd.DataFrame([('/x/a.png', 'OSError: x'), ('/x/b.png', 'OSError: y')], columns=['path', 'error']).to_csv(
         tmp_path / 'scores.errors.csv', index=False)
     output = tmp_path / 'out' / 'report.png'
-    args = ['report', str(tmp_path / 'scores.csv'), '-o', str(output), '--thumbnails', '9']
+    args = ['report', str(tmp_path / 'scores.csv'), '-o', str(output), '--thumbnails', '9', '--higher-is-better']
     assert cli.main(args) == 0
     out = capsys.readouterr().out
     assert '13 scores, 9 thumbnails' in out and '2 failed files' in out
@@ -59,7 +60,7 @@ def test_report_picture_and_errors(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count('\n') == 1 and 'does not exist' in err
     (tmp_path / 'junk.csv').write_text('a,b\n1,2\n')
-    assert cli.main(['report', str(tmp_path / 'junk.csv'), '-o', str(tmp_path / 'r.png')]) == 2
+    assert cli.main(['report', str(tmp_path / 'junk.csv'), '-o', str(tmp_path / 'r.png'), '--higher-is-better']) == 2
     assert 'score column' in capsys.readouterr().err
 
 
@@ -68,13 +69,14 @@ def test_each_thumbnail_has_its_own_rows_score_whatever_the_csv_holds(tmp_path, 
     scores = ['nan', '0.5', '', 'inf', '0.1', '-inf', '0.9', 'NaN', '0.3']
     csv = tmp_path / 'scores.csv'
     csv.write_text('path,score\n' + ''.join(f'/p/{i}.png,{s}\n' for i, s in enumerate(scores)))
-    finite, selection, paths, unscored = read_selection(csv, 10)
+    found = read_selection(csv, 10, lower_better=False)
+    finite, selection, paths, unscored = found.scores, found.selection, found.paths, found.unscored
     assert unscored == 5 and sorted(finite.tolist()) == [0.1, 0.3, 0.5, 0.9]
     assert paths == ['/p/4.png', '/p/8.png', '/p/1.png', '/p/6.png']  # worst to best, each its own row
     assert selection.scores.tolist() == [0.1, 0.3, 0.5, 0.9] and selection.rows.tolist() == [4, 8, 1, 6]
-    assert cli.main(['report', str(csv), '-o', str(tmp_path / 'r.png')]) == 0
+    assert cli.main(['report', str(csv), '-o', str(tmp_path / 'r.png'), '--higher-is-better']) == 0
     out = capsys.readouterr().out
     assert '4 scores, 4 thumbnails' in out and '5 unscored rows' in out
     csv.write_text('path,score\n/a.png,nan\n/b.png,\n')
-    assert cli.main(['report', str(csv), '-o', str(tmp_path / 'r2.png')]) == 2
+    assert cli.main(['report', str(csv), '-o', str(tmp_path / 'r2.png'), '--higher-is-better']) == 2
     assert 'has no finite scores (2 rows)' in capsys.readouterr().err
