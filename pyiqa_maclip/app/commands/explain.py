@@ -53,22 +53,28 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f'-o {shown(args.output)} is not a folder: expected the folder to write the pictures into')
     check_writable_folder(args.output, 'the pictures')
     jobs, failed = _pictures_to_draw(paths, args.output, args.overwrite)
+    if jobs:
+        failed += _draw_all(jobs, args)
+    if failed:
+        print(f'pyiqa-maclip explain: {len(paths) - failed} pictures written, {failed} images failed', file=sys.stderr)
+    return 1 if failed else 0
 
+
+def _draw_all(jobs: list[tuple[str, Path]], args: argparse.Namespace) -> int:
+    """Build the metric as ``score`` builds ``maclip`` with these options (the same numbers), then draw every
+    picture; how many images failed."""
     from ..scorers import Recipe
 
     options = {'backbone': args.backbone, **({'precision': args.precision} if args.precision else {})}
-    metric = Recipe('maclip', options).build(args.device or 'cpu').metric  # as score builds it: the same numbers
+    metric = Recipe('maclip', options).build(args.device or 'cpu').metric
     args.output.mkdir(parents=True, exist_ok=True)
     # What is loaded now stays: frozen, the collection after each picture scans only that picture's
     # objects (a full one takes 0.3 s with torch loaded).
     gc.freeze()
     try:
-        failed += _draw_each(jobs, metric, args)
+        return _draw_each(jobs, metric, args)
     finally:
         gc.unfreeze()
-    if failed:
-        print(f'pyiqa-maclip explain: {len(paths) - failed} pictures written, {failed} images failed', file=sys.stderr)
-    return 1 if failed else 0
 
 
 def _name_max(folder: Path) -> int:
