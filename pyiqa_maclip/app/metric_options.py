@@ -60,8 +60,14 @@ def check_option_names(metric: str, options: Mapping[str, object], how: str = '-
 def check_metric_options(metric: str, options: Mapping[str, object], how: str = '--option') -> None:
     """Names, and for MA-CLIP metrics values, of ``options`` checked: without torch for MA-CLIP."""
     check_option_names(metric, options, how)
-    if is_maclip_metric(metric):
+    if not is_maclip_metric(metric):
+        return
+    for name, value in options.items():  # each alone first, so the refusal names the option given
         try:
-            check_options(options)
+            check_options({name: value})
         except UserError as error:
-            raise UserError(f'{how}: {error}') from None
+            raise UserError(f'{how} {name}={value}: {error}') from None
+    try:
+        check_options(options)  # then together: half and precision must agree
+    except UserError as error:
+        raise UserError(f'{how}: {error}') from None
