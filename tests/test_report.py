@@ -121,14 +121,15 @@ def test_a_folder_output_gets_report_png(tmp_path, capsys, output, written):
     assert (tmp_path / written).is_file()
 
 
-@pytest.mark.skip(reason='needs Journal.metric and Journal.lower_better (engine branch): remove at merge')
 def test_the_journal_is_read_when_it_is_there(tmp_path, capsys):
     """Issue 27 point 4: paths, scores, failures and the metric come from the run's journal, not the CSV."""
     from pyiqa_maclip.app.files import WorkFiles
     from pyiqa_maclip.app.journal import Journal, Result
 
     csv = _csv(tmp_path / 's.csv', [0.0])  # what the CSV says is not read
-    with Journal.create(WorkFiles(csv.absolute()).journal(0), {'metric': 'piqe'}, ['score']) as journal:
+    files = WorkFiles(csv.absolute())
+    files.folder.mkdir()
+    with Journal.create(files.journal(0), {'metric': 'piqe'}, ['score'], lower_better=True) as journal:
         journal.record([Result('/a.png', {'score': 10.0}, None), Result('/b.png', {'score': 30.0}, None),
                         Result('/c.png', None, 'OSError: x')])
         assert journal.metric == 'piqe' and journal.lower_better

@@ -28,7 +28,7 @@ from ..errors import UserError
 from .files import Content, content, same_content, write_file
 
 __all__ = ['SCHEMA_VERSION', 'JournalError', 'Result', 'Journal', 'differences', 'display_path', 'decode_path_text',
-           'file_path', 'write_csv']
+           'write_csv']
 
 # 1: pyiqa-maclip 0.2 (MA-CLIP's five columns, no exports table); 2: exports known by (device, inode)
 SCHEMA_VERSION = 3
@@ -97,11 +97,6 @@ def decode_path_text(text: str) -> str:
         raw += text[end:match.start()].encode('utf-8', 'surrogateescape') + byte(match)
         end = match.end()
     return os.fsdecode(raw + text[end:].encode('utf-8', 'surrogateescape'))
-
-
-def file_path(text: str) -> str:
-    """The file a CSV ``path`` names (:func:`decode_path_text`; kept for the report until it reads the journal)."""
-    return decode_path_text(text)
 
 
 class Journal:

@@ -74,8 +74,21 @@ def _collection(scores: np.ndarray, count: int, paths_at, failed: int, metric: s
                       len(scores) - len(finite), metric, lower_better)
 
 
+def _csv_path(text: str) -> str:
+    """The file a CSV's ``path`` text names: the text itself if such a file exists (a CSV from elsewhere), else
+    the path :func:`~..journal.display_path` wrote as that text."""
+    from ..journal import decode_path_text
+
+    if os.path.lexists(text):
+        return text
+    try:
+        return decode_path_text(text)
+    except UserError:
+        return text
+
+
 def _paths_at(csv_file: Path, rows: np.ndarray) -> list[str]:
-    """The ``path`` of the given data rows, reading the column in chunks."""
+    """The files named by the ``path`` of the given data rows, reading the column in chunks."""
     import pandas as pd
 
     wanted = {int(r): None for r in rows}
@@ -85,7 +98,7 @@ def _paths_at(csv_file: Path, rows: np.ndarray) -> list[str]:
         for row in [r for r in wanted if start <= r < start + len(chunk)]:
             wanted[row] = chunk['path'].iloc[row - start]
         start += len(chunk)
-    return [wanted[int(r)] for r in rows]
+    return [_csv_path(wanted[int(r)]) for r in rows]
 
 
 def count_rows(csv_file: Path) -> int:

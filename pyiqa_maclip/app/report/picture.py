@@ -31,10 +31,9 @@ def _thumbnail(path: str):
     from PIL import Image
 
     from ..images import as_float, read_image
-    from ..journal import file_path
 
     try:
-        image = read_image(file_path(path))
+        image = read_image(path)
         step = max(1, max(image.shape[-2:]) // (4 * _THUMBNAIL))  # subsampled before any conversion
         image = as_float(image[:, ::step, ::step]).expand(3, -1, -1)
     except Exception:  # noqa: BLE001 - a moved or broken file is shown as missing, not fatal
