@@ -308,8 +308,8 @@ def test_pictures_near_the_threshold_and_galleries(tmp_path, open_report):
     page.evaluate('t => window.report.setThreshold(t)', threshold)
     rows_in = lambda selector: [int(r) for r in page.eval_on_selector_all(selector, 'cs => cs.map(c => c.dataset.row)')]  # noqa: E731
     cut = sum(table['score'][r] < threshold for r in pictured)
-    assert rows_in('#just-dropped .card') == pictured[max(0, cut - 6):cut]
-    assert rows_in('#just-kept .card') == pictured[cut:cut + 6]
+    assert rows_in('#just-dropped .card') == pictured[max(0, cut - 4):cut]
+    assert rows_in('#just-kept .card') == pictured[cut:cut + 4]
     # Galleries: the dropped pictures worst first, the kept ones best first, every dropped row when asked.
     assert rows_in('#gallery .card') == pictured[:cut]
     page.click('[data-view=kept]')

@@ -7,7 +7,7 @@
   const $ = (id) => document.getElementById(id);
   const sign = data.lowerBetter ? -1 : 1;
   const scores = data.scores;
-  const PAGE = 60, NEAR = 6, FAILED_PAGE = 100;
+  const PAGE = 60, NEAR = 4, FAILED_PAGE = 100;
   // Cells a spreadsheet would run as a formula get a ' in front: the rule of
   // pyiqa_maclip.app.benchmark.tables.spreadsheet_text, mirrored here.
   const FORMULA_STARTS = ['=', '+', '-', '@', '\t', '\r', "'"];
@@ -64,7 +64,7 @@
     const log = $('log-scale').checked;
     const height = (c) => (log ? Math.log1p(c) / Math.log1p(Math.max(...counts)) : c / Math.max(...counts));
     const base = size.height - size.bottom, tall = base - size.top, step = (size.width - size.left - size.right) / bins;
-    counts.forEach((c, b) => c && shape('rect', { class: 'bar', x: size.left + b * step + 0.5, width: Math.max(step - 1, 0.5),
+    state.bars = counts.map((c, b) => shape('rect', { class: 'bar', x: size.left + b * step + 0.5, width: Math.max(step - 1, 0.5),
       y: base - height(c) * tall, height: height(c) * tall }));
     shape('line', { class: 'axis', x1: size.left, x2: size.width - size.right, y1: base, y2: base });
     const rough = span / 8, power = 10 ** Math.floor(Math.log10(rough));
@@ -90,6 +90,10 @@
     state.shade.setAttribute('width', Math.max(0, to - from));
     state.line.setAttribute('x1', at);
     state.line.setAttribute('x2', at);
+    state.bars.forEach((bar, b) => { // a bin wholly on the dropped side is drawn as dropped
+      const edge = sign * (low + span * (data.lowerBetter ? b : b + 1) / bins);
+      bar.classList.toggle('dropped', edge < sign * state.threshold || (edge === sign * state.threshold && !data.lowerBetter));
+    });
   }
   function thresholdAtPointer(event) {
     const box = svg.getBoundingClientRect();
@@ -262,9 +266,10 @@
   const unscored = scores.length - m;
   document.title = data.title;
   $('title').textContent = data.title;
-  $('summary').textContent = `${m} rows scored by ${data.metric} (${data.lowerBetter ? 'lower' : 'higher'} is better)`
-    + (unscored ? `, ${unscored} without a finite score (neither kept nor dropped)` : '')
-    + `, ${data.failed.length} failed. A row whose score equals the threshold is kept.`;
+  const number = (count) => count.toLocaleString('en-US');
+  $('summary').textContent = `${number(m)} rows scored by ${data.metric} (${data.lowerBetter ? 'lower' : 'higher'} `
+    + 'is better)' + (unscored ? `, ${number(unscored)} without a finite score (neither kept nor dropped)` : '')
+    + `, ${number(data.failed.length)} failed. A row whose score equals the threshold is kept.`;
   for (const control of [$('threshold-slider'), $('threshold-input')]) {
     control.min = String(low);
     control.max = String(high === low ? high + 1 : high);
