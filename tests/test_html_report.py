@@ -348,3 +348,16 @@ def test_keys_are_shown_as_text_with_their_components(tmp_path, open_report):
     assert float(values['q_mag']) == pytest.approx(table['q_mag'][1], rel=1e-5)  # shown to 6 digits
     assert float(values['score']) == table['score'][1] and values['side'] in ('kept', 'dropped')
     assert page.is_visible('#detail-map')
+
+
+@pytest.mark.parametrize('scores', [[], [0.5], [0.5] * 5, [np.nan, np.nan]], ids=['empty', 'one', 'equal', 'unscored'])
+def test_degenerate_collections_draw_without_errors(tmp_path, open_report, scores):
+    table = pd.DataFrame({'key': [f'/p/{i}.png' for i in range(len(scores))], 'score': np.array(scores, dtype=float)})
+    thumbnails = {r: _jpeg(0) for r in choose_thumbnail_rows(table['score'].to_numpy(), False)} if len(scores) else {}
+    output = write_html_report(table, tmp_path / 'r.html', metric='maclip', lower_better=False, thumbnails=thumbnails,
+                               failed=pd.DataFrame({'key': [], 'error': []}), title='t')
+    page = open_report(output)
+    finite = int(np.isfinite(table['score']).sum())
+    assert page.evaluate('window.report.setThreshold(0.5)') == {'kept': finite, 'dropped': 0}
+    assert page.evaluate('window.report.setThreshold(0.6)') == {'kept': 0, 'dropped': finite}
+    assert page.is_hidden('#failed-section')

@@ -62,19 +62,20 @@
     svg.setAttribute('viewBox', `0 0 ${size.width} ${size.height}`);
     svg.setAttribute('preserveAspectRatio', 'none');
     const log = $('log-scale').checked;
-    const height = (c) => (log ? Math.log1p(c) / Math.log1p(Math.max(...counts)) : c / Math.max(...counts));
+    const most = Math.max(1, ...counts);
+    const height = (c) => (log ? Math.log1p(c) / Math.log1p(most) : c / most);
     const base = size.height - size.bottom, tall = base - size.top, step = (size.width - size.left - size.right) / bins;
     state.bars = counts.map((c, b) => shape('rect', { class: 'bar', x: size.left + b * step + 0.5, width: Math.max(step - 1, 0.5),
       y: base - height(c) * tall, height: height(c) * tall }));
     shape('line', { class: 'axis', x1: size.left, x2: size.width - size.right, y1: base, y2: base });
     const rough = span / 8, power = 10 ** Math.floor(Math.log10(rough));
     const tick = power * [1, 2, 5, 10].find((f) => f * power >= rough);
-    for (let value = Math.ceil(low / tick) * tick; value <= high + tick * 1e-9; value += tick) {
+    for (let value = Math.ceil(low / tick) * tick; value <= low + span + tick * 1e-9; value += tick) {
       const label = Number(value.toPrecision(12)).toString();
       shape('line', { class: 'axis', x1: x(value), x2: x(value), y1: base, y2: base + 4 });
       shape('text', { x: x(value), y: size.height - 6, 'text-anchor': 'middle' }).textContent = label;
     }
-    shape('text', { x: size.left - 6, y: size.top + 4, 'text-anchor': 'end' }).textContent = Math.max(...counts, 0);
+    shape('text', { x: size.left - 6, y: size.top + 4, 'text-anchor': 'end' }).textContent = String(most);
     shape('text', { x: size.left - 6, y: base, 'text-anchor': 'end' }).textContent = '0';
     for (const [label, value] of Object.entries(data.quantiles)) {
       shape('line', { class: 'quantile', x1: x(value), x2: x(value), y1: size.top - 6, y2: base });
