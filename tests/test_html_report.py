@@ -58,7 +58,7 @@ def _write(tmp_path, table, lower_better=False, name='report.html', **options):
 
 
 def _embedded(page: str) -> dict:
-    blob = re.search(r'<script type="application/json" id="report-data">(.*?)</script>', page, re.S)[1]
+    blob = re.search(r'<script type="application/json" id="report-data">(.*?)</script>', page, re.DOTALL)[1]
     return json.loads(blob)
 
 
@@ -114,7 +114,7 @@ def test_one_self_contained_file_whose_data_is_the_table(tmp_path):
     assert not re.search(r'https?://(?!www\.w3\.org/2000/svg)', page)
     assert "default-src 'none'" in page
     # The keys cannot leave the JSON: no '<' at all in it, so no </script> or <!--.
-    blob = re.search(r'id="report-data">(.*?)</script>', page, re.S)[1]
+    blob = re.search(r'id="report-data">(.*?)</script>', page, re.DOTALL)[1]
     assert '<' not in blob and '</script><script>window.hacked' not in page
     data = _embedded(page)
     assert data['keys'] == table['key'].tolist()
@@ -131,7 +131,7 @@ def test_one_self_contained_file_whose_data_is_the_table(tmp_path):
 def test_bad_pictures_are_refused_and_nothing_is_written(tmp_path):
     table = _table(10, hostile=False)
     failed = pd.DataFrame({'key': [], 'error': []})
-    write = lambda **o: write_html_report(table, tmp_path / 'r.html', metric='maclip', lower_better=False,  # noqa: E731
+    write = lambda **o: write_html_report(table, tmp_path / 'r.html', metric='maclip', lower_better=False,
                                           failed=failed, title='t', **o)
     for options, message in (({'thumbnails': {0: _png()}}, 'row 0 is not JPEG'),
                              ({'thumbnails': {10: _jpeg(0)}}, 'row 10 is not a row position'),
@@ -161,7 +161,8 @@ def test_select_keeps_the_rows_the_threshold_keeps(tmp_path, capsys):
     path, table = _scores_csv(tmp_path)
     threshold = float(table['score'].median())  # rounded scores: ties at the threshold, which are kept
     assert (table['score'] == threshold).sum() > 1
-    for option, expected in (('--min-score', table['score'] >= threshold), ('--max-score', table['score'] <= threshold)):
+    scores = table['score']
+    for option, expected in (('--min-score', scores >= threshold), ('--max-score', scores <= threshold)):
         output = tmp_path / f'{option}.csv'
         assert cli.main(['select', str(path), option, str(threshold), '-o', str(output)]) == 0
         kept = pd.read_csv(output, dtype=str, keep_default_na=False)
@@ -296,7 +297,8 @@ def test_downloads_and_command_hold_exactly_the_rows_of_each_side(tmp_path, open
     assert command == f'pyiqa-maclip select {scores_csv} {option} {threshold!r} -o kept.csv'
     output = tmp_path / 'selected.csv'
     assert cli.main([*command.split()[1:-1], str(output)]) == 0
-    assert pd.read_csv(output, dtype={'path': str}, keep_default_na=False)['path'].tolist() == table[kept]['key'].tolist()
+    selected = pd.read_csv(output, dtype={'path': str}, keep_default_na=False)
+    assert selected['path'].tolist() == table[kept]['key'].tolist()
 
 
 def test_pictures_near_the_threshold_and_galleries(tmp_path, open_report):
@@ -306,7 +308,10 @@ def test_pictures_near_the_threshold_and_galleries(tmp_path, open_report):
     pictured = sorted(map(int, data['thumbnails']), key=lambda r: (table['score'][r], r))  # worst first
     threshold = 0.47
     page.evaluate('t => window.report.setThreshold(t)', threshold)
-    rows_in = lambda selector: [int(r) for r in page.eval_on_selector_all(selector, 'cs => cs.map(c => c.dataset.row)')]  # noqa: E731
+
+    def rows_in(selector):
+        return [int(r) for r in page.eval_on_selector_all(selector, 'cs => cs.map(c => c.dataset.row)')]
+
     cut = sum(table['score'][r] < threshold for r in pictured)
     assert rows_in('#just-dropped .card') == pictured[max(0, cut - 4):cut]
     assert rows_in('#just-kept .card') == pictured[cut:cut + 4]
@@ -335,7 +340,8 @@ def test_keys_are_shown_as_text_with_their_components(tmp_path, open_report):
                                failed=failed, title='</title><b>x', quality_maps={1: _png()})
     page = open_report(output)
     page.click('[data-view=all]')
-    assert page.evaluate('window.hacked') is None and page.locator('i, #gallery b, #failed-list b, img[src=x]').count() == 0
+    assert page.evaluate('window.hacked') is None
+    assert page.locator('i, #gallery b, #failed-list b, img[src=x]').count() == 0
     assert page.text_content('h1') == '</title><b>x'
     assert page.text_content('#failed-list td:nth-child(2)') == '<b>not bold</b>'
     shown = {int(c['row']): c['name'] for c in page.eval_on_selector_all(
@@ -344,7 +350,8 @@ def test_keys_are_shown_as_text_with_their_components(tmp_path, open_report):
     assert shown == expected
     page.click('#gallery .card[data-row="1"]')
     assert page.is_visible('#detail') and page.text_content('#detail-key') == HOSTILE_KEYS[1]
-    values = dict(page.eval_on_selector_all('#detail-values tr', 'rs => rs.map(r => [...r.cells].map(c => c.textContent))'))
+    values = dict(page.eval_on_selector_all('#detail-values tr',
+                                            'rs => rs.map(r => [...r.cells].map(c => c.textContent))'))
     assert float(values['q_mag']) == pytest.approx(table['q_mag'][1], rel=1e-5)  # shown to 6 digits
     assert float(values['score']) == table['score'][1] and values['side'] in ('kept', 'dropped')
     assert page.is_visible('#detail-map')

@@ -30,9 +30,10 @@ import numpy as np
 
 from ..errors import UserError
 from .files import write_file
+from .report import MARKED_QUANTILES  # the PNG report marks the same
 
-__all__ = ['MAX_THUMBNAILS', 'DEFAULT_THUMBNAILS', 'THUMBNAIL_PIXELS', 'MARKED_QUANTILES', 'choose_thumbnail_rows',
-           'thumbnail_jpeg', 'write_html_report']
+__all__ = ['MAX_THUMBNAILS', 'DEFAULT_THUMBNAILS', 'THUMBNAIL_PIXELS', 'choose_thumbnail_rows', 'thumbnail_jpeg',
+           'write_html_report']
 
 #: The most thumbnails (and, apart, quality maps) one page holds: the file's size stays bounded.
 MAX_THUMBNAILS = 240
@@ -40,8 +41,6 @@ MAX_THUMBNAILS = 240
 DEFAULT_THUMBNAILS = 240
 #: The longer side of a thumbnail made by :func:`thumbnail_jpeg`, in pixels.
 THUMBNAIL_PIXELS = 160
-#: Quantiles marked on the histogram (the PNG report marks the same).
-MARKED_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 #: Share of the thumbnails given to each end: the worst and the best rows.
 _EXTREMES_SHARE = 0.1
 _JPEG = b'\xff\xd8\xff'
