@@ -295,6 +295,8 @@ def test_downloads_and_command_hold_exactly_the_rows_of_each_side(tmp_path, open
     command = page.text_content('#select-command')
     option = '--max-score' if lower_better else '--min-score'
     assert command == f'pyiqa-maclip select {scores_csv} {option} {threshold!r} -o kept.csv'
+    page.click('#copy-command')  # selects the command (the clipboard may be refused to a file: page)
+    assert page.evaluate('getSelection().toString()') == command
     output = tmp_path / 'selected.csv'
     assert cli.main([*command.split()[1:-1], str(output)]) == 0
     selected = pd.read_csv(output, dtype={'path': str}, keep_default_na=False)
@@ -355,6 +357,11 @@ def test_keys_are_shown_as_text_with_their_components(tmp_path, open_report):
     assert float(values['q_mag']) == pytest.approx(table['q_mag'][1], rel=1e-5)  # shown to 6 digits
     assert float(values['score']) == table['score'][1] and values['side'] in ('kept', 'dropped')
     assert page.is_visible('#detail-map')
+    rank = table['score'].rank(method='first').astype(int)[1]  # 1 = the worst
+    page.keyboard.press('ArrowRight')  # the next better row
+    better = table.index[table['score'].rank(method='first').astype(int) == rank + 1]
+    assert page.text_content('#detail-key') == (
+        table['key'][better[0]].replace('\r', '\\r').replace('\n', '\\n') if len(better) else HOSTILE_KEYS[1])
 
 
 @pytest.mark.parametrize('scores', [[], [0.5], [0.5] * 5, [np.nan, np.nan]], ids=['empty', 'one', 'equal', 'unscored'])

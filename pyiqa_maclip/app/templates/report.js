@@ -138,6 +138,10 @@
   }
   $('detail-previous').addEventListener('click', () => state.current > 0 && showDetail(state.current - 1));
   $('detail-next').addEventListener('click', () => state.current < m - 1 && showDetail(state.current + 1));
+  $('detail').addEventListener('keydown', (event) => {
+    const button = { ArrowLeft: 'detail-previous', ArrowRight: 'detail-next' }[event.key];
+    if (button) $(button).click();
+  });
 
   // ------------------------------------------------------------------ paged lists
   function pager(holder, pages, page, go) {
