@@ -159,7 +159,7 @@ def test_version_is_the_package_version():
 def test_every_subcommand_runs_its_module():
     parser = cli.build_parser()
     needed = {'score': ['x', '-o', 'y'], 'benchmark': ['--config', 'c', '--output-dir', 'd'], 'explain': ['x', '-o', 'y'],
-              'report': ['x', '-o', 'y']}
+              'report': ['x', '-o', 'y'], 'select': ['x', '-o', 'y']}
     for name in cli.COMMANDS:
         args = parser.parse_args([name, *needed.get(name, [])])
         assert args.run is sys.modules[f'pyiqa_maclip.app.commands.{name}'].run
