@@ -32,7 +32,7 @@ from pyiqa_maclip.app.benchmark.evaluation import evaluate, fit_logistic, fit_pr
 from pyiqa_maclip.app.benchmark.runner import SUMMARY_COLUMNS, pair_table, read_scores
 from pyiqa_maclip.app.engine import score_into
 from pyiqa_maclip.app.images import as_float, read_image
-from pyiqa_maclip.app.journal import Journal
+from pyiqa_maclip.app.journal import SCHEMA_VERSION, Journal
 from pyiqa_maclip.app.scorers import PyiqaScorer
 from pyiqa_maclip.testing import assert_within_rounding, random_images, rounding_bound
 
@@ -738,7 +738,7 @@ def test_resume_lives_in_the_journals_alone(run_dir):
     assert len(journals) == 2  # maclip (with maclip_qsim) and piqe
     for file in journals:
         with contextlib.closing(sqlite3.connect(file)) as db:
-            assert db.execute('PRAGMA user_version').fetchone()[0] == 2
+            assert db.execute('PRAGMA user_version').fetchone()[0] == SCHEMA_VERSION
             assert db.execute('SELECT COUNT(*) FROM results').fetchone()[0] == LEVELS + 1
 
 
