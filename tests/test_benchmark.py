@@ -26,7 +26,7 @@ from torchvision.transforms.functional import to_tensor
 
 import pyiqa
 from pyiqa_maclip.app import cli
-from pyiqa_maclip.app.benchmark.config import parse_config
+from pyiqa_maclip.app.benchmark.resolve import parse_config
 from pyiqa_maclip.app.benchmark.datasets import Item
 from pyiqa_maclip.app.benchmark.evaluation import evaluate, fit_logistic, fit_problems, logistic_5
 from pyiqa_maclip.app.benchmark.runner import SUMMARY_COLUMNS, pair_table, read_scores

@@ -35,13 +35,13 @@ import torch
 from tqdm import tqdm
 
 from ...errors import one_line
-from ...names import COMPONENTS
+from ...names import COMPONENTS, is_maclip
 from ..engine import loading_options, score_into
 from ..images import DEFAULT_PIXEL_BUDGET
 from ..files import check_results_folder, write_file
 from ..journal import Journal, JournalError
 from ..scorers import Recipe
-from .config import BenchmarkConfig, DatasetSpec, MetricSpec, file_stem
+from .specs import BenchmarkConfig, DatasetSpec, MetricSpec, file_stem
 from .datasets import Item, load_items
 from .evaluation import Agreement, evaluate
 from .plots import plot_qsim_qmag, plot_scatter, plot_srcc_bars
@@ -53,9 +53,7 @@ from .tables import (
 __all__ = ['SUMMARY_COLUMNS', 'Pair', 'run_benchmark', 'with_precision', 'read_scores', 'pair_table', 'summarise',
            'markdown_summary']
 
-COMPONENT_COLUMNS = COMPONENTS  # score, q_sim, q_mag, w_sim, w_mag
 _TEXT_COLUMNS = ('image', 'error', 'metric', 'dataset', 'metric_a', 'metric_b', 'note')
-_MACLIP_ARCH = 'MACLIP'
 
 
 @dataclass(frozen=True)
@@ -79,10 +77,6 @@ class Pair:
     def sign(self) -> int:
         """-1 when the prediction is negated so that agreement with the MOS is positive."""
         return -1 if self.metric.lower_better != self.dataset.mos_lower_better else 1
-
-
-def _digest(record) -> str:
-    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -143,7 +137,7 @@ def read_scores(path: str | os.PathLike) -> pd.DataFrame:
     """A per-image table as written: ``error`` is '' where the image was scored; image names
     as in the MOS table (the ``'`` that keeps a spreadsheet from running them removed)."""
     # Only the numeric columns read '' (how NaN is written) as missing: an image may be named 'NA'.
-    numeric = {column: [''] for column in ('mos', 'prediction', *COMPONENT_COLUMNS)}
+    numeric = {column: [''] for column in ('mos', 'prediction', *COMPONENTS)}
     frame = pd.read_csv(path, dtype={'image': str, 'error': str}, keep_default_na=False, na_values=numeric)
     return frame.assign(**{c: frame[c].map(from_spreadsheet_text) for c in ('image', 'error')})
 
@@ -239,7 +233,7 @@ def _groups(metrics: Sequence[MetricSpec]) -> list[list[MetricSpec]]:
 def _is_maclip(metric: MetricSpec) -> bool:
     from pyiqa.default_model_configs import DEFAULT_CONFIGS
 
-    return DEFAULT_CONFIGS[metric.pyiqa_name]['metric_opts'].get('type') == _MACLIP_ARCH
+    return is_maclip(DEFAULT_CONFIGS[metric.pyiqa_name]['metric_opts'])
 
 
 def with_precision(config: BenchmarkConfig, precision: str | None) -> BenchmarkConfig:
@@ -298,7 +292,7 @@ def run_benchmark(config: BenchmarkConfig, output_dir: str | os.PathLike, *, dev
 
     Every dataset's (image, MOS) list is read, and the output folder checked, before any
     scoring, so a wrong path fails at once
-    (:class:`~pyiqa_maclip.app.benchmark.config.BenchmarkConfigError`).
+    (:class:`~pyiqa_maclip.app.benchmark.specs.BenchmarkConfigError`).
     """
     loading = loading_options(batch_size, num_workers, pixel_budget)
     layout = Layout(Path(output_dir))

@@ -36,7 +36,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from ... import weights
-    from ..benchmark.config import read_config
+    from ..benchmark.schema import read_config
     from ..files import check_results_folder, check_writable_folder
 
     weights.check_environment()
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     check_writable_folder(args.output_dir, f'the results (--output-dir {args.output_dir})')
     check_results_folder(args.output_dir, 'journal', '--output-dir')
 
-    from ..benchmark.config import parse_config
+    from ..benchmark.resolve import parse_config
     from ..benchmark.runner import run_benchmark, with_precision
     from .score import check_device
 
