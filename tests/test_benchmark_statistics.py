@@ -13,8 +13,7 @@ import pytest
 from scipy import stats
 
 from pyiqa_maclip.app.benchmark.statistics import (
-    RESAMPLES, SEED, bootstrap_p_value, bootstrap_replicates, compare, correlation_intervals, percentile_interval,
-    resample_indices,
+    RESAMPLES, SEED, bootstrap_p_value, bootstrap_replicates, compare, correlation_intervals,
 )
 from pyiqa_maclip.app.benchmark.tables import Evaluated, compare_metrics, markdown_summary
 
@@ -66,11 +65,14 @@ def test_kendall_is_exact_on_large_samples(n):
         assert np.allclose(replicates[name], expected, rtol=0, atol=tight(n))
 
 
-def test_resamples_are_scipys_draws_in_chunks_and_reproducible():
-    n, resamples = 5000, 130  # several chunks of rows
-    chunks = list(resample_indices(n, resamples, seed=11))
-    assert len(chunks) > 1
-    assert np.array_equal(np.concatenate(chunks), np.random.default_rng(11).integers(0, n, (resamples, n)))
+def test_resamples_are_scipys_draws_in_batches_and_reproducible():
+    n, resamples = 5000, 130  # scipy draws several batches of rows: together one draw of (resamples, n)
+    x, y = _sample(n, seed=11, x_values=40)
+    replicates = bootstrap_replicates(x, y, resamples=resamples, seed=11)
+    indices = np.random.default_rng(11).integers(0, n, (resamples, n))
+    for name, function in SCIPY.items():
+        expected = _by_hand(lambda a, b, f=function: f(a, b)[0], indices, x, y)
+        assert np.allclose(replicates[name], expected, rtol=0, atol=tight(n)), name
     x, y = _sample(200)
     first, again = bootstrap_replicates(x, y), bootstrap_replicates(x, y)
     assert all(np.array_equal(first[k], again[k]) for k in first) and len(first['srcc']) == RESAMPLES
@@ -124,12 +126,11 @@ def test_bootstrap_p_value_by_hand(differences, p):
     assert bootstrap_p_value(np.array(differences)) == pytest.approx(p, rel=4 * EPS, nan_ok=True)  # a ratio of counts
 
 
-def test_percentile_interval_is_numpys_linear_quantile():
-    values = np.array([5.0, 1.0, 4.0, 2.0, 3.0])  # quantiles 0.025 and 0.975 of 1..5: 1 + 4 * q
-    assert percentile_interval(values) == pytest.approx((1.1, 4.9), abs=tight(5))
-    assert np.isnan(percentile_interval(np.array([1.0, np.nan]))).all()
-    with pytest.raises(ValueError, match='level'):
-        percentile_interval(values, 95)
+def test_a_level_outside_0_to_1_is_a_value_error():
+    x, y = _sample(12)
+    for call in (lambda: correlation_intervals(x, y, level=95), lambda: compare(x, y + 1, y, level=0)):
+        with pytest.raises(ValueError, match='level'):
+            call()
 
 
 def test_too_few_images_or_values_give_nan_with_a_note():
