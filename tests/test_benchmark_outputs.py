@@ -1,4 +1,5 @@
-"""What a benchmark output folder owns: only files its record says it wrote, byte for byte.
+"""What a benchmark run writes: only over files its record says it wrote, byte for byte; and its
+tables and plots when the numbers are past what float64 or matplotlib can hold.
 
 Each case runs the command line on six small images with PIQE (no download, no weights)
 into a temporary folder, or drives the record directly.
@@ -9,6 +10,7 @@ import sqlite3
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from PIL import Image
@@ -114,3 +116,23 @@ def test_a_file_where_the_record_has_none_is_refused(tmp_path):
     with pytest.raises(ValueError, match='srcc_bars.png is not a file this benchmark wrote'):
         record.write({plot: b'\x89PNG'})
     assert plot.read_bytes() == b'a picture of mine'
+
+
+def test_a_mos_float64_cannot_square_gives_notes_and_the_plots_that_can_be_drawn(tmp_path, capsys):
+    config = _dataset(tmp_path)
+    out = tmp_path / 'out'
+    assert _run(config, out) == 0
+    scatter, bars = out / 'plots' / 'piqe' / 'scatter_synth.png', out / 'plots' / 'srcc_bars.png'
+    assert scatter.is_file()
+    _dataset(tmp_path, [*MOS[:-1], 1e308])  # finite, so accepted: the case of issue 27
+    capsys.readouterr()
+    assert _run(config, out) == 0  # every pair evaluated
+    printed = capsys.readouterr()
+    assert 'Traceback' not in printed.err and 'warning' not in printed.err
+    assert f'{scatter}: not drawn (' in printed.out  # matplotlib cannot place ticks on a range of 1e308
+    assert not scatter.exists()  # the figure of the earlier numbers is not left to be taken for these
+    assert bars.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    note = pd.read_csv(out / 'summary.csv')['note'][0]
+    # The resamples without the 1e308 image: their MOS deviations, scaled by it, underflow.
+    assert 'plcc not finite on ' in note and '(float64 underflows or overflows at these magnitudes)' in note
+    assert 'constant prediction or MOS' not in note

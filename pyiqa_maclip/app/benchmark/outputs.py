@@ -143,3 +143,12 @@ class OutputRecord:
                 db.execute('DELETE FROM written WHERE path = ? AND sha256 != ?', (key, digest))
                 db.execute('UPDATE written SET mtime_ns = ? WHERE path = ?', (os.stat(path).st_mtime_ns, key))
                 db.execute('COMMIT')
+
+    def remove(self, paths: Iterable[Path]) -> None:
+        """Delete each file that is, byte for byte, one this record wrote; leave anything else."""
+        with self._db(create=False) as db:
+            for path in paths:
+                data = _read(path)
+                if data is not None and (len(data), _digest(data)) in self._recorded(db, path):
+                    path.unlink()
+                    db.execute('DELETE FROM written WHERE path = ?', (self._key(path),))

@@ -158,24 +158,33 @@ def _labels(pair: Pair) -> tuple[str, str]:
     return prediction, 'MOS (lower is better)' if pair.dataset.mos_lower_better else 'MOS'
 
 
-def draw_plots(layout: Layout, results: Sequence[PairResult], summary: pd.DataFrame) -> dict[Path, bytes]:
-    """Every figure of the run, as PNG bytes by the path it goes to."""
-    drawn = {}
+def draw_plots(layout: Layout, results: Sequence[PairResult],
+               summary: pd.DataFrame) -> tuple[dict[Path, bytes], dict[Path, str]]:
+    """Every figure of the run as PNG bytes by the path it goes to, and the figures that could not be
+    drawn (numbers matplotlib cannot place on an axis, such as a range past 1e308), with the reason."""
+    drawn, failed = {}, {}
+
+    def draw(path: Path, plot, *args, **options) -> None:
+        try:
+            with np.errstate(over='ignore', invalid='ignore'):  # matplotlib's ticks of such numbers
+                drawn[path] = plot(*args, **options)
+        except (OverflowError, ValueError) as error:  # ... and the error they end in
+            failed[path] = one_line(error)
+
     for result in results:
         pair, scored = result.pair, result.scored
         metric, dataset = pair.metric.name, pair.dataset.name
         x_label, mos_label = _labels(pair)
         title = f'{metric} on {dataset}'
-        drawn[layout.scatter(metric, dataset)] = plot_scatter(
-            result.signed, scored['mos'].to_numpy(float), result.agreement, title=title, x_label=x_label,
-            mos_label=mos_label)
+        draw(layout.scatter(metric, dataset), plot_scatter, result.signed, scored['mos'].to_numpy(float),
+             result.agreement, title=title, x_label=x_label, mos_label=mos_label)
         if {'q_sim', 'q_mag'} <= set(scored.columns):
-            drawn[layout.qsim_qmag(metric, dataset)] = plot_qsim_qmag(
-                scored['q_sim'].to_numpy(float), scored['q_mag'].to_numpy(float), scored['mos'].to_numpy(float),
-                title=f'Q_sim vs Q_mag: {title}', mos_label=mos_label)
+            draw(layout.qsim_qmag(metric, dataset), plot_qsim_qmag, scored['q_sim'].to_numpy(float),
+                 scored['q_mag'].to_numpy(float), scored['mos'].to_numpy(float), title=f'Q_sim vs Q_mag: {title}',
+                 mos_label=mos_label)
     if len(summary):
-        drawn[layout.bars] = plot_srcc_bars(summary)
-    return drawn
+        draw(layout.bars, plot_srcc_bars, summary)
+    return drawn, failed
 
 
 def report(results: Sequence[PairResult]) -> dict[str, object]:
@@ -316,7 +325,11 @@ def run_benchmark(config: BenchmarkConfig, output_dir: str | os.PathLike, *, dev
             torch.cuda.empty_cache()
     log(f'evaluating {len(results)} pairs: correlations, {RESAMPLES} bootstrap resamples, comparisons')
     tables = report(results)
-    record.write({**_report_files(layout, tables), **draw_plots(layout, results, tables['summary'])})
+    drawn, failed = draw_plots(layout, results, tables['summary'])
+    record.write({**_report_files(layout, tables), **drawn})
+    record.remove(failed)  # an earlier run's figure of other numbers
+    for path, reason in failed.items():
+        log(f'{path}: not drawn ({reason}); the numbers are in summary.csv')
     log(f'summary of {len(results)} of {len(config.metrics) * len(config.datasets)} pairs: '
         f'{layout.root / "summary.csv"}')
     return status

@@ -147,15 +147,16 @@ def _midranks(ties: _Ties, counts: np.ndarray, total: np.ndarray) -> np.ndarray:
     return np.cumsum(counts, axis=1) - counts / 2 - total[:, None] / 2
 
 
-def _standard(values: np.ndarray) -> np.ndarray:
-    """Centred and scaled: raw moments of resamples then lose nothing to cancellation."""
-    return (values - values.mean()) / (values.std() or 1.0)
+def _scaled(values: np.ndarray) -> np.ndarray:
+    """Divided by the largest magnitude: values near the float64 limit (1e308) then do not overflow."""
+    return values / (np.max(np.abs(values)) or 1.0)
 
 
 class _Resampled:
     """SRCC, KRCC and PLCC of (prediction, MOS) on resamples, vectorised: called by scipy's bootstrap
     with the resampled image indices, (resamples, n); returns (statistics, resamples), NaN where a
-    resample's prediction or MOS is constant."""
+    resample's prediction or MOS is constant, or where float64 cannot hold the statistic (counted in
+    ``not_finite``: values so far apart in magnitude that a resample's deviations underflow)."""
 
     def __init__(self, x: np.ndarray, y: np.ndarray, statistics: Sequence[str]) -> None:
         unknown = set(statistics) - set(STATISTICS)
@@ -164,8 +165,8 @@ class _Resampled:
         self.statistics, self.n = tuple(statistics), len(x)
         self.x_ties, self.y_ties = _Ties(x), _Ties(y)
         self.kendall = _Kendall(x, y) if 'krcc' in statistics else None
-        xs, ys = _standard(x), _standard(y)
-        self.moments = (xs, ys, xs * xs, ys * ys, xs * ys)
+        self.x_scaled, self.y_scaled = _scaled(x), _scaled(y)
+        self.not_finite = dict.fromkeys(self.statistics, 0)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         weights = _counts(images, self.n)
@@ -187,11 +188,20 @@ class _Resampled:
                     all_pairs = total * (total - 1) / 2
                     value = s / np.sqrt((all_pairs - _pairs(x_counts)) * (all_pairs - _pairs(y_counts)))
                 else:
-                    # einsum, not BLAS: OpenBLAS threads left spinning slow every later step on a busy CPU
-                    sx, sy, sxx, syy, sxy = (np.einsum('ij,j->i', weights, m) / total for m in self.moments)
-                    value = np.clip((sxy - sx * sy) / np.sqrt((sxx - sx * sx) * (syy - sy * sy)), -1.0, 1.0)
-                rows.append(np.where(constant, np.nan, value))
+                    value = self._pearson(weights, total)
+                failed = ~constant & ~np.isfinite(value)
+                self.not_finite[name] += int(np.count_nonzero(failed))
+                rows.append(np.where(constant | failed, np.nan, value))
         return np.stack(rows)
+
+    def _pearson(self, weights: np.ndarray, total: np.ndarray) -> np.ndarray:
+        """PLCC of each resample, centred on the resample's own means (two passes: nothing lost to
+        cancellation). einsum, not BLAS: OpenBLAS threads left spinning slow every later step on a busy CPU."""
+        dx = self.x_scaled - (np.einsum('ij,j->i', weights, self.x_scaled) / total)[:, None]
+        dy = self.y_scaled - (np.einsum('ij,j->i', weights, self.y_scaled) / total)[:, None]
+        sxy, sxx, syy = (np.einsum('ij,ij,ij->i', weights, a, b) for a, b in ((dx, dy), (dx, dx), (dy, dy)))
+        r = sxy / np.sqrt(sxx * syy)
+        return np.where(np.isfinite(r), np.clip(r, -1.0, 1.0), r)
 
 
 def _bootstrap(n: int, statistic: Callable[[np.ndarray], np.ndarray], *, resamples: int, seed: int, level: float,
@@ -210,11 +220,6 @@ def _bootstrap(n: int, statistic: Callable[[np.ndarray], np.ndarray], *, resampl
             batch=max(1, _CHUNK_ELEMENTS // n), rng=np.random.default_rng(seed))
 
 
-def _correlations(x: np.ndarray, y: np.ndarray, statistics: Sequence[str], resamples: int, seed: int,
-                  level: float = LEVEL):
-    return _bootstrap(len(x), _Resampled(x, y, statistics), resamples=resamples, seed=seed, level=level)
-
-
 def bootstrap_replicates(prediction: np.ndarray, mos: np.ndarray, statistics: Sequence[str] = STATISTICS, *,
                          resamples: int = RESAMPLES, seed: int = SEED) -> dict[str, np.ndarray]:
     """Each statistic (``srcc``, ``krcc``, ``plcc``) on each resample of scipy's paired bootstrap;
@@ -224,7 +229,7 @@ def bootstrap_replicates(prediction: np.ndarray, mos: np.ndarray, statistics: Se
     if len(x) < 2:  # scipy resamples two images or more
         _Resampled(x, y, statistics)
         return {name: np.full(resamples, np.nan) for name in statistics}
-    result = _correlations(x, y, statistics, resamples, seed)
+    result = _bootstrap(len(x), _Resampled(x, y, statistics), resamples=resamples, seed=seed, level=LEVEL)
     return dict(zip(statistics, result.bootstrap_distribution))
 
 
@@ -238,14 +243,21 @@ def bootstrap_p_value(differences: np.ndarray) -> float:
     return float(min(1.0, 2 * (1 + min(below, above)) / (1 + len(differences))))
 
 
-def _unusable(replicates: dict[str, np.ndarray]) -> str:
-    """Why a statistic got no interval, if one did not."""
-    worst = max(int(np.isnan(r).sum()) for r in replicates.values())
-    if not worst:
-        return ''
+def _unusable(replicates: dict[str, np.ndarray], not_finite: dict[str, int] | None) -> str:
+    """Why a statistic got no interval, if one did not: constant resamples, or numbers float64 cannot
+    hold (``not_finite``: resamples per statistic; None if not known)."""
     total = len(next(iter(replicates.values())))
-    return (f'{worst} of {total} bootstrap resamples had a constant prediction or MOS: '
-            'no interval (too few distinct values)')
+    if not_finite is None:
+        worst = max(int(np.isnan(r).sum()) for r in replicates.values())
+        return (f'{worst} of {total} bootstrap resamples had no value (a constant prediction or MOS, or numbers '
+                'float64 cannot hold; see the notes of the two metrics)') if worst else ''
+    constant = max(int(np.isnan(r).sum()) - not_finite.get(name, 0) for name, r in replicates.items())
+    notes = [f'{constant} of {total} bootstrap resamples had a constant prediction or MOS: '
+             'no interval (too few distinct values)'] if constant else []
+    notes += [f'{name} not finite on {count} of {total} bootstrap resamples (float64 underflows or overflows at '
+              f'these magnitudes): no interval for it; rescale the predictions or the MOS'
+              for name, count in not_finite.items() if count]
+    return '; '.join(notes)
 
 
 @dataclass(frozen=True)
@@ -271,11 +283,12 @@ def correlation_intervals(prediction: np.ndarray, mos: np.ndarray, *, resamples:
     if len(x) < MIN_IMAGES:
         nan = math.nan
         return Intervals(nan, nan, nan, nan, nan, nan, f'intervals need at least {MIN_IMAGES} images'), {}
-    result = _correlations(x, y, STATISTICS, resamples, seed, level)
+    statistic = _Resampled(x, y, STATISTICS)
+    result = _bootstrap(len(x), statistic, resamples=resamples, seed=seed, level=level)
     interval = result.confidence_interval
     bounds = [float(bound) for k in range(len(STATISTICS)) for bound in (interval.low[k], interval.high[k])]
     replicates = dict(zip(STATISTICS, result.bootstrap_distribution))
-    return Intervals(*bounds, note=_unusable(replicates)), replicates
+    return Intervals(*bounds, note=_unusable(replicates, statistic.not_finite)), replicates
 
 
 @dataclass(frozen=True)
@@ -309,7 +322,7 @@ class Comparison:
 
 
 def _point(function, x: np.ndarray, y: np.ndarray) -> float:
-    if len(x) < MIN_IMAGES or np.ptp(x) == 0 or np.ptp(y) == 0:
+    if len(x) < MIN_IMAGES or np.min(x) == np.max(x) or np.min(y) == np.max(y):
         return math.nan
     return float(function(x, y)[0])
 
@@ -326,7 +339,7 @@ def compare(prediction_a: np.ndarray, prediction_b: np.ndarray, mos: np.ndarray,
     points = {name: (_point(function, xa, y), _point(function, xb, y))
               for name, function in (('srcc', stats.spearmanr), ('plcc', stats.pearsonr))}
     constant = [what for what, values in (('prediction of a', xa), ('prediction of b', xb), ('MOS', y))
-                if n and np.ptp(values) == 0]
+                if n and np.min(values) == np.max(values)]
     if n < MIN_IMAGES or constant:
         nan = math.nan
         note = (f'a comparison needs at least {MIN_IMAGES} images scored by both metrics, got {n}' if n < MIN_IMAGES
@@ -347,5 +360,6 @@ def compare(prediction_a: np.ndarray, prediction_b: np.ndarray, mos: np.ndarray,
     found = {name: Difference(*points[name], points[name][0] - points[name][1], float(interval.low[k]),
                               float(interval.high[k]), bootstrap_p_value(differences[name]))
              for k, name in enumerate(names)}
-    note = _unusable(differences)
+    known = None if drawn is not None else {name: of_a.not_finite[name] + of_b.not_finite[name] for name in names}
+    note = _unusable(differences, known)
     return Comparison(n, found['srcc'], found['plcc'], note)
