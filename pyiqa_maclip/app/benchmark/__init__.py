@@ -18,6 +18,7 @@ read a configuration without loading torch):
 * :mod:`.evaluation`: correlations and the logistic fit (pure functions).
 * :mod:`.statistics`: bootstrap intervals and paired comparisons (pure functions).
 * :mod:`.tables`: comparisons between metrics, summary.md, spreadsheet-safe CSV text.
+* :mod:`.outputs`: where a run writes, and the record of what it wrote (what a rerun may replace).
 * :mod:`.runner`: scoring (through :mod:`pyiqa_maclip.app.engine`), resuming, writing the
   tables; :mod:`.plots`: the figures.
 """
