@@ -136,3 +136,29 @@ def test_a_mos_float64_cannot_square_gives_notes_and_the_plots_that_can_be_drawn
     # The resamples without the 1e308 image: their MOS deviations, scaled by it, underflow.
     assert 'plcc not finite on ' in note and '(float64 underflows or overflows at these magnitudes)' in note
     assert 'constant prediction or MOS' not in note
+
+
+def test_a_file_of_yours_that_appears_during_the_run_stops_it_by_name(tmp_path, monkeypatch, capsys):
+    from pyiqa_maclip.app.benchmark import runner
+
+    config = _dataset(tmp_path)
+    out = tmp_path / 'out'
+    scores = out / 'scores' / 'piqe' / 'synth.csv'
+    real = runner.score_into
+
+    def then_a_user_writes(*args, **kwargs):
+        real(*args, **kwargs)
+        scores.parent.mkdir(parents=True)
+        scores.write_text('my scores\n')
+
+    monkeypatch.setattr(runner, 'score_into', then_a_user_writes)
+    assert _run(config, out) == 2  # the folder's trouble, not a metric that cannot be built
+    printed = capsys.readouterr()
+    last = printed.err.rstrip('\n').split('\n')[-1]  # after the progress bar
+    assert str(scores) in last and 'not a file this benchmark wrote' in last and 'Traceback' not in printed.err
+    assert 'cannot build' not in printed.out + printed.err
+    assert scores.read_text() == 'my scores\n'
+    monkeypatch.undo()
+    scores.unlink()
+    assert _run(config, out) == 0  # the scores were kept: the rerun has nothing to score
+    assert 'complete, skipped' in capsys.readouterr().out

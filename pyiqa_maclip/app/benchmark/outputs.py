@@ -19,13 +19,17 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from ...errors import UserError
-from ..files import refuse_special, shown, write_file
+from ..files import kind_of, shown, write_file
 from .specs import file_stem
 
-__all__ = ['Layout', 'OutputRecord']
+__all__ = ['Layout', 'OutputRecord', 'OutputInTheWay']
 
 _SCHEMA = ('CREATE TABLE IF NOT EXISTS written (path TEXT NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER, '
            'sha256 TEXT NOT NULL, PRIMARY KEY (path, sha256))')
+
+
+class OutputInTheWay(UserError):
+    """A file at a path the run writes is not one it recorded writing, or the record is unreadable."""
 
 
 class Layout:
@@ -66,7 +70,7 @@ class Layout:
         if not self.root.is_dir() or not any(self.root.iterdir()):
             return
         if not self.journals.is_dir():
-            raise UserError(f'--output-dir {shown(self.root)} is not empty and holds no results of pyiqa-maclip '
+            raise OutputInTheWay(f'--output-dir {shown(self.root)} is not empty and holds no results of pyiqa-maclip '
                             f'(no {self.journals.name}/ folder in it): choose a new or empty folder')
         OutputRecord(self.journals).check(self.outputs(metrics, datasets))
 
@@ -101,7 +105,7 @@ class OutputRecord:
                 db.execute(_SCHEMA)
                 yield db
         except sqlite3.DatabaseError as error:
-            raise UserError(f'the record of the files this benchmark wrote, {shown(self.file)}, is not readable '
+            raise OutputInTheWay(f'the record of the files this benchmark wrote, {shown(self.file)}, is not readable '
                             f'({error}): move the results out of {shown(self.root)} or choose another folder') from None
 
     def _key(self, path: Path) -> str:
@@ -116,14 +120,16 @@ class OutputRecord:
         """A :class:`UserError` naming the first of ``paths`` that holds something this record did not write."""
         with self._db(create=False) as db:
             for path in paths:
-                refuse_special(path, '--output-dir: the output')
+                if kind := kind_of(path):
+                    raise OutputInTheWay(f'--output-dir: {shown(path)} is {kind}: pyiqa-maclip writes only regular '
+                                         'files, never through or over a link, a device, a FIFO or a folder')
                 data = _read(path)
                 # Size and content decide: a file with the bytes written is ours whatever its time or inode.
                 if data is not None and (len(data), _digest(data)) not in self._recorded(db, path):
-                    raise UserError(
-                        f'--output-dir: {shown(path)} is not a file this benchmark wrote (a file of yours, or an '
-                        'output changed since it was written): pyiqa-maclip replaces only files it recorded '
-                        'writing; move it away or choose another --output-dir')
+                    raise OutputInTheWay(
+                        f'--output-dir: {shown(path)} is not a file this benchmark wrote (a file of yours, an output '
+                        'changed since it was written, or one written before pyiqa-maclip kept this record): it '
+                        'replaces only files it recorded writing; move it away or choose another --output-dir')
 
     def write(self, files: Mapping[Path, bytes]) -> None:
         """Write each file (atomically, only if its bytes change), recording its new content first:

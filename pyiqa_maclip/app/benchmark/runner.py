@@ -42,7 +42,7 @@ from ..scorers import Recipe
 from .specs import BenchmarkConfig, DatasetSpec, MetricSpec
 from .datasets import Item, load_items
 from .evaluation import Agreement, evaluate
-from .outputs import Layout, OutputRecord
+from .outputs import Layout, OutputInTheWay, OutputRecord
 from .plots import plot_qsim_qmag, plot_scatter, plot_srcc_bars
 from .statistics import RESAMPLES, Intervals, correlation_intervals
 from .tables import (
@@ -313,7 +313,7 @@ def run_benchmark(config: BenchmarkConfig, output_dir: str | os.PathLike, *, dev
                     first = '' if not failed else f'; first failure: {frame.loc[frame["error"] != "", "error"].iloc[0]}'
                     done = '' if scored else 'complete, skipped: '
                     log(f'{metric.name} on {spec.name}: {done}{len(frame) - failed} scored, {failed} failed{first}')
-        except JournalError:  # the results folder itself: nothing else can go on
+        except (JournalError, OutputInTheWay):  # the results folder itself: nothing else can go on
             raise
         # The metric cannot be built, or its weights had (a missing file, no download, a bad option): report
         # it, run the rest. create_metric fails in many ways (assert, download, bad option).
