@@ -172,7 +172,6 @@ def parse_config(raw, data_root: str | os.PathLike | None = None) -> BenchmarkCo
     )
 
 
-
 def load_config(path: str | os.PathLike, data_root: str | os.PathLike | None = None) -> BenchmarkConfig:
     """Read and validate a YAML configuration file."""
     return parse_config(read_config(path), data_root)

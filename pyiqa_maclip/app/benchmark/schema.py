@@ -201,6 +201,8 @@ def validated(schema: type[_Schema], value, where: tuple = ()) -> _Schema:
         raise BenchmarkConfigError('; '.join(_problem(e, schema, where) for e in error.errors())) from None
 
 
+# ---------------------------------------------------------------- the YAML file
+
 
 class _UniqueKeyLoader(yaml.SafeLoader):
     """PyYAML's safe loader, except that a mapping giving a key twice is an error, not the last value."""

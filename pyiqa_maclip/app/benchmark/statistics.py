@@ -142,7 +142,7 @@ def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.einsum('ij,ij->i', a, b).astype(np.int64)
 
 
-def _midranks(ties: _Ties, counts: np.ndarray, total: np.ndarray) -> np.ndarray:
+def _midranks(counts: np.ndarray, total: np.ndarray) -> np.ndarray:
     """Midrank of each tie group in each resample, less the mean rank (n+1)/2."""
     return np.cumsum(counts, axis=1) - counts / 2 - total[:, None] / 2
 
@@ -152,6 +152,12 @@ def _scaled(values: np.ndarray) -> np.ndarray:
     return values / (np.max(np.abs(values)) or 1.0)
 
 
+def _check_names(statistics: Sequence[str]) -> None:
+    unknown = set(statistics) - set(STATISTICS)
+    if unknown:
+        raise ValueError(f'unknown statistics {sorted(unknown)}; expected some of {", ".join(STATISTICS)}')
+
+
 class _Resampled:
     """SRCC, KRCC and PLCC of (prediction, MOS) on resamples, vectorised: called by scipy's bootstrap
     with the resampled image indices, (resamples, n); returns (statistics, resamples), NaN where a
@@ -159,9 +165,7 @@ class _Resampled:
     ``not_finite``: values so far apart in magnitude that a resample's deviations underflow)."""
 
     def __init__(self, x: np.ndarray, y: np.ndarray, statistics: Sequence[str]) -> None:
-        unknown = set(statistics) - set(STATISTICS)
-        if unknown:
-            raise ValueError(f'unknown statistics {sorted(unknown)}; expected some of {", ".join(STATISTICS)}')
+        _check_names(statistics)
         self.statistics, self.n = tuple(statistics), len(x)
         self.x_ties, self.y_ties = _Ties(x), _Ties(y)
         self.kendall = _Kendall(x, y) if 'krcc' in statistics else None
@@ -177,8 +181,7 @@ class _Resampled:
         with np.errstate(invalid='ignore', divide='ignore'):
             for name in self.statistics:
                 if name == 'srcc':
-                    rx = _midranks(self.x_ties, x_counts, total)
-                    ry = _midranks(self.y_ties, y_counts, total)
+                    rx, ry = _midranks(x_counts, total), _midranks(y_counts, total)
                     cov = np.einsum('ij,ij,ij->i', weights, rx[:, self.x_ties.group], ry[:, self.y_ties.group])
                     var_x = np.einsum('ij,ij,ij->i', x_counts, rx, rx)
                     var_y = np.einsum('ij,ij,ij->i', y_counts, ry, ry)
@@ -222,12 +225,12 @@ def _bootstrap(n: int, statistic: Callable[[np.ndarray], np.ndarray], *, resampl
 
 def bootstrap_replicates(prediction: np.ndarray, mos: np.ndarray, statistics: Sequence[str] = STATISTICS, *,
                          resamples: int = RESAMPLES, seed: int = SEED) -> dict[str, np.ndarray]:
-    """Each statistic (``srcc``, ``krcc``, ``plcc``) on each resample of scipy's paired bootstrap;
-    NaN where a resample's prediction or MOS is constant. Equal to ``scipy.stats`` on
-    ``prediction[i], mos[i]`` for each row ``i`` of ``default_rng(seed).integers(0, n, (resamples, n))``."""
+    """Each statistic (``srcc``, ``krcc``, ``plcc``) on each resample of scipy's bootstrap; NaN where
+    a resample's prediction or MOS is constant (or the statistic past float64). Equal to ``scipy.stats``
+    on ``prediction[i], mos[i]`` for each row ``i`` of ``default_rng(seed).integers(0, n, (resamples, n))``."""
     x, y = _checked(prediction, mos)
+    _check_names(statistics)
     if len(x) < 2:  # scipy resamples two images or more
-        _Resampled(x, y, statistics)
         return {name: np.full(resamples, np.nan) for name in statistics}
     result = _bootstrap(len(x), _Resampled(x, y, statistics), resamples=resamples, seed=seed, level=LEVEL)
     return dict(zip(statistics, result.bootstrap_distribution))
