@@ -16,6 +16,8 @@ setup(
     license='MIT',
     python_requires='>=3.9',
     packages=find_packages(include=['pyiqa_maclip', 'pyiqa_maclip.*']),
+    # The HTML report's page, inlined into every report it writes.
+    package_data={'pyiqa_maclip.app': ['templates/*.html', 'templates/*.css', 'templates/*.js']},
     install_requires=[
         'pyiqa>=0.1.16,<0.2',
         'torch>=2.0',
@@ -38,7 +40,8 @@ setup(
         # Lock files: one download per cache, one run per output (torch needs it too).
         'filelock',
     ],
-    extras_require={'test': ['pytest']},
+    # playwright drives the system's chromium in the HTML report's tests (.ci/run installs chromium).
+    extras_require={'test': ['pytest', 'playwright']},
     entry_points={
         'pyiqa.archs': ['maclip = pyiqa_maclip.registration:register'],
         'console_scripts': ['pyiqa-maclip = pyiqa_maclip.app.cli:main'],

@@ -29,8 +29,10 @@ from . import encoder
 from . import functional as MF
 from .errors import UserError, UserTypeError
 from .functional import QualityComponents
-from .precision import EncoderPrecision, parse_precision
-from .validation import check_images, count_option, flag_option, prompt_pairs, real_option
+from .precision import EncoderPrecision
+from .option_spec import (OPTION_DEFAULTS, count_option, flag_option, model_type_option, parse_precision,
+                          prompt_pairs, real_option)
+from .validation import check_images
 from .weights import Checkpoint, load_clip
 
 __all__ = ['MACLIP', 'QualityComponents', 'QualityMap']
@@ -117,23 +119,22 @@ class MACLIP(nn.Module):
 
     def __init__(
         self,
-        backbone: str | os.PathLike | Checkpoint = 'RN50',
-        prompts: Sequence = MF.DEFAULT_PROMPTS,
-        box_lam: float = 0.5,
-        base_cos: float = 1.0,
-        base_norm: float = 0.6,
-        alpha: float = 1.0,
-        patch_size: int = 224,
-        stride: int = 128,
-        pos_embedding: bool = False,
-        chunk_size: int = 16,
-        half: bool = False,
-        precision: str = 'fp32',
-        model_type: str = 'maclip',
+        backbone: str | os.PathLike | Checkpoint = OPTION_DEFAULTS['backbone'],
+        prompts: Sequence = OPTION_DEFAULTS['prompts'],
+        box_lam: float = OPTION_DEFAULTS['box_lam'],
+        base_cos: float = OPTION_DEFAULTS['base_cos'],
+        base_norm: float = OPTION_DEFAULTS['base_norm'],
+        alpha: float = OPTION_DEFAULTS['alpha'],
+        patch_size: int = OPTION_DEFAULTS['patch_size'],
+        stride: int = OPTION_DEFAULTS['stride'],
+        pos_embedding: bool = OPTION_DEFAULTS['pos_embedding'],
+        chunk_size: int = OPTION_DEFAULTS['chunk_size'],
+        half: bool = OPTION_DEFAULTS['half'],
+        precision: str = OPTION_DEFAULTS['precision'],
+        model_type: str = OPTION_DEFAULTS['model_type'],
     ) -> None:
         super().__init__()
-        if model_type != 'maclip':
-            raise UserError(f"model_type must be 'maclip' (the only MA-CLIP variant), got {model_type!r}")
+        model_type_option(model_type)
         self.prompts = prompt_pairs(prompts)
         self.box_lam = real_option('box_lam', box_lam)
         self.base_cos = real_option('base_cos', base_cos)

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .names import COMPONENTS
+from .option_spec import DEFAULT_PROMPTS
 
 __all__ = [
     'DEFAULT_PROMPTS',
@@ -45,15 +46,6 @@ __all__ = [
     'image_components',
     'patch_boxes',
 ]
-
-#: The five antonym prompt pairs of the official code, positive first.
-DEFAULT_PROMPTS: tuple[tuple[str, str], ...] = (
-    ('Good image', 'bad image'),
-    ('Sharp image', 'blurry image'),
-    ('sharp edges', 'blurry edges'),
-    ('High resolution image', 'low resolution image'),
-    ('Noise-free image', 'noisy image'),
-)
 
 #: Most elongated shape (long side / short side) an enlarged image keeps: more elongated
 #: images are stretched across to this ratio, which bounds their number of patches.

@@ -12,23 +12,14 @@ from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
-from .errors import UserError, UserTypeError
+from .errors import UserTypeError
 from .names import PRECISIONS
+from .option_spec import parse_precision
 
 __all__ = ['DTYPES', 'parse_precision', 'cpu_has_native', 'EncoderPrecision']
 
 #: The type the image encoder computes in, by ``precision``.
 DTYPES = dict(zip(PRECISIONS, (torch.float32, torch.bfloat16, torch.float16)))
-
-
-def parse_precision(precision, half: bool = False) -> str:
-    """The ``precision`` option, with ``half=True`` as the released alias of ``'fp16'``."""
-    if not isinstance(precision, str) or precision not in DTYPES:
-        raise UserError(f"precision must be one of {', '.join(map(repr, DTYPES))}, got {precision!r}")
-    if half and precision not in ('fp32', 'fp16'):
-        raise UserError(f"half=True means precision='fp16' and contradicts precision={precision!r}; "
-                        f"pass precision={precision!r} alone")
-    return 'fp16' if half else precision
 
 
 def cpu_has_native(dtype: torch.dtype) -> bool | None:

@@ -1,4 +1,5 @@
-"""What :class:`~pyiqa_maclip.arch.MACLIP` accepts: its options and its images, checked before any work.
+"""What :class:`~pyiqa_maclip.arch.MACLIP` accepts: its images (here) and its options (defined and checked,
+without torch, in :mod:`.option_spec`; re-exported here), checked before any work.
 
 Every rejection is a :class:`~pyiqa_maclip.errors.UserError` (a ``ValueError``, or
 ``TypeError`` for a wrong type) naming the value and the form expected. Options may be given
@@ -7,85 +8,18 @@ as text where pyiqa's own scripts pass them so (``--extra_metric_opts box_lam=0.
 from __future__ import annotations
 
 import math
-import numbers
-from collections.abc import Sequence
 
 import torch
 
 from .errors import UserError, UserTypeError
+from .option_spec import OPTION_RANGES, count_option, flag_option, prompt_pairs, real_option
 
 __all__ = ['OPTION_RANGES', 'RANGE_TOLERANCE', 'real_option', 'count_option', 'flag_option', 'prompt_pairs',
            'check_images']
 
-#: Accepted ranges of the real-valued options. Within them every score of a finite image is
-#: finite in float32: Box-Cox of |f| / std(|f|) (at most about sqrt(D)) stays below 1e30 for
-#: |box_lam| <= 10, and the fusion logits stay far from float32's 3.4e38.
-OPTION_RANGES = {
-    'box_lam': (-10.0, 10.0),
-    'base_cos': (-1e6, 1e6),
-    'base_norm': (-1e6, 1e6),
-    'alpha': (-1e6, 1e6),
-}
-
 #: How far image values may lie outside [0, 1] (rounding of earlier processing) and still
 #: be scored as they are. Farther out is another convention (0..255, [-1, 1], CLIP-normalised).
 RANGE_TOLERANCE = 1e-3
-
-
-def _from_text(value, parse):
-    """``parse(value)`` for text (pyiqa's scripts pass option values as text), else ``value``; None if unparseable."""
-    if not isinstance(value, str):
-        return value
-    try:
-        return parse(value.strip())
-    except ValueError:
-        return None
-
-
-def real_option(name: str, value) -> float:
-    """A real number (or its text) within :data:`OPTION_RANGES`."""
-    low, high = OPTION_RANGES[name]
-    number = _from_text(value, float)
-    if (isinstance(number, bool) or not isinstance(number, numbers.Real) or not math.isfinite(number)
-            or not low <= number <= high):
-        raise UserError(f'{name} must be a real number in [{low:g}, {high:g}], got {value!r}')
-    return float(number)
-
-
-def count_option(name: str, value, minimum: int = 1) -> int:
-    """An integer (or its text, e.g. ``'256'``) of at least ``minimum``."""
-    number = _from_text(value, int)
-    if isinstance(number, bool) or not isinstance(number, numbers.Integral) or number < minimum:
-        raise UserError(f'{name} must be {"a positive integer" if minimum == 1 else f"an integer >= {minimum}"}, '
-                        f'got {value!r}')
-    return int(number)
-
-
-def flag_option(name: str, value) -> bool:
-    """``True``/``False`` (or the text ``'True'``/``'False'``, any case)."""
-    flag = {'true': True, 'false': False}.get(value.strip().lower()) if isinstance(value, str) else value
-    if not isinstance(flag, bool):
-        raise UserError(f'{name} must be True or False, got {value!r}')
-    return flag
-
-
-def prompt_pairs(prompts) -> tuple[tuple[str, str], ...]:
-    """Accept ``[(good, bad), ...]`` or the official flat ``[good, bad, good, bad, ...]``."""
-    expected = ("prompts must be a non-empty sequence of (positive, negative) string pairs, "
-                "e.g. [('Good image', 'bad image')]")
-    if isinstance(prompts, str) or not isinstance(prompts, Sequence) or len(prompts) == 0:
-        raise UserError(f'{expected}; got {prompts!r}')
-    if all(isinstance(p, str) for p in prompts):
-        if len(prompts) % 2:
-            raise UserError(f'{expected}; a flat list needs an even number of prompts, got {len(prompts)}')
-        prompts = list(zip(prompts[0::2], prompts[1::2]))
-    pairs = []
-    for pair in prompts:
-        if (isinstance(pair, str) or not isinstance(pair, Sequence) or len(pair) != 2
-                or not all(isinstance(p, str) and p.strip() for p in pair)):
-            raise UserError(f'{expected}; got the item {pair!r}')
-        pairs.append((pair[0], pair[1]))
-    return tuple(pairs)
 
 
 def check_images(x, allow_uint8: bool = False) -> None:

@@ -9,7 +9,7 @@ import pytest
 from local_server import cache_fixture, files_in, server_fixture  # noqa: F401  (fixtures cache, server)
 
 from pyiqa_maclip import __version__, weights
-from pyiqa_maclip.app import cli
+from pyiqa_maclip.app import cli, metric_options, options
 from pyiqa_maclip.app.commands import download
 from pyiqa_maclip.errors import UserError
 
@@ -30,6 +30,9 @@ def _imported(stderr: str) -> set[str]:
 
 # ---- fast answers
 
+#: Why --device cuda cannot work here, if that is known without torch (a CPU-only machine or torch build).
+_CUDA_TOLD_WITHOUT_TORCH = options._cuda_lacking_without_torch()
+
 
 @pytest.mark.slow  # fresh interpreters
 @pytest.mark.parametrize('args', [['--help'], ['score', '--help'], ['download', '--help'], ['benchmark', '--help'],
@@ -48,6 +51,16 @@ def test_help_version_and_usage_mistakes_import_neither_torch_nor_pyiqa(args):
     (['score', '{image}', '-o', '{tmp}'], 'is a folder'),
     (['score', '{image}', '-o', '{file}/s.csv'], 'cannot create the folder'),
     (['score', '{image}', '-o', '{tmp}/s.csv', '--option', 'box_lam'], 'expected KEY=VALUE'),
+    (['score', '{image}', '-o', '{tmp}/s.csv', '--option', 'boxlam=0.3'], "no option 'boxlam' (did you mean box_lam?)"),
+    (['score', '{image}', '-o', '{tmp}/s.csv', '--option', 'box_lam=abc'], 'box_lam must be a real number in [-10, 10]'),
+    (['score', '{image}', '-o', '{tmp}/s.csv', '--option', 'box_lam=100'], 'box_lam must be a real number in [-10, 10]'),
+    (['score', '{image}', '-o', '{tmp}/s.csv', '--metric', 'maclip_vitB32', '--option', 'stride=0'],
+     'stride must be a positive integer'),
+    (['score', '{image}', '-o', '{tmp}/s.csv', '--device', 'gpu'], 'expected a torch device such as cpu, cuda'),
+    (['explain', '{image}', '-o', '{tmp}/x', '--device', 'cuda:x'], 'expected a torch device such as cpu, cuda'),
+    (['benchmark', '--config', '{file}', '--output-dir', '{tmp}/b', '--device', 'gpu'], 'expected a torch device'),
+    pytest.param(['score', '{image}', '-o', '{tmp}/s.csv', '--device', 'cuda'], 'not available on this machine',
+                 marks=pytest.mark.skipif(_CUDA_TOLD_WITHOUT_TORCH is None, reason='torch must say whether CUDA works')),
     (['report', '{tmp}/nope.csv', '-o', '{tmp}/r.png'], 'does not exist or is not a file'),
     (['benchmark', '--config', '{tmp}/nope.yml', '--output-dir', '{tmp}/b'], 'cannot read the configuration'),
     (['benchmark', '--config', '{file}', '--output-dir', '{tmp}/b'], 'is not valid YAML'),
@@ -71,6 +84,73 @@ def test_mistakes_are_answered_before_torch_loads(tmp_path, args, words):
     assert not {'torch', 'pyiqa'} & _imported(run.stderr)
 
 
+@pytest.mark.parametrize('text, value', [('1e-1', 0.1), ('0.3', 0.3), ('-2', -2), ('256', 256), ('True', True),
+                                         ('false', False), ('RN101', 'RN101'), ('', ''), ('1.0', 1.0)])
+def test_option_values_are_read_as_python_reads_numbers(text, value):
+    """Issue 27 point 6: ``1e-1`` is the number 0.1 (YAML 1.1 would read it as text)."""
+    parsed = options.parse_options([f'key={text}'])['key']
+    assert parsed == value and type(parsed) is type(value)
+
+
+def test_option_names_are_checked_for_every_metric():
+    """Issue 28 point 2: MA-CLIP's names without pyiqa, another metric's from its arch's signature."""
+    assert metric_options.accepted_options('maclip') == metric_options.accepted_options('maclip_vitB16')
+    with pytest.raises(UserError, match=r"maclip has no option 'boxlam' \(did you mean box_lam\?\); its options: "
+                                        r'box_lam, '):
+        metric_options.check_metric_options('maclip', {'boxlam': 0.3})
+    with pytest.raises(UserError, match=r"musiq has no option 'pretrain' \(did you mean pretrained\?\)"):
+        metric_options.check_metric_options('musiq', {'pretrain': False})
+    metric_options.check_metric_options('musiq', {'pretrained': False, 'as_loss': False})
+    with pytest.raises(UserError, match=r"piqe has no option 'foo'; its options: "):  # nothing alike: no guess
+        metric_options.check_metric_options('piqe', {'foo': 1})
+
+
+def test_the_wrapper_options_are_pyiqas():
+    """The torch-free list of create_metric's own options is the signature of pyiqa's InferenceModel."""
+    import inspect
+
+    from pyiqa.models.inference_model import InferenceModel
+
+    from pyiqa_maclip.option_spec import PYIQA_WRAPPER_OPTIONS
+
+    wrapper = set(inspect.signature(InferenceModel).parameters) - {'metric_name', 'device', 'kwargs'}
+    assert set(PYIQA_WRAPPER_OPTIONS) == wrapper
+
+
+def test_the_arch_takes_its_defaults_from_the_option_spec():
+    """One home for MA-CLIP's defaults: the signature of MACLIP is the torch-free table."""
+    import inspect
+
+    from pyiqa_maclip import MACLIP
+    from pyiqa_maclip.option_spec import OPTION_DEFAULTS
+
+    parameters = inspect.signature(MACLIP).parameters
+    assert {name: p.default for name, p in parameters.items()} == OPTION_DEFAULTS
+
+
+@pytest.mark.parametrize('device, problem', [('cpu', None), ('cuda', None), ('cuda:1', None), ('mps', None),
+                                             ('gpu', 'expected a torch device'), ('cuda:', 'expected a torch device'),
+                                             ('CPU', 'expected a torch device'), ('cpu:0', 'without an index')])
+def test_device_spelling_is_checked_without_torch(device, problem):
+    found = options.device_syntax_problem(device)
+    assert found == problem if problem is None else problem in found
+
+
+def test_a_fifo_or_stdin_is_a_path_list(tmp_path, monkeypatch):
+    """Issue 27 point 6: a readable stream that is no folder lists paths (relative ones from the working folder)."""
+    import threading
+
+    from pyiqa_maclip.app.inputs import collect_paths
+
+    monkeypatch.chdir(tmp_path)
+    fifo = tmp_path / 'paths'
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_text('a.png\n# a comment\n/elsewhere/b.jpg\n'))
+    writer.start()
+    assert collect_paths([str(fifo)]) == [str(tmp_path / 'a.png'), '/elsewhere/b.jpg']
+    writer.join()
+
+
 @pytest.mark.slow  # a fresh interpreter
 def test_version_is_the_package_version():
     assert _run('-m', 'pyiqa_maclip', '--version').stdout == f'pyiqa-maclip {__version__}\n'
@@ -79,7 +159,7 @@ def test_version_is_the_package_version():
 def test_every_subcommand_runs_its_module():
     parser = cli.build_parser()
     needed = {'score': ['x', '-o', 'y'], 'benchmark': ['--config', 'c', '--output-dir', 'd'], 'explain': ['x', '-o', 'y'],
-              'report': ['x', '-o', 'y']}
+              'report': ['x', '-o', 'y'], 'select': ['x', '-o', 'y']}
     for name in cli.COMMANDS:
         args = parser.parse_args([name, *needed.get(name, [])])
         assert args.run is sys.modules[f'pyiqa_maclip.app.commands.{name}'].run

@@ -1,5 +1,8 @@
 """The shared image reader (issue 10, point 6): real range, orientation, strictness."""
 import io
+import multiprocessing
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -87,3 +90,31 @@ def test_special_files_are_refused_without_blocking(tmp_path):
     (tmp_path / 'empty.png').write_bytes(b'')
     with pytest.raises(ValueError, match='empty file'):
         read_image(tmp_path / 'empty.png')
+
+
+@pytest.mark.skipif(multiprocessing.get_start_method() != 'fork', reason='the workers must inherit the patch')
+def test_a_decoding_process_that_dies_is_replaced_and_its_image_reported(tmp_path, monkeypatch):
+    """Issue 27, point 2: a worker killed on an image (as the out-of-memory killer would) is noticed at
+    once: that image is an error naming the signal, a fresh worker decodes the rest, nothing hangs."""
+    from pyiqa_maclip.app import images as decoding
+
+    paths = []
+    for i in range(7):
+        paths.append(str(tmp_path / (f'{i}.png' if i not in (2, 5) else f'{i}_killer.png')))
+        Image.new('RGB', (20 + i, 16), (i, 0, 0)).save(paths[-1])
+    read = decoding.read_image
+
+    def deadly(path, *args, **kwargs):
+        if path.endswith('killer.png'):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return read(path, *args, **kwargs)
+
+    monkeypatch.setattr(decoding, 'read_image', deadly)
+    items = [item for batch in decoding.decoded_batches(paths, batch_size=2, num_workers=2) for item in batch]
+    assert [item.index for item in items] == list(range(7))
+    for item in items:
+        if item.index in (2, 5):
+            assert item.image is None and item.error == 'the decoding process died (signal 9)'
+        else:
+            assert item.error is None and item.image.shape == (3, 16, 20 + item.index)
+            assert int(item.image[0, 0, 0]) == item.index

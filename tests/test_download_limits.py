@@ -26,6 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _timed_failure(call, error=OSError):
+    """(seconds, message) of a call that must raise ``error``. The seconds serve only as a lower bound (a
+    deadline is not cut short); which limit ended a download is told by its message, never by a
+    wall-clock upper bound, which a busy machine could break."""
     start = time.monotonic()
     with pytest.raises(error) as raised:
         call()
@@ -40,7 +43,7 @@ def test_a_slow_server_is_abandoned_at_the_deadline(cache, server, mode):
     server.mode = mode
     took, message = _timed_failure(
         lambda: weights.download('RN50', cache, progress=False, timeout=30, deadline=1.5), TimeoutError)
-    assert 1.4 < took < 6, took
+    assert took > 1.4, took  # not before the deadline; the message says the deadline ended it, not the socket
     assert 'did not finish within 1.5 s' in message and weights.DEADLINE_ENV in message
     assert files_in(cache) == []  # the temporary file went with it
 
@@ -59,7 +62,7 @@ def test_a_stalled_tls_handshake_is_abandoned_at_the_deadline(cache, monkeypatch
         listener.close()
         for connection, _ in accepted:
             connection.close()
-    assert accepted and 1.4 < took < 6, took
+    assert accepted and took > 1.4, took
     assert 'did not finish within 1.5 s' in message
 
 
@@ -68,7 +71,7 @@ def test_the_deadline_comes_from_the_environment(cache, server, monkeypatch):
     server.mode = 'trickle'
     monkeypatch.setenv(weights.DEADLINE_ENV, '1.5')
     took, message = _timed_failure(lambda: weights.resolve('RN50'), WeightsUnavailableError)
-    assert took < 6 and 'did not finish within 1.5 s' in message
+    assert took > 1.4 and 'did not finish within 1.5 s' in message
 
 
 @pytest.mark.parametrize('value', ['0', '-3', 'soon', 'inf', 'nan'])
@@ -84,17 +87,15 @@ def test_an_endless_stream_stops_at_the_size_cap(cache, server, monkeypatch):
     server.mode = 'endless'
     checkpoint = weights.OFFICIAL_CHECKPOINTS['RN50']
     monkeypatch.setitem(weights.OFFICIAL_CHECKPOINTS, 'RN50', checkpoint._replace(max_bytes=4 << 20))
-    took, message = _timed_failure(lambda: weights.download('RN50', cache, progress=False, deadline=60))
-    assert took < 20
-    assert 'sent more than 4194304 bytes' in message
+    _, message = _timed_failure(lambda: weights.download('RN50', cache, progress=False, deadline=60))
+    assert 'sent more than 4194304 bytes' in message  # the cap ended it, not the 60 s deadline
     assert files_in(cache) == []
 
 
 def test_an_announced_size_over_the_cap_is_refused_before_reading(cache, server):
     server.mode = 'huge'
-    took, message = _timed_failure(lambda: weights.download('RN50', cache, progress=False, deadline=60))
-    assert took < 5
-    assert 'announces 1000000000000 bytes' in message
+    _, message = _timed_failure(lambda: weights.download('RN50', cache, progress=False, deadline=60))
+    assert 'announces 1000000000000 bytes' in message  # refused on the header, not by the 60 s deadline
     assert files_in(cache) == []
 
 
@@ -118,7 +119,7 @@ def test_a_waiting_process_is_told_and_gives_up(cache, server, capsys):
             lambda: weights.download('RN50', cache, progress=True, timeout=0.5, deadline=1.0))
     finally:
         holder.release()
-    assert 1.4 < took < 6
+    assert took > 1.4  # the message says the wait for the lock, not the socket, ended it
     assert 'another process has been downloading RN50 for more than 1.5 s' in message
     waiting = capsys.readouterr().err
     assert 'another process is downloading it' in waiting and 'at most 1.5 s' in waiting

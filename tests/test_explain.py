@@ -35,6 +35,7 @@ def test_output_names_are_unique(tmp_path):
 # ---------------------------------------------------------------- MACLIP.quality_maps (issue 15, point 1)
 
 import os  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -145,3 +146,47 @@ def test_explain_holds_one_image_at_a_time(tiny_rn, tmp_path, monkeypatch, capsy
     monkeypatch.setattr(explain, 'draw_explanation', lambda *a: events.append(('draw', a[-1])) or draw(*a))
     assert cli.main(['explain', *paths, '-o', str(tmp_path / 'maps'), '--backbone', str(tiny_rn)]) == 0
     assert [kind for kind, _ in events] == ['read', 'draw'] * 3
+
+
+def test_a_name_too_long_for_its_picture_is_named_and_the_others_drawn(tiny_rn, tmp_path, capsys):
+    """Issue 27 point 6: one image whose picture name the file system refuses fails alone (exit status 1)."""
+    short = _photo(tmp_path / 'in/short.png', 230, 240, 1)
+    long = _photo(tmp_path / 'in' / ('l' * 250 + '.png'), 230, 240, 2)  # 250 + len('_explain.png') > 255 bytes
+    status = cli.main(['explain', short, long, '-o', str(tmp_path / 'maps'), '--backbone', str(tiny_rn)])
+    captured = capsys.readouterr()
+    assert status == 1
+    assert captured.out.split() == [str(tmp_path / 'maps/short_explain.png')]
+    errors = captured.err.splitlines()
+    assert errors[0].startswith(f'pyiqa-maclip explain: {long}: no picture can be named')
+    assert f'longer than the {os.pathconf(tmp_path, "PC_NAME_MAX")} bytes the file system takes' in errors[0]
+    assert errors[-1] == 'pyiqa-maclip explain: 1 pictures written, 1 images failed'
+
+
+def test_explain_builds_its_metric_as_score_does(tiny_rn, tmp_path, monkeypatch, capsys):
+    """Issue 26 point 4: explain's metric comes from scorers.Recipe, with the options the command was given."""
+    from pyiqa_maclip.app import scorers
+
+    built = []
+    build = scorers.Recipe.build
+    monkeypatch.setattr(scorers.Recipe, 'build', lambda self, device: built.append((self, device)) or build(self, device))
+    path = _photo(tmp_path / 'in/p.png', 230, 240, 0)
+    assert cli.main(['explain', path, '-o', str(tmp_path / 'maps'), '--backbone', str(tiny_rn), '--precision', 'bf16']) == 0
+    [(recipe, device)] = built
+    assert (recipe.metric, recipe.options, device) == ('maclip', {'backbone': str(tiny_rn), 'precision': 'bf16'}, 'cpu')
+
+
+def test_output_names_take_linear_time():
+    """Naming counts names instead of comparing every pair: four times the paths take about four times as long
+    (a pairwise count would take sixteen). Compared with itself on this machine: no absolute threshold."""
+    import time
+
+    def seconds(count):
+        paths = [f'/photos/{i % (count // 2)}/{i // 2}.jpg' for i in range(count)]  # every stem shared once
+        best = float('inf')
+        for _ in range(3):
+            start = time.perf_counter()
+            output_names(paths, Path('/out'))
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    assert seconds(20_000) / seconds(5_000) < 8

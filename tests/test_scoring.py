@@ -32,12 +32,15 @@ from torchvision.transforms.functional import to_tensor
 from pyiqa_maclip.app import cli
 from pyiqa_maclip.app.files import WorkFiles
 from pyiqa_maclip.app.inputs import collect_paths, image_extensions
+from pyiqa_maclip.app.journal import display_path
 from pyiqa_maclip.errors import UserError
-from pyiqa_maclip.names import COMPONENTS
+from pyiqa_maclip.names import COMPONENTS, METRIC_COLUMNS
 from pyiqa_maclip.testing import Rounding, assert_within_rounding, random_images, rounding_bound
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS, ERROR_COLUMNS = ('path', *COMPONENTS), ('path', 'error')
+#: The header of MA-CLIP's scores CSV: every row ends with the metric and its direction (issue 28).
+HEADER = [*COLUMNS, *METRIC_COLUMNS]
 
 
 def pixels(height: int, width: int, seed: int, channels: int = 3) -> np.ndarray:
@@ -138,10 +141,11 @@ def assert_same_scores(actual: list[list[str]], expected: list[list[str]], round
     """The same paths in the same order, and in both outputs every component of every image within
     float32 rounding of its float64 computation (``rounding``, for the images in that order): runs
     that batch images otherwise round otherwise. The CSV's 9 significant digits hold a float32 exactly."""
-    assert actual[0] == expected[0] == list(COLUMNS)
+    assert actual[0] == expected[0] == HEADER
     assert [row[0] for row in actual] == [row[0] for row in expected]
     for rows in (actual, expected):
-        values = np.array([row[1:] for row in rows[1:]], dtype=float)
+        assert all(row[len(COLUMNS):] == ['maclip', 'False'] for row in rows[1:])
+        values = np.array([row[1:len(COLUMNS)] for row in rows[1:]], dtype=float)
         for column, field in enumerate(COLUMNS[1:]):
             assert_within_rounding(values[:, column], rounding, field)
 
@@ -182,12 +186,13 @@ def test_collection_with_broken_files(collection, baseline, tiny_metric, collect
         assert stat.S_IMODE(file.stat().st_mode) == 0o666 & ~umask
 
     rows = read_csv_rows(output)
-    assert rows[0] == list(COLUMNS) and [row[0] for row in rows[1:]] == collection.good
+    assert rows[0] == HEADER and [row[0] for row in rows[1:]] == collection.good
+    assert all(row[len(COLUMNS):] == ['maclip', 'False'] for row in rows[1:])
     # The same files decoded independently (PIL, RGB, to_tensor) and scored by the metric itself:
     # both within float32 rounding of the float64 computation.
     with torch.no_grad():
         direct = tiny_metric.score_images([decoded(p) for p in collection.good])
-    values = np.array([row[1:] for row in rows[1:]], dtype=float)
+    values = np.array([row[1:len(COLUMNS)] for row in rows[1:]], dtype=float)
     for column, field in enumerate(COLUMNS[1:]):
         assert_within_rounding(values[:, column], collection_rounding, field)
         assert_within_rounding(getattr(direct, field), collection_rounding, field)
@@ -297,8 +302,13 @@ def test_resume_after_kill_9_and_a_damaged_export(collection, baseline, collecti
     done = journal_rows(output)
     assert 3 <= done < collection.total  # killed halfway
     # Whatever this run's CSV holds (here: damage of every kind) costs no row: the journal is the truth.
-    output.write_bytes(b'path,score\n\n\n/x/y.png,0.5\n\x00\x00garbage,"unterminated\n')
-
+    # A changed export is no longer the run's to replace (issue 27): refused by name, kept; once moved
+    # away, the run resumes.
+    damaged = b'path,score\n\n\n/x/y.png,0.5\n\x00\x00garbage,"unterminated\n'
+    output.write_bytes(damaged)
+    status, _, stderr = score_collection(collection, output, tiny_rn, '--num-workers', 1)
+    assert status == 2 and f'the output {output} is in the way' in stderr and output.read_bytes() == damaged
+    output.unlink()
     status, stdout, stderr = score_collection(collection, output, tiny_rn, '--num-workers', 1)
     assert status == 1
     remaining = collection.total - done
@@ -307,6 +317,55 @@ def test_resume_after_kill_9_and_a_damaged_export(collection, baseline, collecti
     assert_same_scores(read_csv_rows(output), read_csv_rows(baseline[2]), collection_rounding)
     assert output.with_name('scores.errors.csv').read_text() == baseline[2].with_name('scores.errors.csv').read_text()
     assert listing(tmp_path) == FINISHED_RUN
+
+
+# Decodes slowly in its worker processes, so that they can be killed mid-run.
+SLOW_DECODING = '''
+import sys, time
+from pyiqa_maclip.app import cli, images
+read_image = images.read_image
+images.read_image = lambda *a, **k: time.sleep(0.15) or read_image(*a, **k)
+sys.exit(cli.main(sys.argv[1:]))
+'''
+
+
+def children(pid: int) -> list[int]:
+    with open(f'/proc/{pid}/task/{pid}/children', encoding='ascii') as listing_:
+        return [int(child) for child in listing_.read().split()]
+
+
+@pytest.mark.slow  # a fresh interpreter whose decoding workers are killed
+@pytest.mark.skipif(not os.path.exists(f'/proc/{os.getpid()}/task/{os.getpid()}/children'), reason='needs Linux /proc')
+def test_killed_decoding_workers_never_hang_the_run(tiny_rn, tmp_path):
+    """Issue 27, point 2: SIGKILL on decoding workers at random moments (the out-of-memory killer):
+    the run ends by itself, the images in flight are failed with the reason, every row is kept, and
+    a rerun with --retry-failed finishes the job."""
+    rng = random.Random(27)
+    folder = tmp_path / 'in'
+    folder.mkdir()
+    for i in range(16):
+        (folder / f'{i:02d}.png').write_bytes(encoded(pixels(32 + i, 36, 80 + i), 'PNG'))
+    output = tmp_path / 'scores.csv'
+    args = ['score', folder, '--output', output, '--backbone', tiny_rn, '--num-workers', 2, '--batch-size', 2,
+            '--no-progress']
+    run = subprocess.Popen([sys.executable, '-c', SLOW_DECODING, *map(str, args)], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    killed = 0
+    while run.poll() is None and killed < 4:
+        time.sleep(rng.uniform(0.1, 0.6))
+        with contextlib.suppress(OSError, ValueError):
+            victims = children(run.pid)
+            if victims:
+                os.kill(rng.choice(victims), signal.SIGKILL)
+                killed += 1
+    stdout, stderr = run.communicate(timeout=600)  # the safety net, not the assertion: it ends by itself
+    assert killed > 0 and run.returncode in (0, 1), stderr
+    rows = read_csv_rows(output)[1:]
+    failed = read_csv_rows(output.with_name('scores.errors.csv'))[1:] if run.returncode else []
+    assert len(rows) + len(failed) == 16 and len(failed) <= killed
+    assert all(error == 'the decoding process died (signal 9)' for _, error in failed)
+    assert score(folder, '--output', output, '--backbone', tiny_rn, '--retry-failed')[0] == 0
+    assert sorted(row[0] for row in read_csv_rows(output)[1:]) == sorted(str(p) for p in folder.iterdir())
 
 
 @pytest.mark.slow  # a fresh interpreter holding the output
@@ -416,8 +475,12 @@ def test_rows_of_other_inputs_and_users_files_are_kept(collection, baseline, tin
              'scores.meta.json': b'{}', '.scores.lock': b''}
     for name, data in users.items():
         (tmp_path / name).write_bytes(data)
-    # A damaged export (a blank line) and a second input set: nothing of the first is lost.
-    output.write_bytes(output.read_bytes().replace(b'\r\n', b'\r\n\r\n', 1))
+    # A damaged export (a blank line) is no longer the run's: refused, kept. Deleted, it costs nothing:
+    # with a second input set, nothing of the first is lost.
+    damaged = output.read_bytes().replace(b'\r\n', b'\r\n\r\n', 1)
+    output.write_bytes(damaged)
+    assert score_collection(collection, output, tiny_rn)[0] == 2 and output.read_bytes() == damaged
+    output.unlink()
     assert score_collection(collection, output, tiny_rn)[0] == 1
     rows = read_csv_rows(output)
     assert [r[0] for r in rows[1:]] == [*collection.good, str(lonely)]  # this run's inputs first
@@ -463,13 +526,40 @@ def test_every_file_name_round_trips(tiny_rn, tmp_path):
     output = tmp_path / 'scores.csv'
     status, stdout, _ = score(tmp_path / 'odd', '--output', output, '--backbone', tiny_rn)
     assert status == 0 and stdout.startswith(f'scored {len(paths)} images, 0 failed')
-    written = [os.fsencode(p).decode('utf-8', 'backslashreplace') for p in paths]  # the documented form
+    written = [display_path(os.fsencode(p)) for p in paths]  # the documented form (checked in test_path_text)
     frame = pd.read_csv(output)
     assert len(frame) == len(paths) and list(frame['path']) == written
     with open(output, newline='', encoding='utf-8') as f:
         assert [row['path'] for row in csv.DictReader(f)] == written
     status, stdout, _ = score(tmp_path / 'odd', '--output', output, '--backbone', tiny_rn)
     assert status == 0 and f'0 processed in this run, {len(paths)} done before' in stdout
+
+
+def test_path_text_is_one_text_per_name_and_back(tiny_rn, tmp_path):
+    """Issue 27, point 4: a name holding the byte 0xff and one holding the four characters \\xff print
+    differently, and the text turns back into exactly the file's bytes (docs/collections.md)."""
+    from pyiqa_maclip.app.journal import decode_path_text
+    from pyiqa_maclip.errors import UserError
+
+    cases = {b'plain.png': 'plain.png', 'caf\u00e9.png'.encode(): 'caf\u00e9.png', b'bad\xff.png': 'bad\\xff.png',
+             b'bad\\xff.png': 'bad\\\\xff.png', b'a\\b': 'a\\\\b', b'\xed\xa0\x80.png': '\\xed\\xa0\\x80.png'}
+    for raw, text in cases.items():
+        assert display_path(raw) == text and os.fsencode(decode_path_text(text)) == raw
+    for text in ('a\\qb', 'end\\', 'short\\x4'):
+        with pytest.raises(UserError, match='a backslash must start'):
+            decode_path_text(text)
+
+    folder = tmp_path / 'in'
+    folder.mkdir()
+    for i, name in enumerate((b'bad\xff.png', b'bad\\xff.png')):
+        with open(os.fsencode(folder) + b'/' + name, 'wb') as f:
+            f.write(encoded(pixels(33, 40, 60 + i), 'PNG'))
+    output = tmp_path / 'scores.csv'
+    assert score(folder, '--output', output, '--backbone', tiny_rn)[0] == 0
+    texts = [row[0] for row in read_csv_rows(output)[1:]]
+    assert len(set(texts)) == 2
+    assert sorted(os.fsencode(decode_path_text(t)) for t in texts) == sorted(
+        os.fsencode(folder) + b'/' + n for n in (b'bad\xff.png', b'bad\\xff.png'))
 
 
 @pytest.mark.slow  # kill -9 of fresh interpreters, three times
@@ -550,6 +640,38 @@ def test_two_processes_give_the_single_process_output(collection, collection_rou
     assert listing(WorkFiles(sharded).folder) == ['lock', 'rank0.lock', 'rank0.sqlite3', 'rank1.lock']
 
 
+@pytest.mark.slow  # ten accelerate launches of two processes
+def test_a_two_process_run_can_be_rerun_every_time(tiny_rn, tmp_path):
+    """Issue 27, point 3: rerun after it finished (nothing to score: the exports are written again),
+    after an export was deleted, and with new images; 10 times in a row, every one must work (7 in 8
+    failed when the main process read the other's journal while it was being created)."""
+    folder = tmp_path / 'in'
+    folder.mkdir()
+    for i in range(4):
+        (folder / f'{i}.png').write_bytes(encoded(pixels(32, 32, 90 + i), 'PNG'))
+    output = tmp_path / 'scores.csv'
+    launch = [Path(sys.executable).with_name('accelerate'), 'launch', '--multi_gpu', '--num_processes', 2,
+              '--num_machines', 1, '--mixed_precision', 'no', '--dynamo_backend', 'no']
+    env = {**os.environ, 'HF_HOME': str(tmp_path / 'hf'), 'ACCELERATE_USE_CPU': 'true', 'CUDA_VISIBLE_DEVICES': '',
+           'OMP_NUM_THREADS': '1'}
+    total = 4
+    for attempt in range(10):
+        if attempt % 3 == 1:
+            output.unlink()  # deleted: written again
+        elif attempt % 3 == 2:
+            (folder / f'new{attempt}.png').write_bytes(encoded(pixels(32, 32, attempt), 'PNG'))
+            total += 1
+        written = output.stat().st_mtime_ns if output.exists() else None
+        run = subprocess.run([*map(str, launch), '--main_process_port', str(free_port()), '-m', 'pyiqa_maclip',
+                              'score', str(folder), '--output', str(output), '--backbone', str(tiny_rn),
+                              '--num-workers', '0', '--no-progress'],
+                             env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
+        assert run.returncode == 0, f'rerun {attempt}: {run.stderr[-3000:]}'
+        assert run.stdout.count(f'scored {total} images, 0 failed') == 1, run.stdout
+        assert len(read_csv_rows(output)) == total + 1 and output.stat().st_mtime_ns != written
+        assert listing(WorkFiles(output).folder) == ['lock', 'rank0.lock', 'rank0.sqlite3', 'rank1.lock']
+
+
 @pytest.mark.slow  # an accelerate launch of two processes
 def test_a_problem_only_the_main_process_sees_is_one_line_in_every_process(collection, tiny_rn, tmp_path):
     """The journal is the main process's to open: every process stops with its line, no gloo traceback."""
@@ -594,12 +716,41 @@ def test_weights_that_fail_to_load_leave_no_trace(tiny_rn, tmp_path, monkeypatch
     status, _, stderr = score(image, '--output', output, '--backbone', junk)
     assert status == 2 and stderr.count('\n') == 2  # the "to score" line and the error
     assert stderr.splitlines()[-1].startswith(f'pyiqa-maclip score: error: {junk} is not a CLIP checkpoint')
+    assert listing(tmp_path) == ['in', 'model.pt']  # refused: no work folder, lock or empty journal left (issue 27)
     # The next run with good weights is not refused as "made with other settings".
     assert score(image, '--output', output, '--backbone', tiny_rn)[0] == 0
 
     monkeypatch.setenv('PYIQA_MACLIP_OFFLINE', 'maybe')
     status, _, stderr = score(image, '--output', output, '--backbone', tiny_rn)
     assert status == 2 and stderr.count('\n') == 1 and 'PYIQA_MACLIP_OFFLINE' in stderr and '--backbone' not in stderr
+
+
+def test_options_are_compared_as_the_values_maclip_uses(tiny_rn, tmp_path):
+    """Issue 27, point 6: '1e-1' and 0.1 are one box_lam, '256' and 256 one stride, 'true' and True one
+    flag, whoever passes them (the command line or the Python API); a value MA-CLIP refuses is refused
+    before anything is written."""
+    from pyiqa_maclip.app.engine import score_collection
+    from pyiqa_maclip.app.scorers import Recipe
+
+    def fingerprint(**options):
+        return Recipe(options={'backbone': str(tiny_rn), **options}).fingerprint
+
+    assert fingerprint(box_lam='1e-1', stride='256', pos_embedding='true') == fingerprint(
+        box_lam=0.1, stride=256, pos_embedding=True)
+    assert fingerprint(box_lam='1e-1') != fingerprint(box_lam=0.2)
+    image = tmp_path / 'in' / 'a.png'
+    image.parent.mkdir()
+    image.write_bytes(encoded(pixels(40, 40, 1), 'PNG'))
+    output = tmp_path / 'scores.csv'
+    recipe = Recipe(options={'backbone': str(tiny_rn), 'box_lam': '1e-1'})
+    assert score_collection([str(image)], output, recipe, progress=False, num_workers=0).complete
+    summary = score_collection([str(image)], output, Recipe(options={'backbone': str(tiny_rn), 'box_lam': 0.1}),
+                               progress=False, num_workers=0)
+    assert summary.processed == 0 and summary.complete  # resumed, not refused
+    with pytest.raises(UserError, match=r'box_lam must be a real number in \[-10, 10\]'):
+        score_collection([str(image)], tmp_path / 'other.csv', Recipe(options={'backbone': str(tiny_rn),
+                                                                               'box_lam': 'lots'}))
+    assert not (tmp_path / '.other.csv.pyiqa-maclip').exists()
 
 
 @pytest.mark.parametrize('native', [False, True])

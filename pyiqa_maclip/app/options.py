@@ -1,12 +1,23 @@
-"""Command-line options several subcommands share (argparse only: no torch)."""
+"""Command-line options several subcommands share, and their checks before torch and pyiqa load."""
 from __future__ import annotations
 
 import argparse
+import ctypes
+import importlib.util
+import os
+import re
+import sys
 from collections.abc import Callable
 
+from ..errors import UserError
 from ..names import PRECISIONS
 
-__all__ = ['integer_at_least', 'add_backbone', 'add_device', 'add_precision', 'add_loading']
+__all__ = ['integer_at_least', 'add_backbone', 'add_device', 'add_precision', 'add_loading', 'parse_options',
+           'parse_value', 'device_syntax_problem', 'check_device']
+
+#: Device types torch knows (``torch.device('gpu')`` is refused by torch too).
+DEVICE_TYPES = ('cpu', 'cuda', 'mps', 'xpu', 'hpu', 'mtia', 'meta', 'xla', 'privateuseone')
+_DEVICE = re.compile(r'(?P<kind>[a-z_]+)(?::(?P<index>\d+))?')
 
 
 def integer_at_least(minimum: int) -> Callable[[str], int]:
@@ -45,3 +56,88 @@ def add_loading(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--pixel-budget', type=integer_at_least(1), default=128, metavar='MEGAPIXELS',
                         help='most pixels of the images in flight (decoding, waiting, scoring), whatever the batch '
                              'size and workers; a larger image is taken alone (default: 128, about 384 MB of 8-bit RGB)')
+
+
+def parse_value(text: str) -> str | int | float | bool:
+    """An ``--option`` value: an integer or a real number by Python's ``int()``/``float()`` rules (``1e-1`` is
+    0.1), ``true``/``false`` (any case) a flag, anything else the text itself."""
+    for number in (int, float):
+        try:
+            return number(text)
+        except ValueError:
+            pass
+    return {'true': True, 'false': False}.get(text.strip().lower(), text)
+
+
+def parse_options(pairs: list[str]) -> dict:
+    """``['box_lam=0.3', 'backbone=RN101']`` -> ``{'box_lam': 0.3, 'backbone': 'RN101'}`` (see :func:`parse_value`)."""
+    options = {}
+    for pair in pairs:
+        key, equals, text = pair.partition('=')
+        if not equals or not key.strip().isidentifier():
+            raise UserError(f'--option {pair}: expected KEY=VALUE, e.g. --option box_lam=0.3')
+        options[key.strip()] = parse_value(text)
+    return options
+
+
+def device_syntax_problem(device: str) -> str | None:
+    """Why ``device`` is not a torch device string (``cpu``, ``cuda``, ``cuda:1``, ``mps``, ...), or None."""
+    match = _DEVICE.fullmatch(device)
+    if match is None or match['kind'] not in DEVICE_TYPES:
+        return f'expected a torch device such as cpu, cuda, cuda:1 or mps ({", ".join(DEVICE_TYPES)})'
+    if match['index'] is not None and match['kind'] == 'cpu':
+        return 'expected cpu without an index'
+    return None
+
+
+def _torch_build(field: str) -> str | None:
+    """A field of the installed torch's ``version.py`` (``cuda``, ``hip``) as written there, read
+    without importing torch; None if it cannot be read."""
+    spec = importlib.util.find_spec('torch')
+    if spec is None or spec.origin is None:
+        return None
+    try:
+        with open(os.path.join(os.path.dirname(spec.origin), 'version.py'), encoding='utf-8') as file:
+            text = file.read()
+    except OSError:
+        return None
+    found = re.search(rf'^{field}\s*(?::[^=\n]*)?=\s*(.+?)\s*$', text, re.MULTILINE)
+    return found[1] if found else None
+
+
+def _cuda_lacking_without_torch() -> str | None:
+    """Why CUDA surely cannot be used here, found without torch (seconds saved); None if torch must tell."""
+    if _torch_build('cuda') == 'None' and _torch_build('hip') == 'None':
+        return 'not available on this machine: the installed torch is a CPU-only build (no CUDA)'
+    if os.environ.get('CUDA_VISIBLE_DEVICES', None) in ('', '-1'):
+        return 'not available on this machine: CUDA_VISIBLE_DEVICES hides every GPU'
+    if sys.platform.startswith('linux') and _torch_build('hip') == 'None':
+        try:
+            ctypes.CDLL('libcuda.so.1')
+        except OSError:
+            return 'not available on this machine: no NVIDIA driver (libcuda) is installed'
+    return None
+
+
+def check_device(device: str | None) -> None:
+    """A :class:`UserError` naming ``--device`` if it is no torch device, or one this machine lacks.
+
+    The spelling and the plain absence of CUDA or MPS are told without torch; whether a GPU index
+    exists loads torch (seconds), never pyiqa.
+    """
+    if device is None:
+        return
+    problem = device_syntax_problem(device)
+    kind = device.partition(':')[0]
+    if problem is None and kind == 'cuda':
+        problem = _cuda_lacking_without_torch()
+    if problem is None and kind == 'mps' and sys.platform != 'darwin':
+        problem = "not available on this machine: MPS is Apple's GPU (macOS only)"
+    if problem is None and kind != 'cpu':
+        import torch
+
+        from .engine import device_problem
+
+        problem = device_problem(torch.device(device))
+    if problem:
+        raise UserError(f'--device {device}: {problem}')

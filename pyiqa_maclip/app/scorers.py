@@ -19,8 +19,9 @@ from typing import Protocol
 import torch
 
 from ..errors import UserError
-from ..names import ARCH_NAME, COMPONENTS
+from ..names import COMPONENTS, is_maclip
 from ..version import __version__
+from .images import as_float
 
 __all__ = ['Scorer', 'Recipe', 'MaclipScorer', 'PyiqaScorer']
 
@@ -43,8 +44,20 @@ def _json_ready(value):
     return value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
 
 
-def _as_float(image: torch.Tensor) -> torch.Tensor:
-    return image.float().div_(255) if image.dtype == torch.uint8 else image.float()
+def _maclip_values(settings: dict) -> dict:
+    """MA-CLIP's options as the values it computes with, parsed as :class:`~pyiqa_maclip.arch.MACLIP`
+    parses them (``'1e-1'`` and ``0.1`` are one value; ``half=True`` is ``precision='fp16'``); the
+    options that change no number left out."""
+    from ..precision import parse_precision
+    from ..validation import count_option, flag_option, prompt_pairs, real_option
+
+    parsers = {'box_lam': real_option, 'base_cos': real_option, 'base_norm': real_option, 'alpha': real_option,
+               'patch_size': count_option, 'stride': count_option, 'pos_embedding': flag_option,
+               'prompts': lambda _, value: prompt_pairs(value)}
+    values = {name: parsers[name](name, value) if name in parsers else value for name, value in settings.items()
+              if name not in _NOT_IN_FINGERPRINT}
+    values['precision'] = parse_precision(values['precision'], flag_option('half', values.pop('half')))
+    return values
 
 
 @dataclass
@@ -71,7 +84,7 @@ class Recipe:
 
     @property
     def is_maclip(self) -> bool:
-        return self.config['metric_opts'].get('type') == ARCH_NAME
+        return is_maclip(self.config['metric_opts'])
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -99,14 +112,10 @@ class Recipe:
             return {'metric': self.metric, 'options': _json_ready(self.options), 'pyiqa': pyiqa.__version__,
                     'pyiqa_maclip': __version__}
         from ..arch import MACLIP
-        from ..precision import parse_precision
-        from ..validation import flag_option
 
         defaults = {name: p.default for name, p in inspect.signature(MACLIP).parameters.items()
                     if p.default is not inspect.Parameter.empty}
-        settings = {**defaults, **self.config['metric_opts'], **self.options}
-        settings['precision'] = parse_precision(settings['precision'], flag_option('half', settings.pop('half')))
-        settings = {k: v for k, v in settings.items() if k not in _NOT_IN_FINGERPRINT}
+        settings = _maclip_values({**defaults, **self.config['metric_opts'], **self.options})
         return {'metric': 'maclip', 'checkpoint_sha256': self.checkpoint.sha256, 'options': _json_ready(settings),
                 'pyiqa_maclip': __version__}
 
@@ -153,7 +162,7 @@ class PyiqaScorer:
         values: list[float] = [0.0] * len(images)
         for indices in groups.values():
             # Grayscale is replicated to RGB, as pyiqa's own reader gives it.
-            batch = torch.stack([_as_float(images[i]).expand(3, -1, -1) for i in indices])
+            batch = torch.stack([as_float(images[i]).expand(3, -1, -1) for i in indices])
             out = torch.as_tensor(self.model(batch)).detach().float().flatten().cpu()
             if out.numel() != len(indices):  # a metric that cannot batch: the engine retries one by one
                 raise ValueError(f'the metric returned {out.numel()} values for {len(indices)} images')

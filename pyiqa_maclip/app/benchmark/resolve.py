@@ -7,11 +7,11 @@ against what its arch accepts, and only MA-CLIP metrics may predict a component.
 """
 from __future__ import annotations
 
-import inspect
 import os
 from collections.abc import Mapping
 
 from ...names import is_maclip
+from ..metric_options import accepted_options
 from .schema import (
     RESERVED_METRIC_KEYS, ConfigFile, CustomDatasetEntry, MetricEntry, PyiqaDatasetEntry, read_config, validated,
 )
@@ -89,37 +89,6 @@ def _resolve_base(name: str, table: Mapping[str, MetricEntry],
     )
 
 
-def _registered_arch(arch: str):
-    """The class pyiqa registered as ``arch``, or None. pyiqa imports its own arch modules only when
-    it builds a network, through ``pyiqa.archs._lazy_import_arch`` (private in 0.1.16, no public
-    counterpart): it is called here, in this one place, so that options are checked without building."""
-    import pyiqa.archs
-    from pyiqa.utils.registry import ARCH_REGISTRY
-
-    lazy_import = getattr(pyiqa.archs, '_lazy_import_arch', None)
-    if arch not in ARCH_REGISTRY and lazy_import is not None:
-        lazy_import(arch)
-    return ARCH_REGISTRY.get(arch) if arch in ARCH_REGISTRY else None
-
-
-def _accepted_options(pyiqa_name: str) -> set[str] | None:
-    """Keyword options ``create_metric`` accepts for this metric; None if it cannot tell."""
-    import torch
-    from pyiqa.default_model_configs import DEFAULT_CONFIGS
-    from pyiqa.models.inference_model import InferenceModel
-
-    cls = _registered_arch(DEFAULT_CONFIGS[pyiqa_name]['metric_opts']['type'])
-    if cls is None:
-        return None
-    wrapper = set(inspect.signature(InferenceModel).parameters) - {'metric_name', 'device', 'kwargs'}
-    if cls.__init__ is torch.nn.Module.__init__:
-        return wrapper
-    parameters = inspect.signature(cls).parameters.values()
-    if any(p.kind is p.VAR_KEYWORD for p in parameters):
-        return None
-    return wrapper | {p.name for p in parameters if p.kind is not p.VAR_POSITIONAL}
-
-
 def _metric(name: str, table: Mapping[str, MetricEntry]) -> MetricSpec:
     from pyiqa.default_model_configs import DEFAULT_CONFIGS
 
@@ -130,7 +99,7 @@ def _metric(name: str, table: Mapping[str, MetricEntry]) -> MetricSpec:
         raise BenchmarkConfigError(
             f'{where}.component: only MA-CLIP metrics have components (q_sim, q_mag); {pyiqa_name!r} is not one'
         )
-    accepted = _accepted_options(pyiqa_name)
+    accepted = accepted_options(pyiqa_name)
     if accepted is not None:
         unknown = sorted(set(options) - accepted)
         if unknown:

@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..options import add_device, add_loading, add_precision
+from ..options import add_device, add_loading, add_precision, check_device
 
 __all__ = ['add_parser', 'run']
 
@@ -41,15 +41,14 @@ def run(args: argparse.Namespace) -> int:
     from ..files import check_writable_folder
 
     weights.check_environment()
+    check_device(args.device)
     raw = read_config(args.config)
     check_writable_folder(args.output_dir, f'the results (--output-dir {args.output_dir})')
     Layout(args.output_dir).check(raw['metrics'], raw['datasets'])
 
     from ..benchmark.resolve import parse_config
     from ..benchmark.runner import run_benchmark, with_precision
-    from .score import check_device
 
-    check_device(args.device)
     config = with_precision(parse_config(raw, data_root=args.data_root), args.precision)
     try:
         return run_benchmark(config, args.output_dir, device=args.device, force=args.force,

@@ -4,14 +4,16 @@ fails is named with its error and the others go on (exit status 1)."""
 from __future__ import annotations
 
 import argparse
+import errno
 import gc
+import os
 import sys
 from pathlib import Path
 
-from ...errors import UserError, error_text
+from ...errors import UserError, error_text, one_line
 from ...names import LIST_SUFFIXES
 from ..files import check_writable_folder, refuse_special, shown
-from ..options import add_backbone, add_device, add_precision
+from ..options import add_backbone, add_device, add_precision, check_device
 
 __all__ = ['add_parser', 'run']
 
@@ -43,40 +45,73 @@ def run(args: argparse.Namespace) -> int:
         weights.check_backbone(args.backbone)
     except UserError as error:
         raise UserError(f'--backbone {args.backbone}: {error}') from None
+    check_device(args.device)
     paths = collect_paths(args.images)
     if not paths:
         raise UserError(f'no image files found in {", ".join(args.images)}')
     if args.output.exists() and not args.output.is_dir():
         raise UserError(f'-o {shown(args.output)} is not a folder: expected the folder to write the pictures into')
     check_writable_folder(args.output, 'the pictures')
-    from ..explain import output_names
-
-    outputs = output_names(paths, args.output)
-    for output in outputs:
-        refuse_special(output, 'the picture')
-        if output.exists() and not args.overwrite:
-            raise UserError(f'{shown(output)} exists: pass --overwrite to replace it, or choose another -o folder')
-
-    from ...arch import MACLIP
-    from .score import check_device
-
-    check_device(args.device)
-    metric = MACLIP(backbone=weights.resolve(args.backbone), precision=args.precision or 'fp32')
-    metric = metric.to(args.device or 'cpu').eval()
-    args.output.mkdir(parents=True, exist_ok=True)
-    # What is loaded now stays: frozen, the collection after each picture scans only that picture's
-    # objects (a full one takes 0.3 s with torch loaded).
-    gc.freeze()
-    try:
-        failed = _draw_each(paths, outputs, metric, args)
-    finally:
-        gc.unfreeze()
+    jobs, failed = _pictures_to_draw(paths, args.output, args.overwrite)
+    if jobs:
+        failed += _draw_all(jobs, args)
     if failed:
         print(f'pyiqa-maclip explain: {len(paths) - failed} pictures written, {failed} images failed', file=sys.stderr)
     return 1 if failed else 0
 
 
-def _draw_each(paths, outputs, metric, args) -> int:
+def _draw_all(jobs: list[tuple[str, Path]], args: argparse.Namespace) -> int:
+    """Build the metric as ``score`` builds ``maclip`` with these options (the same numbers), then draw every
+    picture; how many images failed."""
+    from ..scorers import Recipe
+
+    options = {'backbone': args.backbone, **({'precision': args.precision} if args.precision else {})}
+    metric = Recipe('maclip', options).build(args.device or 'cpu').metric
+    args.output.mkdir(parents=True, exist_ok=True)
+    # What is loaded now stays: frozen, the collection after each picture scans only that picture's
+    # objects (a full one takes 0.3 s with torch loaded).
+    gc.freeze()
+    try:
+        return _draw_each(jobs, metric, args)
+    finally:
+        gc.unfreeze()
+
+
+def _name_max(folder: Path) -> int:
+    """The longest file name, in bytes, the file system of ``folder`` (or its nearest existing parent) takes."""
+    existing = Path(os.path.abspath(folder))
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        return os.pathconf(existing, 'PC_NAME_MAX')
+    except (OSError, ValueError):
+        return 255
+
+
+def _pictures_to_draw(paths: list[str], folder: Path, overwrite: bool) -> tuple[list[tuple[str, Path]], int]:
+    """(image, picture) pairs to draw, and how many images cannot have a picture (each named on stderr: a name
+    the file system refuses, e.g. too long). A picture in the way stops the whole run, before anything loads."""
+    from ..explain import output_names
+
+    jobs, failed, longest = [], 0, _name_max(folder)
+    for path, output in zip(paths, output_names(paths, folder)):
+        try:
+            if len(os.fsencode(output.name)) > longest:
+                raise OSError(errno.ENAMETOOLONG, f'longer than the {longest} bytes the file system takes')
+            refuse_special(output, 'the picture')
+            exists = output.exists()
+        except OSError as error:
+            failed += 1
+            print(f'pyiqa-maclip explain: {shown(path)}: no picture can be named {shown(output.name)}: '
+                  f'{one_line(error.strerror or error)}', file=sys.stderr)
+            continue
+        if exists and not overwrite:
+            raise UserError(f'{shown(output)} exists: pass --overwrite to replace it, or choose another -o folder')
+        jobs.append((path, output))
+    return jobs, failed
+
+
+def _draw_each(jobs: list[tuple[str, Path]], metric, args) -> int:
     """Draw every image's picture; how many failed."""
     import torch
 
@@ -84,7 +119,7 @@ def _draw_each(paths, outputs, metric, args) -> int:
     from ..images import read_image
 
     failed = 0
-    for path, output in zip(paths, outputs):
+    for path, output in jobs:
         try:
             image = read_image(path)
             size = tuple(image.shape[-2:])

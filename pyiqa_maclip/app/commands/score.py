@@ -12,9 +12,10 @@ from pathlib import Path
 
 from ...errors import UserError
 from ...names import COMPONENTS, LIST_SUFFIXES
-from ..options import add_device, add_loading, add_precision, integer_at_least
+from ..metric_options import check_metric_options, is_maclip_metric
+from ..options import add_device, add_loading, add_precision, check_device, integer_at_least, parse_options
 
-__all__ = ['add_parser', 'run', 'parse_options', 'check_device']
+__all__ = ['add_parser', 'run']
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -54,24 +55,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
-def parse_options(pairs: list[str]) -> dict:
-    """``['box_lam=0.3', 'backbone=RN101']`` -> ``{'box_lam': 0.3, 'backbone': 'RN101'}`` (values read as YAML
-    scalars: numbers, true/false, text)."""
-    import yaml
-
-    options = {}
-    for pair in pairs:
-        key, equals, text = pair.partition('=')
-        if not equals or not key.strip().isidentifier():
-            raise UserError(f'--option {pair}: expected KEY=VALUE, e.g. --option box_lam=0.3')
-        try:
-            value = yaml.safe_load(text) if text.strip() else text
-        except yaml.YAMLError:
-            value = text
-        options[key.strip()] = value if isinstance(value, (str, int, float, bool)) else text
-    return options
-
-
 def _metric_options(args: argparse.Namespace) -> dict:
     """create_metric options from --option and the MA-CLIP flags, checked as far as can be without pyiqa."""
     from ... import weights
@@ -91,23 +74,9 @@ def _metric_options(args: argparse.Namespace) -> dict:
             weights.check_backbone(options['backbone'])
         except UserError as error:
             raise UserError(f'--backbone {options["backbone"]}: {error}') from None
+    if is_maclip_metric(args.metric):
+        check_metric_options(args.metric, options)
     return options
-
-
-def check_device(device: str | None) -> None:
-    """A :class:`UserError` naming ``--device`` if this machine cannot use it (loads torch, not pyiqa)."""
-    if device is None:
-        return
-    import torch
-
-    from ..engine import device_problem
-
-    try:
-        problem = device_problem(torch.device(device))
-    except RuntimeError:
-        problem = 'expected a torch device such as cpu, cuda, cuda:1 or mps'
-    if problem:
-        raise UserError(f'--device {device}: {problem}')
 
 
 def run(args: argparse.Namespace) -> int:
@@ -117,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
 
     weights.check_environment()
     options = _metric_options(args)
+    check_device(args.device)
     extensions = None if args.extensions is None else parse_extensions(args.extensions.split(','))
     if args.rank_timeout <= 0:
         raise UserError(f'--rank-timeout {args.rank_timeout:g}: expected a positive number of seconds')
@@ -131,11 +101,12 @@ def run(args: argparse.Namespace) -> int:
     from ..engine import score_collection
     from ..scorers import Recipe
 
-    check_device(args.device)
     recipe = Recipe(args.metric, options)
     if not recipe.is_maclip and {'backbone', 'chunk_size', 'precision'} & set(options):
         raise UserError(f'--backbone, --chunk-size, --precision and --half are options of MA-CLIP metrics, not of '
                         f'{args.metric}; give its own options with --option KEY=VALUE')
+    if not is_maclip_metric(args.metric):  # MA-CLIP's were checked above, without torch
+        check_metric_options(args.metric, options)
     log = logging.getLogger('pyiqa_maclip')
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter('%(message)s'))

@@ -1,0 +1,107 @@
+"""``pyiqa-maclip select SCORES.csv --min-score T -o kept.csv``: the rows of a scores CSV that a threshold
+keeps, in the same CSV form (the command the HTML report shows for its threshold)."""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+from ...errors import UserError, one_line
+from ..files import refuse_special, shown
+
+__all__ = ['add_parser', 'run']
+
+
+def _score(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f'expected a finite number, got {text!r}')
+    return value
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        'select', help='the rows of a scores CSV a threshold keeps',
+        description='Write the rows of a CSV written by `pyiqa-maclip score` whose score passes the threshold: '
+                    '--min-score T keeps score >= T (a higher-is-better metric such as MA-CLIP), --max-score T '
+                    'keeps score <= T (a lower-is-better one); both keep the band between. A score equal to the '
+                    'threshold is kept; rows without a finite score never are. Rows keep their order and text.',
+        epilog='exit status: 0 the rows were written, 2 a mistake (no such CSV, no score column, no threshold, '
+               'an output in the way)')
+    parser.add_argument('scores', metavar='SCORES.csv', type=Path, help='the CSV written by pyiqa-maclip score')
+    parser.add_argument('--min-score', type=_score, metavar='T', help='keep the rows with score >= T')
+    parser.add_argument('--max-score', type=_score, metavar='T', help='keep the rows with score <= T')
+    parser.add_argument('-o', '--output', required=True, type=Path, help='the CSV to write, e.g. kept.csv')
+    parser.add_argument('--overwrite', action='store_true', help='replace the output if it exists')
+    return parser
+
+
+def _check(args: argparse.Namespace) -> None:
+    if args.min_score is None and args.max_score is None:
+        raise UserError('no threshold: pass --min-score T (keeps score >= T), --max-score T (keeps score <= T) '
+                        'or both')
+    if args.min_score is not None and args.max_score is not None and args.min_score > args.max_score:
+        raise UserError(f'--min-score {args.min_score} is above --max-score {args.max_score}: no score passes both')
+    if not args.scores.is_file():
+        raise UserError(f'{shown(args.scores)} does not exist or is not a file: expected the CSV written by '
+                        'pyiqa-maclip score')
+    refuse_special(args.output, 'the output')
+    if args.output.exists():
+        if args.output.samefile(args.scores):
+            raise UserError(f'-o {shown(args.output)} is the scores CSV itself: choose another output')
+        if not args.overwrite:
+            raise UserError(f'{shown(args.output)} exists: pass --overwrite to replace it, or choose another -o')
+
+
+def _read(csv_file: Path):
+    """The CSV as text (every cell as written) and its scores as floats (NaN where not a number)."""
+    import pandas as pd
+
+    try:
+        table = pd.read_csv(csv_file, dtype=str, keep_default_na=False)
+    except (OSError, ValueError, pd.errors.ParserError) as error:
+        raise UserError(f'{shown(csv_file)} is not a readable CSV: {one_line(error)}') from None
+    if 'score' not in table.columns:
+        raise UserError(f'{shown(csv_file)} has no score column (columns: {", ".join(table.columns)}): expected '
+                        'the CSV written by pyiqa-maclip score')
+    return table, pd.to_numeric(table['score'], errors='coerce').to_numpy(dtype=float)
+
+
+def _warn_direction(table, args: argparse.Namespace) -> None:
+    """A warning when the only bound given keeps the worst rows of the metric the CSV names."""
+    if 'lower_better' not in table.columns or (args.min_score is not None and args.max_score is not None):
+        return
+    directions = set(table['lower_better'].str.lower())
+    if directions == {'true'} and args.min_score is not None:
+        print('pyiqa-maclip select: warning: the CSV\'s metric is lower-is-better, so --min-score keeps its worst '
+              'rows; --max-score keeps the best', file=sys.stderr)
+    elif directions == {'false'} and args.max_score is not None:
+        print('pyiqa-maclip select: warning: the CSV\'s metric is higher-is-better, so --max-score keeps its worst '
+              'rows; --min-score keeps the best', file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ..files import check_writable_folder
+    from ..journal import write_csv
+
+    _check(args)
+    check_writable_folder(args.output.parent, f'the output {shown(args.output)}')
+    table, scores = _read(args.scores)
+    _warn_direction(table, args)
+    kept = np.isfinite(scores)
+    unscored = int(len(scores) - kept.sum())
+    if args.min_score is not None:
+        kept &= scores >= args.min_score
+    if args.max_score is not None:
+        kept &= scores <= args.max_score
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    write_csv(table[kept].itertuples(index=False, name=None), list(table.columns), args.output)
+    print(f'{shown(args.output)}: {int(kept.sum())} of {len(scores)} rows kept'
+          + (f' ({unscored} without a finite score, never kept)' if unscored else ''))
+    return 0
