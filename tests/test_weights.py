@@ -16,6 +16,7 @@ from pyiqa.archs import clip_model
 from local_server import cache_fixture, files_in, server_fixture  # noqa: F401  (fixtures cache, server)
 
 from pyiqa_maclip import MACLIP, weights
+from pyiqa_maclip import download as downloader
 from pyiqa_maclip.app.scorers import Recipe
 from pyiqa_maclip.errors import UserError
 from pyiqa_maclip.testing import random_images
@@ -139,7 +140,7 @@ def test_the_url_is_labelled_official_or_mirror(cache, monkeypatch):
 @pytest.mark.slow  # waits for a wall-clock timeout
 def test_unresponsive_server_times_out(cache, server, monkeypatch):
     server.mode = 'hang'
-    monkeypatch.setattr(weights, 'DOWNLOAD_TIMEOUT', 1.0)
+    monkeypatch.setattr(downloader, 'DOWNLOAD_TIMEOUT', 1.0)
     start = time.monotonic()
     with pytest.raises(WeightsUnavailableError, match='timed out'):
         weights.resolve('RN50')
