@@ -9,7 +9,6 @@ is read with ``torch.load(weights_only=True)``, which runs none.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import pickle
 import re
@@ -67,16 +66,23 @@ def not_a_checkpoint(path: str | os.PathLike) -> str:
         hint = ' (it is empty)'
     elif head.lstrip().startswith(b'<'):
         hint = ' (it is an HTML or XML page: a web page saved in place of the file?)'
+    elif _is_text(head):
+        hint = ' (it is a text file)'
     else:
-        with contextlib.suppress(UnicodeDecodeError):
-            head.decode('utf-8')
-            hint = ' (it is a text file)'
-    if not hint:
         kind = next((kind for magic, kind in _MAGIC if head.startswith(magic)), None)
         if kind is None and head.startswith(b'PK\x03\x04'):
             kind = 'a zip archive that torch.save did not write, or one cut short'
         hint = f' (it is {kind})' if kind else ''
     return f'{path} is not a CLIP checkpoint: neither a state dict saved with torch.save nor an official OpenAI file{hint}'
+
+
+def _is_text(head: bytes) -> bool:
+    """Whether a file's first bytes are UTF-8 text (a character cut at the end of ``head`` allowed)."""
+    try:
+        head.decode('utf-8')
+    except UnicodeDecodeError as error:
+        return b'\x00' not in head and error.start > len(head) - 4 and error.reason == 'unexpected end of data'
+    return b'\x00' not in head
 
 
 def untrusted_torchscript(path: str | os.PathLike) -> str:

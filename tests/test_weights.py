@@ -5,6 +5,9 @@ entry of the name under test is set to the served file's SHA-256; every other st
 (cache lookup, temporary file, hashing, atomic move, loading) is the real code.
 """
 import hashlib
+import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -212,3 +215,75 @@ def test_a_run_hashes_an_official_file_once(cache, server, monkeypatch):
     assert recipe.fingerprint['checkpoint_sha256'] == weights.OFFICIAL_CHECKPOINTS['RN50'].sha256
     recipe.build('cpu')
     assert hashed == [cache / 'RN50.pt']
+
+
+# ---- what the command line asks before torch loads (issue 28, point 3)
+
+
+@pytest.mark.parametrize('content, kind', [
+    (b'\x89PNG\r\n\x1a\n' + bytes(64), 'a PNG image'),
+    (b'\xff\xd8\xff\xe0' + bytes(64), 'a JPEG image'),
+    (b'%PDF-1.7\n%\xe2\xe3\xcf\xd3\n', 'a PDF document'),
+    (b'PK\x03\x04' + bytes(64), 'a zip archive that torch.save did not write, or one cut short'),
+])
+def test_a_file_that_is_not_a_checkpoint_is_named_for_what_it_is(tmp_path, content, kind):
+    path = tmp_path / 'weights.pt'
+    path.write_bytes(content)
+    with pytest.raises(UserError, match=f'^{path} is not a CLIP checkpoint: .*\\(it is {kind}\\)$'):
+        weights.check_backbone(path)
+
+
+def test_every_kind_of_checkpoint_file_passes_the_torch_free_check(checkpoints, tmp_path):
+    model = torch.nn.Linear(2, 2)
+    torch.save(model.state_dict(), tmp_path / 'legacy.pth', _use_new_zipfile_serialization=False)
+    for path in (checkpoints('tiny-RN'), checkpoints('tiny-RN', 'torchscript'), tmp_path / 'legacy.pth'):
+        assert weights.check_backbone(str(path)) == path
+
+
+def test_offline_without_the_file_is_answered_by_check_backbone(cache, monkeypatch):
+    """No hashing: a file of the right name is enough here; its SHA-256 is checked when it is resolved."""
+    monkeypatch.setenv(weights.OFFLINE_ENV, '1')
+    with pytest.raises(WeightsUnavailableError, match=f"'RN50' are not available \\(downloads are disabled by "
+                                                      f"{weights.OFFLINE_ENV}\\)"):
+        weights.check_backbone('RN50')
+    cache.mkdir(parents=True)
+    (cache / 'RN50.pt').write_bytes(b'not checked yet')
+    assert weights.check_backbone('RN50') == 'RN50'
+    monkeypatch.delenv(weights.OFFLINE_ENV)
+    assert weights.check_backbone('ViT-B/32') == 'ViT-B/32'  # online: downloaded when resolved
+
+
+_COMMAND = '''\
+import sys
+from pyiqa_maclip.app.cli import main
+status = main(sys.argv[1:])
+print('loaded:', sorted({'torch', 'pyiqa'} & {name.split('.')[0] for name in sys.modules}))
+sys.exit(status)
+'''
+
+
+@pytest.mark.slow  # fresh interpreters
+@pytest.mark.parametrize('offline, args, words', [
+    ('', ['score', '{image}', '-o', '{tmp}/s.csv', '--backbone', '{image}'],
+     '--backbone {image}: {image} is not a CLIP checkpoint: neither a state dict saved with torch.save nor an '
+     'official OpenAI file (it is a PNG image)'),
+    ('', ['explain', '{image}', '-o', '{tmp}/x', '--backbone', '{text}'], 'is not a CLIP checkpoint'),
+    ('1', ['score', '{image}', '-o', '{tmp}/s.csv', '--backbone', 'RN50'],
+     f"'RN50' are not available (downloads are disabled by {weights.OFFLINE_ENV})."),
+    ('1', ['explain', '{image}', '-o', '{tmp}/x'], "'RN50' are not available"),
+])
+def test_weights_mistakes_are_answered_before_torch_loads(cache, tmp_path, offline, args, words):
+    """One line, exit status 2, neither torch nor pyiqa imported."""
+    from PIL import Image
+
+    fill = {'tmp': tmp_path, 'image': tmp_path / 'a.png', 'text': tmp_path / 'notes.pt'}
+    Image.new('RGB', (8, 8)).save(fill['image'])
+    fill['text'].write_text('fine-tuned on my photos\n')
+    env = {**os.environ, 'TORCH_HOME': str(cache.parent.parent), weights.OFFLINE_ENV: offline}
+    run = subprocess.run([sys.executable, '-c', _COMMAND, *[a.format(**fill) for a in args]], env=env,
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 2, run.stderr[-2000:]
+    lines = run.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f'pyiqa-maclip {args[0]}: error: '), run.stderr[-2000:]
+    assert words.format(**fill) in lines[0]
+    assert run.stdout == 'loaded: []\n'
