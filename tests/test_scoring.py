@@ -29,12 +29,14 @@ import torch
 from PIL import Image
 from torchvision.transforms.functional import to_tensor
 
+from rounding import Rounding, assert_within_rounding, rounding_bound
+
 from pyiqa_maclip.app import cli
 from pyiqa_maclip.app.files import WorkFiles
 from pyiqa_maclip.app.inputs import collect_paths, image_extensions
 from pyiqa_maclip.errors import UserError
 from pyiqa_maclip.names import COMPONENTS
-from pyiqa_maclip.testing import Rounding, assert_within_rounding, random_images, rounding_bound
+from pyiqa_maclip.testing import random_images
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS, ERROR_COLUMNS = ('path', *COMPONENTS), ('path', 'error')

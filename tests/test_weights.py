@@ -18,8 +18,9 @@ from pyiqa.archs import clip_model
 
 from local_server import cache_fixture, files_in, server_fixture  # noqa: F401  (fixtures cache, server)
 
-from pyiqa_maclip import MACLIP, weights
+from pyiqa_maclip import MACLIP, safe_io, weights
 from pyiqa_maclip import download as downloader
+from pyiqa_maclip.app import cli
 from pyiqa_maclip.app.scorers import Recipe
 from pyiqa_maclip.errors import UserError
 from pyiqa_maclip.testing import random_images
@@ -155,7 +156,35 @@ def test_offline_switch_never_touches_the_network(cache, server, monkeypatch):
     monkeypatch.setenv(weights.OFFLINE_ENV, '1')
     with pytest.raises(WeightsUnavailableError, match='downloads are disabled'):
         weights.resolve('RN50')
-    assert server.requests == 0
+    with pytest.raises(WeightsUnavailableError, match='downloads are disabled'):
+        weights.resolve('RN50', allow_download=True)  # offline means offline, whatever the caller asks
+    with pytest.raises(WeightsUnavailableError, match=f'CLIP RN50 was not downloaded: {weights.OFFLINE_ENV} forbids'):
+        weights.download('RN50', cache)
+    assert server.requests == 0 and server.connections == 0
+    assert not cache.exists()
+
+
+def test_offline_download_command_checks_the_cache_and_connects_nowhere(cache, server, monkeypatch, capsys):
+    """Issue 28, point 5: `download` in offline mode reports as --verify does, and says why it did not download."""
+    monkeypatch.setenv(weights.OFFLINE_ENV, '1')
+    assert cli.main(['download', 'RN50']) == 1
+    out, err = capsys.readouterr()
+    assert out == f'RN50: MISSING (expected {cache / "RN50.pt"})\n'
+    assert err == (f'pyiqa-maclip download: {weights.OFFLINE_ENV} is set: offline mode forbids downloading, so the '
+                   'cached files are only checked\n')
+    assert server.connections == 0 and not cache.exists()  # not even the folder
+
+    monkeypatch.delenv(weights.OFFLINE_ENV)
+    assert cli.main(['download', 'RN50']) == 0
+    monkeypatch.setenv(weights.OFFLINE_ENV, 'yes')
+    capsys.readouterr()
+    assert cli.main(['download', 'RN50']) == 0  # everything asked for is there
+    assert capsys.readouterr().out == f'RN50: ok {cache / "RN50.pt"}\n'
+    (cache / 'RN50.pt').write_bytes(b'damaged')
+    assert cli.main(['download', 'RN50']) == 1
+    assert capsys.readouterr().out == (f'RN50: CORRUPTED {cache / "RN50.pt"} (SHA-256 mismatch; {weights.OFFLINE_ENV} '
+                                       'forbids replacing it)\n')
+    assert server.connections == 1  # the one download made online
 
 
 def test_an_official_torchscript_archive_and_its_state_dict_give_identical_scores(checkpoints, monkeypatch):
@@ -287,3 +316,34 @@ def test_weights_mistakes_are_answered_before_torch_loads(cache, tmp_path, offli
     assert len(lines) == 1 and lines[0].startswith(f'pyiqa-maclip {args[0]}: error: '), run.stderr[-2000:]
     assert words.format(**fill) in lines[0]
     assert run.stdout == 'loaded: []\n'
+
+
+# ---- stand-in weights for a first run without the official file (issue 28, point 4)
+
+
+def test_stand_in_weights_are_written_said_to_be_meaningless_and_score(tmp_path, capsys):
+    path = tmp_path / 'standin.pth'
+    assert cli.main(['download', 'tiny-RN', '--stand-in', str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f'tiny-RN: stand-in written to {path}: RANDOM weights') and 'MEANINGLESS' in out
+    assert [p.name for p in tmp_path.iterdir()] == ['standin.pth']  # no temporary file left
+    assert (path.stat().st_mode & 0o777) == 0o666 & ~safe_io.current_umask()
+    scores = MACLIP(backbone=str(path))(random_images(2, 240, 300))
+    assert scores.shape == (2, 1) and torch.isfinite(scores).all()
+
+
+@pytest.mark.parametrize('args, words', [
+    (['RN51', '--stand-in', '{new}'], '--stand-in {new}: expected one architecture to imitate, one of RN50, '
+                                      'ViT-B/32, tiny-RN, tiny-ViT; got RN51'),
+    (['RN50', 'ViT-B/32', '--stand-in', '{new}'], 'expected one architecture'),
+    (['--stand-in', '{mine}'], '--stand-in {mine}: it exists; delete it or choose another file name'),
+    (['--stand-in', '{tmp}/nowhere/w.pth'], 'the folder {tmp}/nowhere does not exist'),
+    (['--verify', '--stand-in', '{new}'], 'it takes neither --verify nor --dir'),
+])
+def test_stand_in_mistakes(tmp_path, capsys, args, words):
+    fill = {'tmp': tmp_path, 'new': tmp_path / 'w.pth', 'mine': tmp_path / 'mine.pth'}
+    fill['mine'].write_text('my notes\n')
+    assert cli.main(['download', *[a.format(**fill) for a in args]]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('pyiqa-maclip download: error: ') and err.count('\n') == 1 and words.format(**fill) in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['mine.pth'] and fill['mine'].read_text() == 'my notes\n'
