@@ -156,15 +156,19 @@ class Checkpoint:
 def find_cached(name: str, directories: list[Path] | None = None) -> tuple[Path | None, list[Path]]:
     """The first intact file for ``name`` in ``directories`` (default :func:`search_dirs`),
     and any corrupted ones (wrong SHA-256) met on the way."""
-    official = OFFICIAL_CHECKPOINTS[name]
     corrupted = []
-    for directory in search_dirs() if directories is None else directories:
-        path = directory / official.filename
-        if path.is_file():
-            if sha256sum(path) == official.sha256:
-                return path, corrupted
-            corrupted.append(path)
+    for path in _files_named(name, directories):
+        if sha256sum(path) == OFFICIAL_CHECKPOINTS[name].sha256:
+            return path, corrupted
+        corrupted.append(path)
     return None, corrupted
+
+
+def _files_named(name: str, directories: list[Path] | None = None) -> list[Path]:
+    """The files bearing the name of ``name``'s official file in ``directories`` (default
+    :func:`search_dirs`), in order, not verified."""
+    filename = OFFICIAL_CHECKPOINTS[name].filename
+    return [d / filename for d in (search_dirs() if directories is None else directories) if (d / filename).is_file()]
 
 
 def did_you_mean(name: str) -> str:
@@ -185,7 +189,7 @@ def check_backbone(backbone) -> str | Path:
     found = _identify(backbone)
     if isinstance(found, Path):
         checkpoint_files.check_checkpoint_file(found)
-    elif env_flag(OFFLINE_ENV) and not any((d / OFFICIAL_CHECKPOINTS[found].filename).is_file() for d in search_dirs()):
+    elif env_flag(OFFLINE_ENV) and not _files_named(found):
         raise _unavailable(found, f'downloads are disabled by {OFFLINE_ENV}')
     return found
 
@@ -287,7 +291,9 @@ def read_state_dict(backbone) -> dict:
     ``OSError`` if unreadable.
     """
     checkpoint = resolve(backbone)
-    return checkpoint_files.read_state_dict(checkpoint.path, trusted=checkpoint.official)
+    # Only an archive needs its SHA-256 (is it OpenAI's?); a state dict is read as data, unhashed.
+    torchscript = checkpoint_files.file_format(checkpoint.path) == checkpoint_files.TORCHSCRIPT
+    return checkpoint_files.read_state_dict(checkpoint.path, trusted=torchscript and checkpoint.official)
 
 
 def load_clip(backbone='RN50', *, allow_download: bool = True):

@@ -594,8 +594,8 @@ def test_weights_that_fail_to_load_leave_no_trace(tiny_rn, tmp_path, monkeypatch
     junk = tmp_path / 'model.pt'
     junk.write_text('<html><body>Not Found</body></html>')
     status, _, stderr = score(image, '--output', output, '--backbone', junk)
-    assert status == 2 and stderr.count('\n') == 2  # the "to score" line and the error
-    assert stderr.splitlines()[-1].startswith(f'pyiqa-maclip score: error: {junk} is not a CLIP checkpoint')
+    assert status == 2 and stderr.count('\n') == 1  # the error, before anything about images (issue 28, point 3)
+    assert stderr.startswith(f'pyiqa-maclip score: error: --backbone {junk}: {junk} is not a CLIP checkpoint')
     # The next run with good weights is not refused as "made with other settings".
     assert score(image, '--output', output, '--backbone', tiny_rn)[0] == 0
 

@@ -237,6 +237,13 @@ def test_a_run_reads_and_hashes_a_local_checkpoint_once(tiny_rn, monkeypatch):
     assert hashed == [tiny_rn] and read == [tiny_rn]
 
 
+def test_loading_a_local_state_dict_hashes_nothing(tiny_rn, monkeypatch):
+    """Only a TorchScript archive is hashed (to know whether it is OpenAI's); a state dict is data."""
+    hashed = _counting_sha256(monkeypatch)
+    weights.load_clip(tiny_rn)
+    assert hashed == []
+
+
 def test_a_run_hashes_an_official_file_once(cache, server, monkeypatch):
     weights.resolve('RN50')  # downloaded and verified
     hashed = _counting_sha256(monkeypatch)
