@@ -259,7 +259,9 @@ def _unavailable(name: str, why: str, corrupted=()) -> WeightsUnavailableError:
         f'  {label:<14} {official_url(name)}  (SHA-256 {official.sha256})\n'
         f'  to work offline: run `pyiqa-maclip download {name}` on a machine with internet and copy '
         f'{official.filename} into {target.parent} (or into the folder named by ${WEIGHTS_DIR_ENV}), or use a '
-        'local checkpoint file: give its path instead of the name.')
+        'local checkpoint file: give its path instead of the name.\n'
+        '  to try the tools without them: `pyiqa-maclip download --stand-in standin.pth` writes random weights '
+        '(their scores are meaningless); give standin.pth as the backbone.')
 
 
 def download(name: str, directory: str | os.PathLike | None = None, *, progress: bool = True,

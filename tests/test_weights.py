@@ -124,7 +124,7 @@ def test_no_network_fails_fast_with_a_helpful_message(cache, monkeypatch):
     message = str(raised.value)
     for words in ("'ViT-B/32'", str(cache / 'ViT-B-32.pt'), weights.official_url('ViT-B/32'),
                   'pyiqa-maclip download ViT-B/32', weights.WEIGHTS_DIR_ENV, 'mirror URL:',
-                  'give its path instead of the name'):
+                  'give its path instead of the name', 'pyiqa-maclip download --stand-in standin.pth'):
         assert words in message, words
     assert 'backbone=' not in message  # what the command's user typed was --backbone
 
