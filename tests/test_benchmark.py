@@ -25,6 +25,9 @@ from scipy import optimize
 from torchvision.transforms.functional import to_tensor
 
 import pyiqa
+
+from rounding import assert_within_rounding, rounding_bound
+
 from pyiqa_maclip.app import cli
 from pyiqa_maclip.app.benchmark.resolve import parse_config
 from pyiqa_maclip.app.benchmark.datasets import Item
@@ -34,7 +37,7 @@ from pyiqa_maclip.app.engine import score_into
 from pyiqa_maclip.app.images import as_float, read_image
 from pyiqa_maclip.app.journal import SCHEMA_VERSION, Journal
 from pyiqa_maclip.app.scorers import PyiqaScorer
-from pyiqa_maclip.testing import assert_within_rounding, random_images, rounding_bound
+from pyiqa_maclip.testing import random_images
 
 LEVELS = 12
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
