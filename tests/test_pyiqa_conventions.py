@@ -8,7 +8,7 @@ from pyiqa.utils.img_util import imread2tensor
 from torch import nn
 
 import pyiqa
-from rounding import UNIT_ROUNDOFF, assert_within_rounding, rounding_bound
+from rounding import UNIT_ROUNDOFF, rounding_bound
 
 from pyiqa_maclip import MACLIP
 from pyiqa_maclip.testing import random_images
