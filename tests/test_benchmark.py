@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import html
 import io
 import re
 import warnings
@@ -774,3 +775,27 @@ def test_a_damaged_journal_is_one_line(tmp_path, synthetic, capsys):
 
 def listing(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
+
+
+def test_summary_html_holds_the_tables_words_and_figures_offline(run_dir):
+    """Issue 31 point 7: summary.html beside summary.md, one offline file: the same tables and words, every
+    figure of plots/ embedded, nothing fetched."""
+    page = (run_dir / 'summary.html').read_text(encoding='utf-8')
+    markdown = (run_dir / 'summary.md').read_text(encoding='utf-8')
+    for heading in re.findall(r'^## (.+)$', markdown, re.MULTILINE):
+        assert f'<h2>{html.escape(heading)}</h2>' in page
+    assert 'Significant at 0.05' in page and '<td>piqe †</td>' in page
+    figures = sorted(run_dir.glob('plots/**/*.png'))
+    assert len(figures) > 0 and page.count('src="data:image/png;base64,') == len(figures)
+    assert not re.search(r'(src|href)="(?!data:)', page)  # no file beside it, no network
+    assert "default-src 'none'" in page
+
+
+def test_summary_html_shows_names_as_text():
+    from pyiqa_maclip.app.benchmark.html import html_summary
+
+    frame = pd.DataFrame({'metric': ['<img src=x onerror=alert(1)>'], 'srcc': [0.5]})
+    page = html_summary([('t', ['a `code` & <b>b</b>', frame, '- one\n- <two>'])], {'<caption>': b'\x89PNG'}, '<t>')
+    assert '<img src=x' not in page and '&lt;img src=x onerror=alert(1)&gt;' in page
+    assert '<p>a <code>code</code> &amp; &lt;b&gt;b&lt;/b&gt;</p>' in page and '<li>&lt;two&gt;</li>' in page
+    assert '<td>0.5000</td>' in page and '<title>&lt;t&gt;</title>' in page

@@ -40,7 +40,8 @@ class Layout:
         self.scores = self.root / 'scores'
         self.plots = self.root / 'plots'
         self.journals = self.root / 'journal'
-        self.tables = tuple(self.root / name for name in ('summary.csv', 'comparisons.csv', 'summary.md'))
+        self.tables = tuple(self.root / name for name in ('summary.csv', 'comparisons.csv', 'summary.md',
+                                                          'summary.html'))
         self.bars = self.plots / 'srcc_bars.png'
 
     def scores_csv(self, metric: str, dataset: str) -> Path:

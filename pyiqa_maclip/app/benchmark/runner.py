@@ -42,11 +42,13 @@ from ..scorers import Recipe
 from .specs import BenchmarkConfig, DatasetSpec, MetricSpec
 from .datasets import Item, load_items
 from .evaluation import Agreement, evaluate
+from .html import html_summary
 from .outputs import Layout, OutputInTheWay, OutputRecord
 from .plots import plot_qsim_qmag, plot_scatter, plot_srcc_bars
 from .statistics import RESAMPLES, Intervals, correlation_intervals
 from .tables import (
     SUMMARY_COLUMNS, Evaluated, compare_metrics, from_spreadsheet_text, markdown_summary, spreadsheet_csv,
+    summary_sections,
 )
 
 __all__ = ['SUMMARY_COLUMNS', 'Pair', 'run_benchmark', 'with_precision', 'read_scores', 'pair_table', 'summarise',
@@ -189,17 +191,21 @@ def draw_plots(layout: Layout, results: Sequence[PairResult],
 
 def report(results: Sequence[PairResult]) -> dict[str, object]:
     """The run's tables, by name: ``summary`` and ``comparisons`` (frames: one row per pair, one per two
-    metrics on a dataset) and ``summary.md`` (their text). Another rendering (HTML) reads the frames."""
+    metrics on a dataset) and ``summary.md`` (their text)."""
     summary = summarise(results)
     comparisons = compare_metrics([result.evaluated() for result in results])
     return {'summary': summary, 'comparisons': comparisons, 'summary.md': markdown_summary(summary, comparisons)}
 
 
-def _report_files(layout: Layout, tables: dict) -> dict[Path, bytes]:
-    summary_csv, comparisons_csv, summary_md = layout.tables
+def _report_files(layout: Layout, tables: dict, drawn: dict[Path, bytes]) -> dict[Path, bytes]:
+    """The table files, and summary.html: the same sections with the figures drawn."""
+    summary_csv, comparisons_csv, summary_md, summary_html = layout.tables
+    figures = {str(path.relative_to(layout.root)): png for path, png in drawn.items()}
+    page = html_summary(summary_sections(tables['summary'], tables['comparisons']), figures,
+                        f'Benchmark summary: {layout.root.name}')
     return {summary_csv: spreadsheet_csv(tables['summary'], _TEXT_COLUMNS).encode('utf-8'),
             comparisons_csv: spreadsheet_csv(tables['comparisons'], _TEXT_COLUMNS).encode('utf-8'),
-            summary_md: tables['summary.md'].encode('utf-8')}
+            summary_md: tables['summary.md'].encode('utf-8'), summary_html: page.encode('utf-8')}
 
 
 def _groups(metrics: Sequence[MetricSpec]) -> list[list[MetricSpec]]:
@@ -326,7 +332,7 @@ def run_benchmark(config: BenchmarkConfig, output_dir: str | os.PathLike, *, dev
     log(f'evaluating {len(results)} pairs: correlations, {RESAMPLES} bootstrap resamples, comparisons')
     tables = report(results)
     drawn, failed = draw_plots(layout, results, tables['summary'])
-    record.write({**_report_files(layout, tables), **drawn})
+    record.write({**_report_files(layout, tables, drawn), **drawn})
     record.remove(failed)  # an earlier run's figure of other numbers
     for path, reason in failed.items():
         log(f'{path}: not drawn ({reason}); the numbers are in summary.csv')
