@@ -25,7 +25,7 @@ from ..errors import UserError
 from ..safe_io import atomic_file
 
 __all__ = ['Content', 'content', 'same_content', 'kind_of', 'refuse_special', 'check_writable_folder',
-           'check_results_folder', 'name_max', 'fits_name', 'write_file', 'write_figure', 'shown', 'held_lock',
+           'name_max', 'fits_name', 'write_file', 'write_figure', 'shown', 'held_lock',
            'lock_is_free', 'WorkFiles']
 
 _JOURNAL = re.compile(r'rank(0|[1-9]\d*)(\.open)?\.sqlite3')
@@ -94,15 +94,6 @@ def check_writable_folder(folder: Path, what: str) -> None:
         raise UserError(f'cannot create the folder of {what}, {folder}: {existing} is not a folder')
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f'cannot write {what}: the folder {existing} is not writable')
-
-
-def check_results_folder(folder: Path, marker: str, what: str) -> None:
-    """A :class:`UserError` unless ``folder`` is new, empty, or holds ``marker`` (a sub-folder a
-    command leaves in every folder of results it writes): the command then replaces only files of
-    its own results, never a user's."""
-    if folder.is_dir() and any(folder.iterdir()) and not (folder / marker).is_dir():
-        raise UserError(f'{what} {folder} is not empty and holds no results of pyiqa-maclip (no {marker}/ folder '
-                        'in it): choose a new or empty folder')
 
 
 def name_max(folder: Path) -> int:
