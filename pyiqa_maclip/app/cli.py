@@ -18,6 +18,9 @@ import sys
 import warnings
 
 from ..errors import UserError, one_line
+from ..names import OFFLINE_ENV
+from ..weights import env_flag
+from .offline import forbid_network
 from ..version import __version__
 
 __all__ = ['COMMANDS', 'build_parser', 'main']
@@ -51,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
 
     showwarning, warnings.showwarning = warnings.showwarning, one_line_warning
     try:
+        if env_flag(OFFLINE_ENV):
+            forbid_network()
         return args.run(args)
     except KeyboardInterrupt:
         say(f'interrupted: {prefix} stopped')

@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 from ...errors import UserError
-from ...names import COMPONENTS, LIST_SUFFIXES
+from ...names import COMPONENTS, LIST_SUFFIXES, VARIANTS
+from ...option_spec import OPTION_DEFAULTS
 from ..metric_options import check_metric_options, is_maclip_metric
 from ..options import add_device, add_loading, add_precision, check_device, integer_at_least, parse_options
 
@@ -76,6 +77,8 @@ def _metric_options(args: argparse.Namespace) -> dict:
             raise UserError(f'--backbone {options["backbone"]}: {error}') from None
     if is_maclip_metric(args.metric):
         check_metric_options(args.metric, options)
+        if 'backbone' not in options:  # the metric's own weights: offline, they must be here already
+            weights.check_backbone(VARIANTS.get(args.metric, OPTION_DEFAULTS['backbone']))
     return options
 
 
