@@ -20,7 +20,7 @@ from PIL import Image
 
 from pyiqa_maclip.app import cli
 from pyiqa_maclip.app.benchmark.tables import from_spreadsheet_text, spreadsheet_text
-from pyiqa_maclip.app.html_report import MAX_THUMBNAILS, choose_thumbnail_rows, thumbnail_jpeg, write_html_report
+from pyiqa_maclip.app.report.html import MAX_THUMBNAILS, choose_thumbnail_rows, thumbnail_jpeg, write_html_report
 from pyiqa_maclip.errors import UserError
 
 #: Keys a collection really has (NOTES.md): markup, quotes, CR/LF, commas, formula starts, Unicode.
