@@ -172,8 +172,15 @@ def read_selection(csv_file: str | os.PathLike, count: int, lower_better: bool |
                        str(csv_file))
 
 
+def _as_written(value: float) -> float:
+    """``value`` as the scores CSV holds it (``outputs.export`` writes 9 significant digits), so that a page
+    made from the journal keeps and drops exactly the rows ``select`` keeps and drops in the CSV."""
+    return float(f'{value:.9g}')
+
+
 def _journal_table(journal_file: Path) -> Table:
-    """Every result of a run's journal, in the order stored; keys are the paths as the CSV writes them."""
+    """Every result of a run's journal, in the order stored, its numbers as the CSV writes them; keys are the
+    paths as the CSV writes them."""
     import pandas as pd
 
     from ..journal import Journal, display_path
@@ -186,7 +193,7 @@ def _journal_table(journal_file: Path) -> Table:
                 failed.append((key, result.error))
                 continue
             paths.append(result.path)
-            rows.append((key, *(result.values.get(c, np.nan) for c in columns)))
+            rows.append((key, *(_as_written(result.values.get(c, np.nan)) for c in columns)))
         metric, lower_better = journal.metric, journal.lower_better
     table = pd.DataFrame(rows, columns=['key', *columns]).astype({c: float for c in columns})
     return Table(table, paths.__getitem__, pd.DataFrame(failed, columns=['key', 'error'], dtype=str), metric,
