@@ -149,3 +149,17 @@ def test_the_format_follows_the_output(tmp_path):
         assert head.startswith(b'\x89PNG') if written.endswith('.png') else head.lower().startswith(b'<!doctype html')
     status, _, err = _run('report', csv, '-o', tmp_path / 'r.png', '--explained', tmp_path)
     assert status == 2 and '--explained is for the HTML page' in err
+
+
+def test_quality_maps_are_embedded_as_explain_wrote_them_or_shrunk(tmp_path):
+    from pyiqa_maclip.app.report.thumbnails import QUALITY_MAP_PIXELS, quality_map_png
+
+    small = tmp_path / 'small_explain.png'
+    Image.new('RGB', (QUALITY_MAP_PIXELS, 300), (0, 90, 0)).save(small)
+    assert quality_map_png(small) == small.read_bytes()  # as explain wrote it
+    large = tmp_path / 'large_explain.jpg'
+    Image.new('RGB', (QUALITY_MAP_PIXELS + 200, 100), (0, 90, 0)).save(large)
+    with Image.open(io.BytesIO(quality_map_png(large))) as shrunk:
+        assert shrunk.format == 'PNG' and shrunk.size == (QUALITY_MAP_PIXELS, 90)
+    (tmp_path / 'broken_explain.png').write_bytes(b'\x89PNG\r\n\x1a\n broken')
+    assert quality_map_png(tmp_path / 'broken_explain.png') is None

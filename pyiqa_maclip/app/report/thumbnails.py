@@ -12,8 +12,8 @@ import numpy as np
 
 __all__ = ['read_thumbnail', 'quality_map_png', 'QUALITY_MAP_PIXELS']
 
-#: The longer side of an ``explain`` picture as a report holds it, in pixels.
-QUALITY_MAP_PIXELS = 1200
+#: The longer side of an ``explain`` picture as a report holds it, in pixels (``explain`` draws 1,800).
+QUALITY_MAP_PIXELS = 1800
 
 
 def read_thumbnail(path: str, pixels: int):
@@ -36,12 +36,16 @@ def read_thumbnail(path: str, pixels: int):
 
 
 def quality_map_png(path: Path, pixels: int = QUALITY_MAP_PIXELS) -> bytes | None:
-    """The ``explain`` picture at ``path`` as PNG bytes, its longer side at most ``pixels``; None if it
-    cannot be read."""
+    """The ``explain`` picture at ``path`` as PNG bytes: the file itself when it is a PNG whose longer side
+    is at most ``pixels`` (as ``explain`` writes them: shrinking would only add colours and bytes), else
+    shrunk to that; None if it cannot be read."""
     from PIL import Image
 
     try:
-        with Image.open(path) as picture:
+        data = path.read_bytes()
+        with Image.open(io.BytesIO(data)) as picture:
+            if picture.format == 'PNG' and max(picture.size) <= pixels:
+                return data
             picture = picture.convert('RGB')
     except (OSError, ValueError, Image.DecompressionBombError):
         return None
