@@ -28,7 +28,8 @@ setup(
         'tqdm',
         'accelerate',
         'pandas',
-        'scipy',
+        # stats.bootstrap(rng=...) does the benchmark's bootstrap (1.15).
+        'scipy>=1.15',
         'matplotlib',
         'PyYAML',
         # The benchmark configuration's schema (JsonValue came in 2.5).

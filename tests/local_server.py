@@ -30,6 +30,7 @@ class LocalServer:
         self.modes: list[str] = []
         self.interval = 0.2
         self.requests = 0
+        self.connections = 0  # accepted, whether or not a request followed
         self.stop = threading.Event()
         server = self
 
@@ -97,7 +98,12 @@ class LocalServer:
             def log_message(self, *args):
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+        class Server(http.server.ThreadingHTTPServer):
+            def process_request(self, request, client_address):
+                server.connections += 1
+                super().process_request(request, client_address)
+
+        self.httpd = Server(('127.0.0.1', 0), Handler)
         self.httpd.daemon_threads = True
         self.url = f'http://127.0.0.1:{self.httpd.server_address[1]}'
         # shutdown() waits up to one poll interval (0.5 s by default) for the serving loop to notice

@@ -1,7 +1,7 @@
 """Behaviour of the MACLIP arch on small CLIP checkpoints made by the tests.
 
 Scores are compared with the same metric computed in float64: a correct float32 computation lies
-within rounding_bound of it (pyiqa_maclip.testing: a model of float32 rounding that holds for any
+within rounding_bound of it (tests/rounding.py: a model of float32 rounding that holds for any
 kernel, so on any CPU). Two computations that run the same operations on the same values are
 compared bitwise: the CPU kernels are deterministic for a given input.
 """
@@ -18,9 +18,11 @@ import torch.nn.functional as F
 from pyiqa.archs import clip_model
 from torch import nn
 
+from rounding import UNIT_ROUNDOFF, assert_within_rounding, rounding_bound
+
 from pyiqa_maclip import MACLIP, QualityComponents
 from pyiqa_maclip.functional import DEFAULT_PROMPTS, image_components, working_size
-from pyiqa_maclip.testing import UNIT_ROUNDOFF, assert_within_rounding, random_images, rounding_bound
+from pyiqa_maclip.testing import random_images
 
 
 def _different_images(batch=4, height=260, width=390):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import html
 import io
 import re
 import warnings
@@ -25,16 +26,19 @@ from scipy import optimize
 from torchvision.transforms.functional import to_tensor
 
 import pyiqa
+
+from rounding import assert_within_rounding, rounding_bound
+
 from pyiqa_maclip.app import cli
-from pyiqa_maclip.app.benchmark.config import parse_config
+from pyiqa_maclip.app.benchmark.resolve import parse_config
 from pyiqa_maclip.app.benchmark.datasets import Item
 from pyiqa_maclip.app.benchmark.evaluation import evaluate, fit_logistic, fit_problems, logistic_5
 from pyiqa_maclip.app.benchmark.runner import SUMMARY_COLUMNS, pair_table, read_scores
 from pyiqa_maclip.app.engine import score_into
 from pyiqa_maclip.app.images import as_float, read_image
-from pyiqa_maclip.app.journal import Journal
+from pyiqa_maclip.app.journal import SCHEMA_VERSION, Journal
 from pyiqa_maclip.app.scorers import PyiqaScorer
-from pyiqa_maclip.testing import assert_within_rounding, random_images, rounding_bound
+from pyiqa_maclip.testing import random_images
 
 LEVELS = 12
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
@@ -434,14 +438,14 @@ def drawn(monkeypatch) -> list:
     from pyiqa_maclip.app.benchmark import plots
 
     figures = []
-    monkeypatch.setattr(plots, '_save', lambda figure, path: figures.append(figure) or path)
+    monkeypatch.setattr(plots, '_save', lambda figure: figures.append(figure) or b'')
     return figures
 
 
-def test_the_scatter_plot_says_on_the_curve_when_the_fit_is_a_step(drawn, tmp_path):
+def test_the_scatter_plot_says_on_the_curve_when_the_fit_is_a_step(drawn):
     from pyiqa_maclip.app.benchmark.plots import plot_scatter
 
-    plot_scatter(PIQE_12, MOS_12, evaluate(PIQE_12, MOS_12), tmp_path / 'x.png', title='piqe', x_label='-piqe')
+    plot_scatter(PIQE_12, MOS_12, evaluate(PIQE_12, MOS_12), title='piqe', x_label='-piqe')
     axes = drawn[0].axes[0]
     curve = [line for line in axes.get_lines() if 'logistic' in line.get_label()]
     assert len(curve) == 1 and 'STEP' in curve[0].get_label() and curve[0].get_linestyle() == '--'
@@ -452,17 +456,17 @@ def test_the_scatter_plot_says_on_the_curve_when_the_fit_is_a_step(drawn, tmp_pa
 
     drawn.clear()
     x = np.linspace(0.0, 1.0, 30)
-    plot_scatter(x, 10 * x, evaluate(x, 10 * x), tmp_path / 'y.png', title='fine', x_label='x')
+    plot_scatter(x, 10 * x, evaluate(x, 10 * x), title='fine', x_label='x')
     assert not drawn[0].axes[0].texts[1:]  # only the box of numbers
 
 
-def test_srcc_bars_mark_negated_metrics_and_draw_the_intervals(drawn, tmp_path):
+def test_srcc_bars_mark_negated_metrics_and_draw_the_intervals(drawn):
     from pyiqa_maclip.app.benchmark.plots import plot_srcc_bars
 
     summary = pd.DataFrame({'metric': ['a', 'b', 'a', 'b'], 'dataset': ['d', 'd', 'e', 'e'],
                             'srcc': [0.5, 0.7, 0.6, np.nan], 'srcc_low': [0.4, 0.75, 0.5, np.nan],
                             'srcc_high': [0.6, 0.9, 0.7, np.nan], 'flipped': [False, True, False, True]})
-    plot_srcc_bars(summary, tmp_path / 'bars.png')
+    plot_srcc_bars(summary)
     axes = drawn[0].axes[0]
     bars = [p for p in axes.patches if p.get_height() or p.get_width()]
     assert [bool(p.get_hatch()) for p in bars] == [False, False, True, True]  # a on d, e; then b on d, e
@@ -734,11 +738,11 @@ def test_resume_lives_in_the_journals_alone(run_dir):
     import sqlite3
 
     assert not list(run_dir.rglob('*.json'))
-    journals = sorted((run_dir / 'journal').iterdir())
+    journals = sorted(set((run_dir / 'journal').iterdir()) - {run_dir / 'journal' / 'outputs.sqlite3'})
     assert len(journals) == 2  # maclip (with maclip_qsim) and piqe
     for file in journals:
         with contextlib.closing(sqlite3.connect(file)) as db:
-            assert db.execute('PRAGMA user_version').fetchone()[0] == 2
+            assert db.execute('PRAGMA user_version').fetchone()[0] == SCHEMA_VERSION
             assert db.execute('SELECT COUNT(*) FROM results').fetchone()[0] == LEVELS + 1
 
 
@@ -760,7 +764,7 @@ def test_a_damaged_journal_is_one_line(tmp_path, synthetic, capsys):
         'datasets': {'synth': {'images': str(synthetic / 'images'), 'mos': str(synthetic / 'mos.csv')}},
         'metrics': {'piqe': {}}})
     assert _run(config, tmp_path / 'out', '--num-workers', '0') == 0
-    journal = next((tmp_path / 'out' / 'journal').iterdir())
+    journal = next(p for p in (tmp_path / 'out' / 'journal').iterdir() if p.name != 'outputs.sqlite3')
     journal.write_bytes(journal.read_bytes()[:100] + b'\0' * 4000)  # the header survives, the pages do not
     capsys.readouterr()
     assert _run(config, tmp_path / 'out', '--num-workers', '0') == 2
@@ -771,3 +775,27 @@ def test_a_damaged_journal_is_one_line(tmp_path, synthetic, capsys):
 
 def listing(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
+
+
+def test_summary_html_holds_the_tables_words_and_figures_offline(run_dir):
+    """Issue 31 point 7: summary.html beside summary.md, one offline file: the same tables and words, every
+    figure of plots/ embedded, nothing fetched."""
+    page = (run_dir / 'summary.html').read_text(encoding='utf-8')
+    markdown = (run_dir / 'summary.md').read_text(encoding='utf-8')
+    for heading in re.findall(r'^## (.+)$', markdown, re.MULTILINE):
+        assert f'<h2>{html.escape(heading)}</h2>' in page
+    assert 'Significant at 0.05' in page and '<td>piqe †</td>' in page
+    figures = sorted(run_dir.glob('plots/**/*.png'))
+    assert len(figures) > 0 and page.count('src="data:image/png;base64,') == len(figures)
+    assert not re.search(r'(src|href)="(?!data:)', page)  # no file beside it, no network
+    assert "default-src 'none'" in page
+
+
+def test_summary_html_shows_names_as_text():
+    from pyiqa_maclip.app.benchmark.html import html_summary
+
+    frame = pd.DataFrame({'metric': ['<img src=x onerror=alert(1)>'], 'srcc': [0.5]})
+    page = html_summary([('t', ['a `code` & <b>b</b>', frame, '- one\n- <two>'])], {'<caption>': b'\x89PNG'}, '<t>')
+    assert '<img src=x' not in page and '&lt;img src=x onerror=alert(1)&gt;' in page
+    assert '<p>a <code>code</code> &amp; &lt;b&gt;b&lt;/b&gt;</p>' in page and '<li>&lt;two&gt;</li>' in page
+    assert '<td>0.5000</td>' in page and '<title>&lt;t&gt;</title>' in page

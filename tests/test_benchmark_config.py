@@ -23,9 +23,9 @@ from PIL import Image
 from torchvision.transforms.functional import to_tensor
 
 from pyiqa_maclip.app import cli
-from pyiqa_maclip.app.benchmark.config import (
-    MAX_CONFIG_BYTES, BenchmarkConfigError, MetricSpec, file_stem, load_config, parse_config,
-)
+from pyiqa_maclip.app.benchmark.resolve import load_config, parse_config
+from pyiqa_maclip.app.benchmark.schema import MAX_CONFIG_BYTES
+from pyiqa_maclip.app.benchmark.specs import BenchmarkConfigError, MetricSpec, file_stem
 from pyiqa_maclip.app.benchmark.datasets import Item, load_items
 from pyiqa_maclip.app.images import as_float, read_image
 

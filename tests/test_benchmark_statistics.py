@@ -7,14 +7,16 @@ pseudo-random samples with ties (resampling makes more: every resample repeats i
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
 
+from pyiqa_maclip.app.benchmark.evaluation import evaluate
 from pyiqa_maclip.app.benchmark.statistics import (
-    RESAMPLES, SEED, bootstrap_p_value, bootstrap_replicates, compare, correlation_intervals, percentile_interval,
-    resample_indices,
+    RESAMPLES, SEED, bootstrap_p_value, bootstrap_replicates, compare, correlation_intervals,
 )
 from pyiqa_maclip.app.benchmark.tables import Evaluated, compare_metrics, markdown_summary
 
@@ -66,11 +68,14 @@ def test_kendall_is_exact_on_large_samples(n):
         assert np.allclose(replicates[name], expected, rtol=0, atol=tight(n))
 
 
-def test_resamples_are_scipys_draws_in_chunks_and_reproducible():
-    n, resamples = 5000, 130  # several chunks of rows
-    chunks = list(resample_indices(n, resamples, seed=11))
-    assert len(chunks) > 1
-    assert np.array_equal(np.concatenate(chunks), np.random.default_rng(11).integers(0, n, (resamples, n)))
+def test_resamples_are_scipys_draws_in_batches_and_reproducible():
+    n, resamples = 5000, 130  # scipy draws several batches of rows: together one draw of (resamples, n)
+    x, y = _sample(n, seed=11, x_values=40)
+    replicates = bootstrap_replicates(x, y, resamples=resamples, seed=11)
+    indices = np.random.default_rng(11).integers(0, n, (resamples, n))
+    for name, function in SCIPY.items():
+        expected = _by_hand(lambda a, b, f=function: f(a, b)[0], indices, x, y)
+        assert np.allclose(replicates[name], expected, rtol=0, atol=tight(n)), name
     x, y = _sample(200)
     first, again = bootstrap_replicates(x, y), bootstrap_replicates(x, y)
     assert all(np.array_equal(first[k], again[k]) for k in first) and len(first['srcc']) == RESAMPLES
@@ -124,12 +129,11 @@ def test_bootstrap_p_value_by_hand(differences, p):
     assert bootstrap_p_value(np.array(differences)) == pytest.approx(p, rel=4 * EPS, nan_ok=True)  # a ratio of counts
 
 
-def test_percentile_interval_is_numpys_linear_quantile():
-    values = np.array([5.0, 1.0, 4.0, 2.0, 3.0])  # quantiles 0.025 and 0.975 of 1..5: 1 + 4 * q
-    assert percentile_interval(values) == pytest.approx((1.1, 4.9), abs=tight(5))
-    assert np.isnan(percentile_interval(np.array([1.0, np.nan]))).all()
-    with pytest.raises(ValueError, match='level'):
-        percentile_interval(values, 95)
+def test_a_level_outside_0_to_1_is_a_value_error():
+    x, y = _sample(12)
+    for call in (lambda: correlation_intervals(x, y, level=95), lambda: compare(x, y + 1, y, level=0)):
+        with pytest.raises(ValueError, match='level'):
+            call()
 
 
 def test_too_few_images_or_values_give_nan_with_a_note():
@@ -201,3 +205,69 @@ def test_summary_md_says_which_differences_are_significant():
     assert f'on d, the SRCC of good is higher than that of noisy by {good_noisy["srcc_diff"]:.4f}' in text
     assert 'Not significant at 0.05: ' in text and 'SRCC of good and twin on d' in text
     assert '| d | good | noisy | 200 |' in text
+
+
+# ---------------------------------------------------------------- numbers float64 cannot hold
+
+BASE_X = np.arange(1.0, 9.0)
+BASE_Y = np.array([10.0, 20.0, 35.0, 30.0, 55.0, 50.0, 70.0, 65.0])
+
+
+PIQE_6 = -np.array([70.0, 72.0, 75.0, 71.0, 80.0, 90.0])  # the -PIQE of six images
+
+
+@pytest.mark.parametrize('x, y', [
+    (np.r_[-1e308, BASE_X[1:-1], 1e308], BASE_Y),  # a range past float64's largest number
+    (BASE_X, np.r_[BASE_Y[:-1], 1e200]),
+    (np.r_[BASE_X[:-1], 1e308], BASE_Y),
+])
+def test_huge_finite_values_lose_no_statistic_and_warn_nothing(x, y):
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # what float64 cannot hold is told by the note, not by numpy's warnings
+        agreement = evaluate(x, y)
+    # SRCC and KRCC are of ranks, PLCC scipy's (which scales first): exact whatever the magnitudes.
+    for name, function in SCIPY.items():
+        assert getattr(agreement, name) == pytest.approx(function(x, y)[0], abs=tight(8)), name
+    assert np.isfinite(agreement.rmse_logistic) and 'not finite' not in agreement.note
+
+
+def test_a_flat_logistic_fit_says_plcc_logistic_is_undefined():
+    mos = np.array([10.0, 20.0, 35.0, 30.0, 55.0, 1e150])  # the fit gives every image one value
+    agreement = evaluate(PIQE_6, mos)
+    assert np.isnan(agreement.plcc_logistic) and np.isfinite(agreement.rmse_logistic)
+    assert 'the logistic fit is flat over the predictions' in agreement.note
+    assert 'plcc_logistic is not defined' in agreement.note and 'overflow' not in agreement.note
+
+
+def test_a_statistic_that_comes_out_not_finite_is_nan_and_named(monkeypatch):
+    from pyiqa_maclip.app.benchmark import evaluation
+
+    monkeypatch.setattr(evaluation, '_rms', lambda differences: np.inf)  # as an RMSE past 1.8e308 would be
+    agreement = evaluate(BASE_X, BASE_Y)
+    assert np.isnan(agreement.rmse_logistic) and np.isfinite(agreement.plcc_logistic)
+    assert agreement.note.startswith('rmse_logistic not finite: float64 overflows at these magnitudes '
+                                     '(|prediction| up to 8, |MOS| up to 70)')
+
+
+@pytest.mark.parametrize('x, y', [
+    (BASE_X, np.r_[BASE_Y[:-1], 1e308]),  # the MOS of issue 27
+    (np.r_[BASE_X[:-1], 1e308], BASE_Y),  # and a prediction as large
+])
+def test_resamples_float64_cannot_hold_are_counted_as_such_not_as_constant(x, y):
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        intervals, replicates = correlation_intervals(x, y, resamples=400, seed=4)
+    # The resamples without the huge image: their deviations, scaled by 1e308, underflow.
+    indices = np.random.default_rng(4).integers(0, 8, (400, 8))
+    without = int(np.count_nonzero((indices != 7).all(axis=1)))
+    assert 0 < without < 400
+    assert int(np.isnan(replicates['plcc']).sum()) == without
+    assert intervals.note == (f'plcc not finite on {without} of 400 bootstrap resamples (float64 underflows or '
+                              'overflows at these magnitudes): no interval for it; rescale the predictions or the MOS')
+    assert np.isnan(intervals.plcc_low) and np.isfinite([intervals.srcc_low, intervals.krcc_high]).all()
+    # Where scipy's PLCC of a resample is finite it is this one (scipy sums several 1e308 into inf).
+    with warnings.catch_warnings(), np.errstate(over='ignore', invalid='ignore'):
+        warnings.simplefilter('ignore')
+        expected = _by_hand(lambda a, b: stats.pearsonr(a, b)[0], indices, x, y)
+    both = np.isfinite(expected) & ~np.isnan(replicates['plcc'])
+    assert both.sum() > 50 and np.allclose(replicates['plcc'][both], expected[both], rtol=0, atol=tight(8))

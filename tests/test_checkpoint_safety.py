@@ -18,7 +18,7 @@ from pyiqa.archs.clip_model import convert_weights
 
 from pyiqa_maclip import weights
 from pyiqa_maclip.errors import UserError
-from pyiqa_maclip.testing import make_clip, save_torchscript
+from pyiqa_maclip.testing import make_clip, save_state_dict, save_torchscript
 
 
 class Planted(torch.nn.Module):
@@ -182,3 +182,50 @@ def test_an_unreadable_file_is_an_os_error(tiny_rn, tmp_path):
     path.chmod(0)
     with pytest.raises(PermissionError):
         weights.load_clip(str(path))
+
+
+@pytest.fixture(scope='module')
+def damaged_clip():
+    """A tiny CLIP with one NaN in its first convolution (the issue's case)."""
+    model = make_clip('tiny-RN')
+    with torch.no_grad():
+        model.visual.conv1.weight[0, 0, 0, 0] = float('nan')
+    return model
+
+
+def test_a_state_dict_with_a_nan_is_refused_naming_the_tensor(damaged_clip, tmp_path):
+    """The tensor by name, in one line (issue 27, point 5): scoring with it gave finite, wrong numbers."""
+    path = save_state_dict(damaged_clip, tmp_path / 'nan.pth')
+    with pytest.raises(UserError) as raised:
+        weights.load_clip(path)
+    message = str(raised.value)
+    assert message.startswith(f'{path} holds non-finite weights: the tensor visual.conv1.weight has 1 NaN or '
+                              f'infinite value of {damaged_clip.visual.conv1.weight.numel()}')
+    assert '\n' not in message
+
+
+def test_an_official_archive_with_an_infinity_is_refused_too(tmp_path, monkeypatch):
+    model = make_clip('tiny-RN')
+    with torch.no_grad():
+        model.text_projection[1, 2] = float('inf')
+    path = save_torchscript(model, tmp_path / 'inf.pt')
+    _official(monkeypatch, path)
+    with pytest.raises(UserError, match=f'^{path} holds non-finite weights: the tensor text_projection has 1 NaN'):
+        weights.read_state_dict(path)
+
+
+def test_a_damaged_checkpoint_stops_the_metric_before_any_score(damaged_clip, tmp_path):
+    from pyiqa_maclip import MACLIP
+
+    path = save_state_dict(damaged_clip, tmp_path / 'nan.pth')
+    with pytest.raises(UserError, match='visual.conv1.weight'):
+        MACLIP(backbone=str(path))
+
+
+def test_half_precision_weights_out_of_range_are_not_finite(tmp_path):
+    """A float32 value above 65504 becomes an infinity when a file is saved in float16, as OpenAI's are."""
+    state = make_clip('tiny-RN').state_dict()
+    state['visual.attnpool.c_proj.weight'] = (state['visual.attnpool.c_proj.weight'] * 1e6).half()
+    torch.save(state, tmp_path / 'overflow.pth')
+    with pytest.raises(UserError, match='the tensor visual.attnpool.c_proj.weight has [0-9]+ NaN or infinite values'):
+        weights.read_state_dict(tmp_path / 'overflow.pth')

@@ -308,7 +308,7 @@ def image(tmp_path):
 
 
 @pytest.mark.parametrize('backbone, words', [
-    ('{text}', '{text} is not a CLIP checkpoint: neither a state dict saved with torch.save nor an official '
+    ('{text}', '--backbone {text}: {text} is not a CLIP checkpoint: neither a state dict saved with torch.save nor an official '
                'OpenAI file (it is a text file)'),
     ('RN51', "--backbone RN51: unknown CLIP backbone 'RN51' (did you mean RN50?)"),
     ('{missing}', "--backbone {missing}: CLIP checkpoint file '{missing}' does not exist"),

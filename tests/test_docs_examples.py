@@ -199,7 +199,8 @@ def workspace(tmp_path, monkeypatch, stand_ins):
         (shims / command).write_text('#!/bin/sh\nexec ' + line.format(python=sys.executable) + '\n')
         (shims / command).chmod(0o755)
     (work / '.venv/bin').mkdir(parents=True)  # the pages' `.venv/bin/python` is this interpreter too
-    (work / '.venv/bin/python').symlink_to(shims / 'python')
+    for command in ('python', 'pyiqa-maclip'):
+        (work / '.venv/bin' / command).symlink_to(shims / command)
     site = tmp_path / 'site'
     site.mkdir()
     (site / 'sitecustomize.py').write_text(_SITECUSTOMIZE)

@@ -120,7 +120,7 @@ def test_a_waiting_process_is_told_and_gives_up(cache, server, capsys):
     finally:
         holder.release()
     assert took > 1.4  # the message says the wait for the lock, not the socket, ended it
-    assert 'another process has been downloading RN50 for more than 1.5 s' in message
+    assert 'another process has been downloading CLIP RN50 for more than 1.5 s' in message
     waiting = capsys.readouterr().err
     assert 'another process is downloading it' in waiting and 'at most 1.5 s' in waiting
     assert server.requests == 0

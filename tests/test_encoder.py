@@ -2,7 +2,7 @@
 
 The reference is pyiqa's unmodified module (BatchNorm unfolded, NCHW, full attention pool)
 on the same weights, computed in float64. A float32 computation, pyiqa's or the prepared one, may
-lie from it as far as float32 rounding can move it: pyiqa_maclip.testing.feature_bound, a
+lie from it as far as float32 rounding can move it: rounding.feature_bound, a
 first-order model of rounding (backward error of every sum, every result rounded once) that
 holds for any summation order, so on any CPU. Features are compared through random linear
 functionals (probes), each a scalar whose rounding the model bounds.
@@ -14,9 +14,10 @@ import copy
 import pytest
 import torch
 
+from rounding import DRAW_MULTIPLE, DRAWS, RoundingDraws, feature_bound, float32_deviations, float64_encoder
+
 from pyiqa_maclip import MACLIP, encoder
-from pyiqa_maclip.testing import (DRAW_MULTIPLE, DRAWS, RoundingDraws, feature_bound, float32_deviations, float64_encoder,
-                                  make_clip, random_images)
+from pyiqa_maclip.testing import make_clip, random_images
 
 pytestmark = pytest.mark.kernels
 

@@ -41,9 +41,11 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from rounding import UNIT_ROUNDOFF  # noqa: E402
+
 from pyiqa_maclip import MACLIP, QualityComponents  # noqa: E402
 from pyiqa_maclip.app import cli  # noqa: E402
-from pyiqa_maclip.testing import UNIT_ROUNDOFF, random_images  # noqa: E402
+from pyiqa_maclip.testing import random_images  # noqa: E402
 
 
 @pytest.mark.parametrize('height, width', [(384, 512), (224, 224), (300, 257), (100, 300), (1, 40), (500, 8)])

@@ -7,8 +7,9 @@ import scipy.stats
 import torch
 from torch import nn
 
+from rounding import bilinear_error
+
 from pyiqa_maclip import functional as MF
-from pyiqa_maclip.testing import bilinear_error
 
 EPS64 = np.finfo(np.float64).eps
 

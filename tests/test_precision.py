@@ -1,7 +1,7 @@
 """The ``precision`` option: what the image encoder computes in, and what stays float32.
 
 A 16-bit mode promises scores within 16-bit rounding of the float32 ones: within rounding_bound
-(pyiqa_maclip.testing) of the float64 computation, a model of rounding every operand and result
+(tests/rounding.py) of the float64 computation, a model of rounding every operand and result
 to 16 bits that holds for native and emulated 16-bit arithmetic alike. Ranks are not promised.
 """
 from __future__ import annotations
@@ -12,10 +12,12 @@ import pyiqa
 import pytest
 import torch
 
+from rounding import assert_within_rounding, rounding_bound
+
 from pyiqa_maclip import MACLIP
 from pyiqa_maclip import precision as arch
 from pyiqa_maclip.app.scorers import Recipe
-from pyiqa_maclip.testing import assert_within_rounding, graded_photos, random_images, rounding_bound
+from pyiqa_maclip.testing import graded_photos, random_images
 
 quiet_cpu = pytest.mark.filterwarnings('ignore:precision=.*emulated:RuntimeWarning')
 

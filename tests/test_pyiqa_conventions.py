@@ -8,8 +8,10 @@ from pyiqa.utils.img_util import imread2tensor
 from torch import nn
 
 import pyiqa
+from rounding import UNIT_ROUNDOFF, rounding_bound
+
 from pyiqa_maclip import MACLIP
-from pyiqa_maclip.testing import UNIT_ROUNDOFF, random_images, rounding_bound
+from pyiqa_maclip.testing import random_images
 
 
 @pytest.fixture(scope='module')

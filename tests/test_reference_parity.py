@@ -4,16 +4,17 @@ The reference is pyiqa's module itself (identical in its math to the official
 zhix000/MA-CLIP code), with only its CUDA device redirected (see reference_cpu.py).
 Both sides load the same full-size weights through their own loaders. Both are float32
 computations of the same scores: each lies within float32 rounding of this project's metric
-computed in float64 (pyiqa_maclip.testing.rounding_bound, a model of rounding that holds for any
+computed in float64 (rounding.rounding_bound in tests/rounding.py, a model of rounding that holds for any
 kernel, so on any CPU).
 """
 import pytest
 import torch
 
 from reference_cpu import reference_class
+from rounding import assert_within_rounding, rounding_bound
 
 from pyiqa_maclip import MACLIP
-from pyiqa_maclip.testing import assert_within_rounding, random_images, rounding_bound
+from pyiqa_maclip.testing import random_images
 
 # Heights and widths: exactly one patch, and sizes that leave an uncovered margin (of 76 and 33, of
 # 33 and 1 pixels), portrait and landscape: 2, 2 and 3 views, in chunks of 5 that straddle images.

@@ -17,7 +17,9 @@ import pytest
 import torch
 from PIL import Image
 
-from pyiqa_maclip.testing import UNIT_ROUNDOFF, assert_within_rounding, random_images, rounding_bound
+from rounding import UNIT_ROUNDOFF, assert_within_rounding, rounding_bound
+
+from pyiqa_maclip.testing import random_images
 
 BUILT_BY_US = 'pyiqa_maclip.arch.MACLIP'
 

@@ -29,13 +29,15 @@ import torch
 from PIL import Image
 from torchvision.transforms.functional import to_tensor
 
+from rounding import Rounding, assert_within_rounding, rounding_bound
+
 from pyiqa_maclip.app import cli
 from pyiqa_maclip.app.files import WorkFiles
 from pyiqa_maclip.app.inputs import collect_paths, image_extensions
 from pyiqa_maclip.app.journal import display_path
 from pyiqa_maclip.errors import UserError
 from pyiqa_maclip.names import COMPONENTS, METRIC_COLUMNS
-from pyiqa_maclip.testing import Rounding, assert_within_rounding, random_images, rounding_bound
+from pyiqa_maclip.testing import random_images
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS, ERROR_COLUMNS = ('path', *COMPONENTS), ('path', 'error')
@@ -714,8 +716,8 @@ def test_weights_that_fail_to_load_leave_no_trace(tiny_rn, tmp_path, monkeypatch
     junk = tmp_path / 'model.pt'
     junk.write_text('<html><body>Not Found</body></html>')
     status, _, stderr = score(image, '--output', output, '--backbone', junk)
-    assert status == 2 and stderr.count('\n') == 2  # the "to score" line and the error
-    assert stderr.splitlines()[-1].startswith(f'pyiqa-maclip score: error: {junk} is not a CLIP checkpoint')
+    assert status == 2 and stderr.count('\n') == 1  # the error, before anything about images (issue 28, point 3)
+    assert stderr.startswith(f'pyiqa-maclip score: error: --backbone {junk}: {junk} is not a CLIP checkpoint')
     assert listing(tmp_path) == ['in', 'model.pt']  # refused: no work folder, lock or empty journal left (issue 27)
     # The next run with good weights is not refused as "made with other settings".
     assert score(image, '--output', output, '--backbone', tiny_rn)[0] == 0

@@ -11,11 +11,14 @@ differences and p-values), per-image scores and plots, and resumes where a run s
 Import from the modules (this package imports none of them, so that the command line can
 read a configuration without loading torch):
 
-* :mod:`.config`: the YAML format and its validation.
+* :mod:`.specs`: what a checked configuration holds (one spec per dataset and metric).
+* :mod:`.schema`: the YAML file and its structure (no torch, no pyiqa).
+* :mod:`.resolve`: its names resolved against pyiqa, into specs.
 * :mod:`.datasets`: (image, MOS) lists from custom tables or pyiqa's dataset configs.
 * :mod:`.evaluation`: correlations and the logistic fit (pure functions).
 * :mod:`.statistics`: bootstrap intervals and paired comparisons (pure functions).
 * :mod:`.tables`: comparisons between metrics, summary.md, spreadsheet-safe CSV text.
+* :mod:`.outputs`: where a run writes, and the record of what it wrote (what a rerun may replace).
 * :mod:`.runner`: scoring (through :mod:`pyiqa_maclip.app.engine`), resuming, writing the
   tables; :mod:`.plots`: the figures.
 """

@@ -26,7 +26,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from pydantic_core import PydanticCustomError
 
 from ...errors import error_text
-from .config import BenchmarkConfigError, DatasetSpec
+from .specs import BenchmarkConfigError, DatasetSpec
 
 __all__ = ['Item', 'load_items', 'pyiqa_dataset_options']
 

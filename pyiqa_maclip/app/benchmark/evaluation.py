@@ -7,12 +7,15 @@ exactly, so its numbers stay comparable; what it returns is then checked, becaus
 few images or clustered predictions it can degenerate: a mapping that is not monotone
 over the predictions' range reorders images, and a transition narrower than the gap
 between the two neighbouring predictions it falls between is a step that sorts the
-images into two groups. Either is kept, and described in ``note``. All functions are
-pure: they take the finite predictions and MOS of the images that were scored and
+images into two groups. Either is kept, and described in ``note``. Finite inputs can
+still give a statistic that is not (values near the float64 limit, ``1e308``, overflow
+when squared): it is reported as NaN, and ``note`` names it and says why. All functions
+are pure: they take the finite predictions and MOS of the images that were scored and
 return numbers.
 """
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import asdict, dataclass
 
@@ -63,8 +66,9 @@ def fit_logistic(prediction: np.ndarray, mos: np.ndarray) -> LogisticFit:
     if len(x) < MIN_IMAGES_FIT:
         return LogisticFit(None, f'logistic fit needs at least {MIN_IMAGES_FIT} images, got {len(x)}')
     guess = [np.max(y), np.min(y), np.mean(x), 0.1, 0.1]
-    with warnings.catch_warnings():
-        # No covariance estimate is no failure: only the parameters are used.
+    # No covariance estimate is no failure: only the parameters are used (nor is its cost overflowing
+    # float64 for a MOS near 1e308: the numbers it gives are checked below and in evaluate).
+    with warnings.catch_warnings(), np.errstate(over='ignore'):
         warnings.simplefilter('ignore', optimize.OptimizeWarning)
         try:
             params, _ = optimize.curve_fit(logistic_5, x, y, p0=guess, maxfev=MAXFEV)
@@ -98,7 +102,8 @@ def fit_problems(params: tuple[float, ...], prediction: np.ndarray, mos: np.ndar
     if b1 * b2 != 0:
         q = -b4 / (b1 * b2)
         if 0 < q < 0.25:
-            offset = 2 * np.arctanh(np.sqrt(1 - 4 * q)) / abs(b2)
+            with np.errstate(divide='ignore'):  # q below float64's resolution: no turn within reach (inf)
+                offset = 2 * np.arctanh(np.sqrt(1 - 4 * q)) / abs(b2)
             turns = [t for t in (b3 - offset, b3 + offset) if lo < t < hi]
     values = logistic_5(np.array([lo, *turns, hi]), *params)
     against = (np.sum(np.abs(np.diff(values))) - abs(values[-1] - values[0])) / 2
@@ -148,6 +153,34 @@ def _statistic(function, x: np.ndarray, y: np.ndarray) -> float:
         return float(function(x, y)[0])
 
 
+def _rms(differences: np.ndarray) -> float:
+    """Root mean square, scaled first where the squares would overflow (the RMSE itself may not)."""
+    plain = float(np.sqrt(np.mean(differences ** 2)))
+    peak = float(np.max(np.abs(differences)))
+    if math.isfinite(plain) or not math.isfinite(peak):
+        return plain
+    return peak * float(np.sqrt(np.mean((differences / peak) ** 2)))
+
+
+def _after_fit(fit: LogisticFit, x: np.ndarray, y: np.ndarray) -> tuple[float, float, str]:
+    """PLCC and RMSE of the fitted curve against the MOS (NaN without a fit: its note says why), and
+    a note if the curve is flat over the predictions (PLCC then undefined)."""
+    if fit.params is None:
+        return math.nan, math.nan, ''
+    fitted = fit(x)
+    rmse = _rms(fitted - y)
+    if np.min(fitted) == np.max(fitted):
+        return math.nan, rmse, (f'the logistic fit is flat over the predictions (one fitted value, {fitted[0]:.4g}, '
+                                f'for all {len(x)} images): plcc_logistic is not defined')
+    return _statistic(stats.pearsonr, fitted, y), rmse, ''
+
+
+def _overflow_note(names: list[str], x: np.ndarray, y: np.ndarray) -> str:
+    return (f'{" and ".join(names)} not finite: float64 overflows at these magnitudes (|prediction| up to '
+            f'{np.max(np.abs(x)):.3g}, |MOS| up to {np.max(np.abs(y)):.3g}); reported as n/a: rescale the '
+            'predictions or the MOS')
+
+
 def evaluate(prediction: np.ndarray, mos: np.ndarray) -> Agreement:
     """SRCC, KRCC, raw PLCC, and PLCC/RMSE after the logistic fit, of finite predictions vs MOS.
 
@@ -163,18 +196,19 @@ def evaluate(prediction: np.ndarray, mos: np.ndarray) -> Agreement:
     if len(x) < MIN_IMAGES:
         note = f'correlations need at least {MIN_IMAGES} images, got {len(x)}'
         return Agreement(len(x), nan, nan, nan, nan, nan, LogisticFit(None, note), note)
-    constant = [what for what, values in (('prediction', x), ('MOS', y)) if np.ptp(values) == 0]
+    constant = [what for what, values in (('prediction', x), ('MOS', y)) if np.min(values) == np.max(values)]
     if constant:
         note = (f'constant {" and ".join(constant)}: no correlation is defined and no logistic fit is made '
                 f'(all {len(x)} images have one value)')
         return Agreement(len(x), nan, nan, nan, nan, nan, LogisticFit(None, note), note)
-    srcc = _statistic(stats.spearmanr, x, y)
-    krcc = _statistic(stats.kendalltau, x, y)
-    plcc = _statistic(stats.pearsonr, x, y)
-    fit = fit_logistic(x, y)
-    plcc_logistic = rmse_logistic = nan
-    if fit.params is not None:
-        fitted = fit(x)
-        plcc_logistic = _statistic(stats.pearsonr, fitted, y)
-        rmse_logistic = float(np.sqrt(np.mean((fitted - y) ** 2)))
-    return Agreement(len(x), srcc, krcc, plcc, plcc_logistic, rmse_logistic, fit, fit.note)
+    # Numbers float64 cannot hold are caught below, by what they give: not by numpy's warnings on the way.
+    with np.errstate(over='ignore', invalid='ignore', divide='ignore'):
+        numbers = {name: _statistic(function, x, y) for name, function in
+                   (('srcc', stats.spearmanr), ('krcc', stats.kendalltau), ('plcc', stats.pearsonr))}
+        fit = fit_logistic(x, y)
+        numbers['plcc_logistic'], numbers['rmse_logistic'], flat = _after_fit(fit, x, y)
+    undefined = {'plcc_logistic', 'rmse_logistic'} if fit.params is None else {'plcc_logistic'} if flat else set()
+    overflowed = [name for name, value in numbers.items() if name not in undefined and not math.isfinite(value)]
+    numbers.update(dict.fromkeys(overflowed, nan))
+    notes = [_overflow_note(overflowed, x, y) if overflowed else '', fit.note, flat]
+    return Agreement(len(x), **numbers, fit=fit, note='; '.join(note for note in notes if note))

@@ -1,4 +1,4 @@
-"""PNG figures of a benchmark run, drawn with matplotlib's object API (no pyplot, no GUI backend).
+"""PNG figures of a benchmark run (as bytes), drawn with matplotlib's object API (no pyplot, no GUI backend).
 
 * :func:`plot_scatter`: MOS against the prediction with the fitted logistic (the paper's Fig. 5).
 * :func:`plot_qsim_qmag`: Q_sim against Q_mag, coloured by MOS (the paper's Fig. 1b).
@@ -7,14 +7,13 @@
 """
 from __future__ import annotations
 
+import io
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ..files import write_figure
 from .evaluation import Agreement
 
 __all__ = ['plot_scatter', 'plot_qsim_qmag', 'plot_srcc_bars']
@@ -22,17 +21,21 @@ __all__ = ['plot_scatter', 'plot_qsim_qmag', 'plot_srcc_bars']
 _DPI = 120
 
 
-def _save(figure: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return write_figure(figure, path, dpi=_DPI, bbox_inches='tight')
+def _save(figure: Figure) -> bytes:
+    """The figure as PNG bytes (the runner writes and records them), then cleared: its artists refer
+    to one another, so cleared, their data is freed now rather than at the next full collection."""
+    png = io.BytesIO()
+    figure.savefig(png, format='png', dpi=_DPI, bbox_inches='tight')
+    figure.clear()
+    return png.getvalue()
 
 
 def _number(value: float) -> str:
     return 'n/a' if value is None or math.isnan(value) else f'{value:.4f}'
 
 
-def plot_scatter(prediction: np.ndarray, mos: np.ndarray, agreement: Agreement, path: Path, *,
-                 title: str, x_label: str, mos_label: str = 'MOS') -> Path:
+def plot_scatter(prediction: np.ndarray, mos: np.ndarray, agreement: Agreement, *,
+                 title: str, x_label: str, mos_label: str = 'MOS') -> bytes:
     """MOS against the (sign-adjusted) prediction, with the fitted logistic curve if there is one."""
     figure = Figure(figsize=(5.5, 4.5))
     axes = figure.add_subplot()
@@ -60,11 +63,11 @@ def plot_scatter(prediction: np.ndarray, mos: np.ndarray, agreement: Agreement, 
     axes.text(0.02, 0.98, stats, transform=axes.transAxes, va='top', fontsize=8,
               bbox={'boxstyle': 'round', 'facecolor': 'white', 'alpha': 0.8})
     axes.grid(alpha=0.3)
-    return _save(figure, path)
+    return _save(figure)
 
 
-def plot_qsim_qmag(q_sim: np.ndarray, q_mag: np.ndarray, mos: np.ndarray, path: Path, *,
-                   title: str, mos_label: str = 'MOS') -> Path:
+def plot_qsim_qmag(q_sim: np.ndarray, q_mag: np.ndarray, mos: np.ndarray, *,
+                   title: str, mos_label: str = 'MOS') -> bytes:
     """Q_sim against Q_mag of each image, coloured by its MOS."""
     figure = Figure(figsize=(5.5, 4.5))
     axes = figure.add_subplot()
@@ -74,10 +77,10 @@ def plot_qsim_qmag(q_sim: np.ndarray, q_mag: np.ndarray, mos: np.ndarray, path: 
     axes.set_ylabel('Q_mag (feature magnitude)')
     axes.set_title(title, fontsize=10)
     axes.grid(alpha=0.3)
-    return _save(figure, path)
+    return _save(figure)
 
 
-def plot_srcc_bars(summary: pd.DataFrame, path: Path) -> Path:
+def plot_srcc_bars(summary: pd.DataFrame) -> bytes:
     """Grouped bars: one group per dataset, one bar per metric, signed SRCC with its bootstrap
     interval (``srcc_low``, ``srcc_high``); bars of negated predictions hatched and marked †."""
     def table(value: str) -> pd.DataFrame:
@@ -115,4 +118,4 @@ def plot_srcc_bars(summary: pd.DataFrame, path: Path) -> Path:
                    fontsize=10)
     axes.grid(axis='y', alpha=0.3)
     axes.legend(fontsize=8, ncol=max(1, math.ceil(len(metrics) / 12)), loc='upper left', bbox_to_anchor=(1.01, 1))
-    return _save(figure, path)
+    return _save(figure)

@@ -7,10 +7,11 @@ Output directory layout::
     scores/<metric>/<dataset>.csv      per image: image, mos, prediction, error (+ MA-CLIP components)
     plots/<metric>/scatter_<dataset>.png, plots/<metric>/qsim_qmag_<dataset>.png, plots/srcc_bars.png
     journal/<fingerprint>.sqlite3      finished images of one model on one dataset's preprocessing
+    journal/outputs.sqlite3            every file above as written (size, time, SHA-256): what a rerun may replace
 
 Images are scored by the collection engine (:func:`pyiqa_maclip.app.engine.score_into`):
 decoding workers under a pixel budget, batches, strict decoding, and a journal committed
-per batch. The journals are the only record: a pair is complete when the journal of its
+per batch. The journals are the only record of scores: a pair is complete when the journal of its
 model (the metric's fingerprint: options, weights, versions) and preprocessing holds a
 result for every image of the dataset, so an interrupted run resumes image by image and
 a changed option scores again. Metrics that build the same model (variants differing only
@@ -20,8 +21,6 @@ the MOS tables, rebuilt at the end of every run.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 import os
 import time
@@ -35,27 +34,27 @@ import torch
 from tqdm import tqdm
 
 from ...errors import one_line
-from ...names import COMPONENTS
+from ...names import COMPONENTS, is_maclip
 from ..engine import loading_options, score_into
 from ..images import DEFAULT_PIXEL_BUDGET
-from ..files import check_results_folder, write_file
 from ..journal import Journal, JournalError
 from ..scorers import Recipe
-from .config import BenchmarkConfig, DatasetSpec, MetricSpec, file_stem
+from .specs import BenchmarkConfig, DatasetSpec, MetricSpec
 from .datasets import Item, load_items
 from .evaluation import Agreement, evaluate
+from .html import html_summary
+from .outputs import Layout, OutputInTheWay, OutputRecord
 from .plots import plot_qsim_qmag, plot_scatter, plot_srcc_bars
 from .statistics import RESAMPLES, Intervals, correlation_intervals
 from .tables import (
     SUMMARY_COLUMNS, Evaluated, compare_metrics, from_spreadsheet_text, markdown_summary, spreadsheet_csv,
+    summary_sections,
 )
 
 __all__ = ['SUMMARY_COLUMNS', 'Pair', 'run_benchmark', 'with_precision', 'read_scores', 'pair_table', 'summarise',
-           'markdown_summary']
+           'report', 'draw_plots']
 
-COMPONENT_COLUMNS = COMPONENTS  # score, q_sim, q_mag, w_sim, w_mag
 _TEXT_COLUMNS = ('image', 'error', 'metric', 'dataset', 'metric_a', 'metric_b', 'note')
-_MACLIP_ARCH = 'MACLIP'
 
 
 @dataclass(frozen=True)
@@ -66,58 +65,9 @@ class Pair:
     dataset: DatasetSpec
 
     @property
-    def folder(self) -> str:
-        """The metric's folder name under scores/ and plots/."""
-        return file_stem(self.metric.name)
-
-    @property
-    def stem(self) -> str:
-        """The dataset's file name stem inside the metric's folder."""
-        return file_stem(self.dataset.name)
-
-    @property
     def sign(self) -> int:
         """-1 when the prediction is negated so that agreement with the MOS is positive."""
         return -1 if self.metric.lower_better != self.dataset.mos_lower_better else 1
-
-
-def _digest(record) -> str:
-    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically, unless the file holds it already (its time then tells
-    when its content last changed)."""
-    try:
-        if path.read_bytes() == text.encode('utf-8'):
-            return
-    except OSError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with write_file(path, encoding='utf-8', newline='') as file:
-        file.write(text)
-
-
-class Layout:
-    """Where a run puts its files."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
-        self.scores = self.root / 'scores'
-        self.plots = self.root / 'plots'
-        self.journals = self.root / 'journal'
-
-    def scores_csv(self, pair: Pair) -> Path:
-        return self.scores / pair.folder / f'{pair.stem}.csv'
-
-    def journal(self, fingerprint: dict) -> Path:
-        digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()
-        return self.journals / f'{digest[:32]}.sqlite3'
-
-    def check(self) -> None:
-        """A :class:`UserError` unless the output folder is new, empty, or holds results of an earlier
-        benchmark (its journal/ folder): nothing of the user's is replaced."""
-        check_results_folder(self.root, self.journals.name, '--output-dir')
 
 
 def pair_table(items: Sequence[Item], results: dict, metric: MetricSpec, columns: Sequence[str]) -> pd.DataFrame:
@@ -134,16 +84,16 @@ def pair_table(items: Sequence[Item], results: dict, metric: MetricSpec, columns
     return pd.DataFrame(rows, columns=['image', 'mos', 'prediction', 'error', *extra])
 
 
-def _write_pair(layout: Layout, pair: Pair, frame: pd.DataFrame) -> None:
+def _pair_csv(frame: pd.DataFrame) -> bytes:
     # CRLF rows: a CR inside an image name is then quoted too (RFC 4180).
-    _write_text(layout.scores_csv(pair), spreadsheet_csv(frame, _TEXT_COLUMNS, lineterminator='\r\n'))
+    return spreadsheet_csv(frame, _TEXT_COLUMNS, lineterminator='\r\n').encode('utf-8')
 
 
 def read_scores(path: str | os.PathLike) -> pd.DataFrame:
     """A per-image table as written: ``error`` is '' where the image was scored; image names
     as in the MOS table (the ``'`` that keeps a spreadsheet from running them removed)."""
     # Only the numeric columns read '' (how NaN is written) as missing: an image may be named 'NA'.
-    numeric = {column: [''] for column in ('mos', 'prediction', *COMPONENT_COLUMNS)}
+    numeric = {column: [''] for column in ('mos', 'prediction', *COMPONENTS)}
     frame = pd.read_csv(path, dtype={'image': str, 'error': str}, keep_default_na=False, na_values=numeric)
     return frame.assign(**{c: frame[c].map(from_spreadsheet_text) for c in ('image', 'error')})
 
@@ -210,22 +160,52 @@ def _labels(pair: Pair) -> tuple[str, str]:
     return prediction, 'MOS (lower is better)' if pair.dataset.mos_lower_better else 'MOS'
 
 
-def write_plots(layout: Layout, results: Sequence[PairResult], summary: pd.DataFrame) -> list[Path]:
-    made = []
+def draw_plots(layout: Layout, results: Sequence[PairResult],
+               summary: pd.DataFrame) -> tuple[dict[Path, bytes], dict[Path, str]]:
+    """Every figure of the run as PNG bytes by the path it goes to, and the figures that could not be
+    drawn (numbers matplotlib cannot place on an axis, such as a range past 1e308), with the reason."""
+    drawn, failed = {}, {}
+
+    def draw(path: Path, plot, *args, **options) -> None:
+        try:
+            with np.errstate(over='ignore', invalid='ignore'):  # matplotlib's ticks of such numbers
+                drawn[path] = plot(*args, **options)
+        except (OverflowError, ValueError) as error:  # ... and the error they end in
+            failed[path] = one_line(error)
+
     for result in results:
         pair, scored = result.pair, result.scored
+        metric, dataset = pair.metric.name, pair.dataset.name
         x_label, mos_label = _labels(pair)
-        title = f'{pair.metric.name} on {pair.dataset.name}'
-        made.append(plot_scatter(result.signed, scored['mos'].to_numpy(float),
-                                 result.agreement, layout.plots / pair.folder / f'scatter_{pair.stem}.png',
-                                 title=title, x_label=x_label, mos_label=mos_label))
+        title = f'{metric} on {dataset}'
+        draw(layout.scatter(metric, dataset), plot_scatter, result.signed, scored['mos'].to_numpy(float),
+             result.agreement, title=title, x_label=x_label, mos_label=mos_label)
         if {'q_sim', 'q_mag'} <= set(scored.columns):
-            made.append(plot_qsim_qmag(scored['q_sim'].to_numpy(float), scored['q_mag'].to_numpy(float),
-                                       scored['mos'].to_numpy(float), layout.plots / pair.folder / f'qsim_qmag_{pair.stem}.png',
-                                       title=f'Q_sim vs Q_mag: {title}', mos_label=mos_label))
+            draw(layout.qsim_qmag(metric, dataset), plot_qsim_qmag, scored['q_sim'].to_numpy(float),
+                 scored['q_mag'].to_numpy(float), scored['mos'].to_numpy(float), title=f'Q_sim vs Q_mag: {title}',
+                 mos_label=mos_label)
     if len(summary):
-        made.append(plot_srcc_bars(summary, layout.plots / 'srcc_bars.png'))
-    return made
+        draw(layout.bars, plot_srcc_bars, summary)
+    return drawn, failed
+
+
+def report(results: Sequence[PairResult]) -> dict[str, object]:
+    """The run's tables, by name: ``summary`` and ``comparisons`` (frames: one row per pair, one per two
+    metrics on a dataset) and ``summary.md`` (their text)."""
+    summary = summarise(results)
+    comparisons = compare_metrics([result.evaluated() for result in results])
+    return {'summary': summary, 'comparisons': comparisons, 'summary.md': markdown_summary(summary, comparisons)}
+
+
+def _report_files(layout: Layout, tables: dict, drawn: dict[Path, bytes]) -> dict[Path, bytes]:
+    """The table files, and summary.html: the same sections with the figures drawn."""
+    summary_csv, comparisons_csv, summary_md, summary_html = layout.tables
+    figures = {str(path.relative_to(layout.root)): png for path, png in drawn.items()}
+    page = html_summary(summary_sections(tables['summary'], tables['comparisons']), figures,
+                        f'Benchmark summary: {layout.root.name}')
+    return {summary_csv: spreadsheet_csv(tables['summary'], _TEXT_COLUMNS).encode('utf-8'),
+            comparisons_csv: spreadsheet_csv(tables['comparisons'], _TEXT_COLUMNS).encode('utf-8'),
+            summary_md: tables['summary.md'].encode('utf-8'), summary_html: page.encode('utf-8')}
 
 
 def _groups(metrics: Sequence[MetricSpec]) -> list[list[MetricSpec]]:
@@ -239,7 +219,7 @@ def _groups(metrics: Sequence[MetricSpec]) -> list[list[MetricSpec]]:
 def _is_maclip(metric: MetricSpec) -> bool:
     from pyiqa.default_model_configs import DEFAULT_CONFIGS
 
-    return DEFAULT_CONFIGS[metric.pyiqa_name]['metric_opts'].get('type') == _MACLIP_ARCH
+    return is_maclip(DEFAULT_CONFIGS[metric.pyiqa_name]['metric_opts'])
 
 
 def with_precision(config: BenchmarkConfig, precision: str | None) -> BenchmarkConfig:
@@ -298,11 +278,12 @@ def run_benchmark(config: BenchmarkConfig, output_dir: str | os.PathLike, *, dev
 
     Every dataset's (image, MOS) list is read, and the output folder checked, before any
     scoring, so a wrong path fails at once
-    (:class:`~pyiqa_maclip.app.benchmark.config.BenchmarkConfigError`).
+    (:class:`~pyiqa_maclip.app.benchmark.specs.BenchmarkConfigError`).
     """
     loading = loading_options(batch_size, num_workers, pixel_budget)
-    layout = Layout(Path(output_dir))
-    layout.check()
+    layout = Layout(output_dir)
+    layout.check([m.name for m in config.metrics], [d.name for d in config.datasets])
+    record = OutputRecord(layout.journals)
     items = {spec.name: load_items(spec) for spec in config.datasets}
     for spec in config.datasets:
         source = spec.mos if spec.kind == 'custom' else f"pyiqa's list of {spec.pyiqa}"
@@ -332,13 +313,13 @@ def run_benchmark(config: BenchmarkConfig, output_dir: str | os.PathLike, *, dev
                 for metric in group:
                     pair = Pair(metric, spec)
                     frame = pair_table(items[spec.name], found, metric, recipe.columns)
-                    _write_pair(layout, pair, frame)
+                    record.write({layout.scores_csv(metric.name, spec.name): _pair_csv(frame)})
                     results.append(evaluate_pair(pair, frame, seconds))
                     failed = int((frame['error'] != '').sum())
                     first = '' if not failed else f'; first failure: {frame.loc[frame["error"] != "", "error"].iloc[0]}'
                     done = '' if scored else 'complete, skipped: '
                     log(f'{metric.name} on {spec.name}: {done}{len(frame) - failed} scored, {failed} failed{first}')
-        except JournalError:  # the results folder itself: nothing else can go on
+        except (JournalError, OutputInTheWay):  # the results folder itself: nothing else can go on
             raise
         # The metric cannot be built, or its weights had (a missing file, no download, a bad option): report
         # it, run the rest. create_metric fails in many ways (assert, download, bad option).
@@ -349,12 +330,12 @@ def run_benchmark(config: BenchmarkConfig, output_dir: str | os.PathLike, *, dev
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     log(f'evaluating {len(results)} pairs: correlations, {RESAMPLES} bootstrap resamples, comparisons')
-    summary = summarise(results)
-    comparisons = compare_metrics([result.evaluated() for result in results])
-    _write_text(layout.root / 'summary.csv', spreadsheet_csv(summary, _TEXT_COLUMNS))
-    _write_text(layout.root / 'comparisons.csv', spreadsheet_csv(comparisons, _TEXT_COLUMNS))
-    _write_text(layout.root / 'summary.md', markdown_summary(summary, comparisons))
-    write_plots(layout, results, summary)
+    tables = report(results)
+    drawn, failed = draw_plots(layout, results, tables['summary'])
+    record.write({**_report_files(layout, tables, drawn), **drawn})
+    record.remove(failed)  # an earlier run's figure of other numbers
+    for path, reason in failed.items():
+        log(f'{path}: not drawn ({reason}); the numbers are in summary.csv')
     log(f'summary of {len(results)} of {len(config.metrics) * len(config.datasets)} pairs: '
         f'{layout.root / "summary.csv"}')
     return status

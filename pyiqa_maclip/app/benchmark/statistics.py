@@ -1,41 +1,48 @@
 """Uncertainty of the benchmark's correlations: bootstrap intervals and paired comparisons.
 
-Images are resampled with replacement, :data:`RESAMPLES` times from a generator seeded
-with :data:`SEED`: the resamples depend only on the number of images, so a rerun gives
-the same numbers, and two metrics evaluated on the same images see the same resampled
-images (a paired bootstrap). The draws are those of ``scipy.stats.bootstrap(...,
-paired=True, rng=numpy.random.default_rng(SEED))``; intervals are its ``'percentile'``
-intervals. A resample is held as how often it holds each image, so ranks need no
-sorting per resample and Kendall's tau is counted exactly, by merge levels, in
-``O(n log n)`` vectorised operations per resample (about a second for 10,000 images
-with SRCC, KRCC and PLCC together).
+``scipy.stats.bootstrap`` does the bootstrap: images are resampled with replacement,
+:data:`RESAMPLES` times from ``numpy.random.default_rng(SEED)``, each resample keeping
+every image's prediction with its MOS (scipy's ``paired=True`` resamples the images'
+indices, and so does this module), so a rerun gives the same numbers and two metrics
+evaluated on the same images see the same resamples (a paired bootstrap); the intervals
+are its ``'percentile'`` intervals. What scipy lacks is a fast correlation over many
+resamples: ranking each resample again (``rankdata(axis=-1)``), ``kendalltau`` (which
+loops over resamples) and ``pearsonr(axis=-1)`` take about 6 s of CPU for 1000 resamples
+of 10,000 images. So the statistic given to scipy computes SRCC, KRCC and PLCC from how
+often each resample holds each image: ranks need no sorting per resample, and Kendall's
+tau is counted exactly, by merge levels, in ``O(n log n)`` vectorised operations per
+resample (about a second for all three; docs/benchmark.md has the figures). The tests
+check every resample's numbers against scipy's ``spearmanr``, ``kendalltau``, ``pearsonr``.
 
 The p-value of a difference between two metrics is the paired-bootstrap p-value that
 inverts the percentile interval: twice the smaller share of resampled differences on
 either side of zero (each share counted as ``(1 + k) / (1 + RESAMPLES)``, so the smallest
 is about 0.002). It is below 0.05 exactly when 0 is outside the 95% interval, up to
-one resample. All functions are pure: arrays in, numbers out.
+one resample; scipy has no such p-value for a bootstrap. All functions are pure: arrays
+in, numbers out.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from types import SimpleNamespace
 
 import numpy as np
 from scipy import stats
 
+from .evaluation import MIN_IMAGES
+
 __all__ = [
-    'RESAMPLES', 'SEED', 'LEVEL', 'STATISTICS', 'MIN_IMAGES',
-    'resample_indices', 'bootstrap_replicates', 'percentile_interval', 'bootstrap_p_value',
-    'Intervals', 'correlation_intervals', 'Difference', 'Comparison', 'compare', 'paired_difference',
+    'RESAMPLES', 'SEED', 'LEVEL', 'STATISTICS', 'bootstrap_replicates', 'bootstrap_p_value', 'Intervals',
+    'correlation_intervals', 'Difference', 'Comparison', 'compare',
 ]
 
 RESAMPLES = 1000
 SEED = 20260122
 LEVEL = 0.95
 STATISTICS = ('srcc', 'krcc', 'plcc')
-MIN_IMAGES = 3  # as evaluation.MIN_IMAGES: fewer images have no correlation
 _CHUNK_ELEMENTS = 1 << 18  # resampled images handled at once: cache-sized arrays, memory bounded for any n
 
 
@@ -46,15 +53,6 @@ def _checked(*arrays: np.ndarray) -> list[np.ndarray]:
     if not all(np.isfinite(v).all() for v in values):
         raise ValueError('predictions and MOS must be finite (leave out the images that failed)')
     return values
-
-
-def resample_indices(n: int, resamples: int = RESAMPLES, seed: int = SEED) -> Iterator[np.ndarray]:
-    """Rows of image indices, ``resamples`` in all, in chunks: together exactly
-    ``default_rng(seed).integers(0, n, (resamples, n))``, what ``scipy.stats.bootstrap`` draws."""
-    rng = np.random.default_rng(seed)
-    rows = max(1, _CHUNK_ELEMENTS // max(n, 1))
-    for start in range(0, resamples, rows):
-        yield rng.integers(0, n, (min(rows, resamples - start), n))
 
 
 def _counts(indices: np.ndarray, n: int) -> np.ndarray:
@@ -144,67 +142,98 @@ def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.einsum('ij,ij->i', a, b).astype(np.int64)
 
 
-def _midranks(ties: _Ties, counts: np.ndarray, total: np.ndarray) -> np.ndarray:
+def _midranks(counts: np.ndarray, total: np.ndarray) -> np.ndarray:
     """Midrank of each tie group in each resample, less the mean rank (n+1)/2."""
     return np.cumsum(counts, axis=1) - counts / 2 - total[:, None] / 2
 
 
-def _standard(values: np.ndarray) -> np.ndarray:
-    """Centred and scaled: raw moments of resamples then lose nothing to cancellation."""
-    return (values - values.mean()) / (values.std() or 1.0)
+def _scaled(values: np.ndarray) -> np.ndarray:
+    """Divided by the largest magnitude: values near the float64 limit (1e308) then do not overflow."""
+    return values / (np.max(np.abs(values)) or 1.0)
+
+
+def _check_names(statistics: Sequence[str]) -> None:
+    unknown = set(statistics) - set(STATISTICS)
+    if unknown:
+        raise ValueError(f'unknown statistics {sorted(unknown)}; expected some of {", ".join(STATISTICS)}')
+
+
+class _Resampled:
+    """SRCC, KRCC and PLCC of (prediction, MOS) on resamples, vectorised: called by scipy's bootstrap
+    with the resampled image indices, (resamples, n); returns (statistics, resamples), NaN where a
+    resample's prediction or MOS is constant, or where float64 cannot hold the statistic (counted in
+    ``not_finite``: values so far apart in magnitude that a resample's deviations underflow)."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, statistics: Sequence[str]) -> None:
+        _check_names(statistics)
+        self.statistics, self.n = tuple(statistics), len(x)
+        self.x_ties, self.y_ties = _Ties(x), _Ties(y)
+        self.kendall = _Kendall(x, y) if 'krcc' in statistics else None
+        self.x_scaled, self.y_scaled = _scaled(x), _scaled(y)
+        self.not_finite = dict.fromkeys(self.statistics, 0)
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        weights = _counts(images, self.n)
+        total = weights.sum(axis=1).astype(float)
+        x_counts, y_counts = self.x_ties.counts(weights), self.y_ties.counts(weights)
+        constant = (x_counts.max(axis=1) == total) | (y_counts.max(axis=1) == total)
+        rows = []
+        with np.errstate(invalid='ignore', divide='ignore'):
+            for name in self.statistics:
+                if name == 'srcc':
+                    rx, ry = _midranks(x_counts, total), _midranks(y_counts, total)
+                    cov = np.einsum('ij,ij,ij->i', weights, rx[:, self.x_ties.group], ry[:, self.y_ties.group])
+                    var_x = np.einsum('ij,ij,ij->i', x_counts, rx, rx)
+                    var_y = np.einsum('ij,ij,ij->i', y_counts, ry, ry)
+                    value = cov / np.sqrt(var_x * var_y)
+                elif name == 'krcc':
+                    s = self.kendall.statistic(weights, x_counts, y_counts)
+                    all_pairs = total * (total - 1) / 2
+                    value = s / np.sqrt((all_pairs - _pairs(x_counts)) * (all_pairs - _pairs(y_counts)))
+                else:
+                    value = self._pearson(weights, total)
+                failed = ~constant & ~np.isfinite(value)
+                self.not_finite[name] += int(np.count_nonzero(failed))
+                rows.append(np.where(constant | failed, np.nan, value))
+        return np.stack(rows)
+
+    def _pearson(self, weights: np.ndarray, total: np.ndarray) -> np.ndarray:
+        """PLCC of each resample, centred on the resample's own means (two passes: nothing lost to
+        cancellation). einsum, not BLAS: OpenBLAS threads left spinning slow every later step on a busy CPU."""
+        dx = self.x_scaled - (np.einsum('ij,j->i', weights, self.x_scaled) / total)[:, None]
+        dy = self.y_scaled - (np.einsum('ij,j->i', weights, self.y_scaled) / total)[:, None]
+        sxy, sxx, syy = (np.einsum('ij,ij,ij->i', weights, a, b) for a, b in ((dx, dy), (dx, dx), (dy, dy)))
+        r = sxy / np.sqrt(sxx * syy)
+        return np.where(np.isfinite(r), np.clip(r, -1.0, 1.0), r)
+
+
+def _bootstrap(n: int, statistic: Callable[[np.ndarray], np.ndarray], *, resamples: int, seed: int, level: float,
+               drawn: np.ndarray | None = None):
+    """``scipy.stats.bootstrap`` of ``statistic`` of n images' indices, percentile intervals at
+    ``level``; with ``drawn`` (its bootstrap distribution, same resamples and seed) the interval of
+    that distribution, without resampling again."""
+    if not 0 < level < 1:
+        raise ValueError(f'level must be between 0 and 1, got {level}')
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', stats.DegenerateDataWarning)  # NaN replicates: see _unusable
+        return stats.bootstrap(
+            (np.arange(n),), lambda images, axis: statistic(images), vectorized=True, method='percentile',
+            confidence_level=level, n_resamples=resamples if drawn is None else 0,
+            bootstrap_result=None if drawn is None else SimpleNamespace(bootstrap_distribution=drawn),
+            batch=max(1, _CHUNK_ELEMENTS // n), rng=np.random.default_rng(seed))
 
 
 def bootstrap_replicates(prediction: np.ndarray, mos: np.ndarray, statistics: Sequence[str] = STATISTICS, *,
                          resamples: int = RESAMPLES, seed: int = SEED) -> dict[str, np.ndarray]:
-    """Each statistic (``srcc``, ``krcc``, ``plcc``) on each resample of the images; NaN where a
-    resample's prediction or MOS is constant. Equal to ``scipy.stats`` on ``prediction[i], mos[i]``
-    for each row ``i`` of :func:`resample_indices`."""
+    """Each statistic (``srcc``, ``krcc``, ``plcc``) on each resample of scipy's bootstrap; NaN where
+    a resample's prediction or MOS is constant (or the statistic past float64). Equal to ``scipy.stats``
+    on ``prediction[i], mos[i]`` for each row ``i`` of ``default_rng(seed).integers(0, n, (resamples, n))``."""
     x, y = _checked(prediction, mos)
-    unknown = set(statistics) - set(STATISTICS)
-    if unknown:
-        raise ValueError(f'unknown statistics {sorted(unknown)}; expected some of {", ".join(STATISTICS)}')
-    n = len(x)
-    out = {name: [] for name in statistics}
-    if n == 0:
+    _check_names(statistics)
+    if len(x) < 2:  # scipy resamples two images or more
         return {name: np.full(resamples, np.nan) for name in statistics}
-    x_ties, y_ties = _Ties(x), _Ties(y)
-    kendall = _Kendall(x, y) if 'krcc' in statistics else None
-    xs, ys = _standard(x), _standard(y)
-    moments = (xs, ys, xs * xs, ys * ys, xs * ys)
-    for indices in resample_indices(n, resamples, seed):
-        weights = _counts(indices, n)
-        total = weights.sum(axis=1).astype(float)
-        x_counts, y_counts = x_ties.counts(weights), y_ties.counts(weights)
-        constant = (x_counts.max(axis=1) == total) | (y_counts.max(axis=1) == total)
-        with np.errstate(invalid='ignore', divide='ignore'):
-            if 'srcc' in statistics:
-                rx, ry = _midranks(x_ties, x_counts, total), _midranks(y_ties, y_counts, total)
-                cov = np.einsum('ij,ij,ij->i', weights, rx[:, x_ties.group], ry[:, y_ties.group])
-                var_x, var_y = np.einsum('ij,ij,ij->i', x_counts, rx, rx), np.einsum('ij,ij,ij->i', y_counts, ry, ry)
-                out['srcc'].append(np.where(constant, np.nan, cov / np.sqrt(var_x * var_y)))
-            if 'krcc' in statistics:
-                s = kendall.statistic(weights, x_counts, y_counts)
-                all_pairs = (total * (total - 1) / 2)
-                denominator = np.sqrt((all_pairs - _pairs(x_counts)) * (all_pairs - _pairs(y_counts)))
-                out['krcc'].append(np.where(constant, np.nan, s / denominator))
-            if 'plcc' in statistics:
-                # einsum, not BLAS: OpenBLAS threads left spinning slow every later step on a busy CPU
-                sx, sy, sxx, syy, sxy = (np.einsum('ij,j->i', weights, m) / total for m in moments)
-                r = (sxy - sx * sy) / np.sqrt((sxx - sx * sx) * (syy - sy * sy))
-                out['plcc'].append(np.where(constant, np.nan, np.clip(r, -1.0, 1.0)))
-    return {name: np.concatenate(values) for name, values in out.items()}
-
-
-def percentile_interval(replicates: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
-    """The central ``level`` interval of the replicates (NumPy's linear quantiles, as
-    ``scipy.stats.bootstrap(method='percentile')``); NaN if any replicate is NaN."""
-    replicates = np.asarray(replicates, dtype=float)
-    if not 0 < level < 1:
-        raise ValueError(f'level must be between 0 and 1, got {level}')
-    if not len(replicates) or np.isnan(replicates).any():
-        return math.nan, math.nan
-    low, high = np.quantile(replicates, [(1 - level) / 2, (1 + level) / 2])
-    return float(low), float(high)
+    result = _bootstrap(len(x), _Resampled(x, y, statistics), resamples=resamples, seed=seed, level=LEVEL)
+    return dict(zip(statistics, result.bootstrap_distribution))
 
 
 def bootstrap_p_value(differences: np.ndarray) -> float:
@@ -217,14 +246,21 @@ def bootstrap_p_value(differences: np.ndarray) -> float:
     return float(min(1.0, 2 * (1 + min(below, above)) / (1 + len(differences))))
 
 
-def _unusable(replicates: dict[str, np.ndarray]) -> str:
-    """Why a statistic got no interval, if one did not."""
-    worst = max(int(np.isnan(r).sum()) for r in replicates.values())
-    if not worst:
-        return ''
+def _unusable(replicates: dict[str, np.ndarray], not_finite: dict[str, int] | None) -> str:
+    """Why a statistic got no interval, if one did not: constant resamples, or numbers float64 cannot
+    hold (``not_finite``: resamples per statistic; None if not known)."""
     total = len(next(iter(replicates.values())))
-    return (f'{worst} of {total} bootstrap resamples had a constant prediction or MOS: '
-            'no interval (too few distinct values)')
+    if not_finite is None:
+        worst = max(int(np.isnan(r).sum()) for r in replicates.values())
+        return (f'{worst} of {total} bootstrap resamples had no value (a constant prediction or MOS, or numbers '
+                'float64 cannot hold; see the notes of the two metrics)') if worst else ''
+    constant = max(int(np.isnan(r).sum()) - not_finite.get(name, 0) for name, r in replicates.items())
+    notes = [f'{constant} of {total} bootstrap resamples had a constant prediction or MOS: '
+             'no interval (too few distinct values)'] if constant else []
+    notes += [f'{name} not finite on {count} of {total} bootstrap resamples (float64 underflows or overflows at '
+              f'these magnitudes): no interval for it; rescale the predictions or the MOS'
+              for name, count in not_finite.items() if count]
+    return '; '.join(notes)
 
 
 @dataclass(frozen=True)
@@ -245,14 +281,17 @@ class Intervals:
 
 def correlation_intervals(prediction: np.ndarray, mos: np.ndarray, *, resamples: int = RESAMPLES, seed: int = SEED,
                           level: float = LEVEL) -> tuple[Intervals, dict[str, np.ndarray]]:
-    """The intervals and the replicates they come from (reusable for :func:`paired_difference`)."""
+    """The intervals and the replicates they come from (reusable for :func:`compare`)."""
     x, y = _checked(prediction, mos)
     if len(x) < MIN_IMAGES:
         nan = math.nan
         return Intervals(nan, nan, nan, nan, nan, nan, f'intervals need at least {MIN_IMAGES} images'), {}
-    replicates = bootstrap_replicates(x, y, resamples=resamples, seed=seed)
-    bounds = [bound for name in STATISTICS for bound in percentile_interval(replicates[name], level)]
-    return Intervals(*bounds, note=_unusable(replicates)), replicates
+    statistic = _Resampled(x, y, STATISTICS)
+    result = _bootstrap(len(x), statistic, resamples=resamples, seed=seed, level=level)
+    interval = result.confidence_interval
+    bounds = [float(bound) for k in range(len(STATISTICS)) for bound in (interval.low[k], interval.high[k])]
+    replicates = dict(zip(STATISTICS, result.bootstrap_distribution))
+    return Intervals(*bounds, note=_unusable(replicates, statistic.not_finite)), replicates
 
 
 @dataclass(frozen=True)
@@ -265,13 +304,6 @@ class Difference:
     low: float
     high: float
     p: float
-
-
-def paired_difference(a: float, b: float, replicates_a: np.ndarray, replicates_b: np.ndarray,
-                      level: float = LEVEL) -> Difference:
-    """From the statistics of two metrics and their replicates on the same resamples."""
-    differences = np.asarray(replicates_a, dtype=float) - np.asarray(replicates_b, dtype=float)
-    return Difference(a, b, a - b, *percentile_interval(differences, level), bootstrap_p_value(differences))
 
 
 @dataclass(frozen=True)
@@ -293,7 +325,7 @@ class Comparison:
 
 
 def _point(function, x: np.ndarray, y: np.ndarray) -> float:
-    if len(x) < MIN_IMAGES or np.ptp(x) == 0 or np.ptp(y) == 0:
+    if len(x) < MIN_IMAGES or np.min(x) == np.max(x) or np.min(y) == np.max(y):
         return math.nan
     return float(function(x, y)[0])
 
@@ -303,21 +335,34 @@ def compare(prediction_a: np.ndarray, prediction_b: np.ndarray, mos: np.ndarray,
             replicates_b: dict | None = None) -> Comparison:
     """SRCC and PLCC of metric a minus those of metric b on the same images (predictions already
     signed), with paired-bootstrap intervals and p-values. Replicates from
-    :func:`bootstrap_replicates` of these very arrays (same resamples and seed) may be passed in."""
+    :func:`bootstrap_replicates` of these very arrays (same resamples and seed) may be passed in:
+    their differences are then the bootstrap distribution, and no image is resampled again."""
     xa, xb, y = _checked(prediction_a, prediction_b, mos)
     n = len(y)
     points = {name: (_point(function, xa, y), _point(function, xb, y))
               for name, function in (('srcc', stats.spearmanr), ('plcc', stats.pearsonr))}
     constant = [what for what, values in (('prediction of a', xa), ('prediction of b', xb), ('MOS', y))
-                if n and np.ptp(values) == 0]
+                if n and np.min(values) == np.max(values)]
     if n < MIN_IMAGES or constant:
         nan = math.nan
         note = (f'a comparison needs at least {MIN_IMAGES} images scored by both metrics, got {n}' if n < MIN_IMAGES
                 else f'constant {" and ".join(constant)} on these {n} images: no correlation to compare')
         return Comparison(n, *(Difference(*points[name], nan, nan, nan, nan) for name in ('srcc', 'plcc')), note)
-    reps_a = replicates_a or bootstrap_replicates(xa, y, ('srcc', 'plcc'), resamples=resamples, seed=seed)
-    reps_b = replicates_b or bootstrap_replicates(xb, y, ('srcc', 'plcc'), resamples=resamples, seed=seed)
-    differences = {name: paired_difference(*points[name], reps_a[name], reps_b[name], level)
-                   for name in ('srcc', 'plcc')}
-    note = _unusable({f'{k}{side}': r[k] for side, r in (('a', reps_a), ('b', reps_b)) for k in ('srcc', 'plcc')})
-    return Comparison(n, differences['srcc'], differences['plcc'], note)
+    names = ('srcc', 'plcc')
+    of_a, of_b = _Resampled(xa, y, names), _Resampled(xb, y, names)
+
+    def difference(images: np.ndarray) -> np.ndarray:
+        return of_a(images) - of_b(images)
+
+    drawn = None
+    if replicates_a and replicates_b:
+        drawn = np.stack([replicates_a[name] for name in names]) - np.stack([replicates_b[name] for name in names])
+    result = _bootstrap(n, difference, resamples=resamples, seed=seed, level=level, drawn=drawn)
+    differences = dict(zip(names, result.bootstrap_distribution))
+    interval = result.confidence_interval
+    found = {name: Difference(*points[name], points[name][0] - points[name][1], float(interval.low[k]),
+                              float(interval.high[k]), bootstrap_p_value(differences[name]))
+             for k, name in enumerate(names)}
+    known = None if drawn is not None else {name: of_a.not_finite[name] + of_b.not_finite[name] for name in names}
+    note = _unusable(differences, known)
+    return Comparison(n, found['srcc'], found['plcc'], note)

@@ -17,7 +17,7 @@ from .statistics import LEVEL, RESAMPLES, SEED, compare
 
 __all__ = [
     'SUMMARY_COLUMNS', 'COMPARISON_COLUMNS', 'FLIP_MARK', 'FIT_MARK', 'Evaluated', 'compare_metrics',
-    'markdown_summary', 'spreadsheet_text', 'from_spreadsheet_text', 'spreadsheet_csv',
+    'summary_sections', 'markdown_summary', 'spreadsheet_text', 'from_spreadsheet_text', 'spreadsheet_csv',
 ]
 
 SUMMARY_COLUMNS = (
@@ -114,17 +114,21 @@ def compare_metrics(entries: Sequence[Evaluated]) -> pd.DataFrame:
 # ---------------------------------------------------------------- summary.md
 
 
-def _cell(value) -> str:
+def cell_text(value) -> str:
+    """A table cell as text: yes/no, 4 decimals, n/a for NaN."""
     if isinstance(value, (bool, np.bool_)):
         return 'yes' if value else 'no'
     if isinstance(value, (float, np.floating)):
         return 'n/a' if math.isnan(value) else f'{value:.4f}'
-    return str(value).replace('|', '\\|')
+    return str(value)
 
 
 def _markdown_table(frame: pd.DataFrame) -> str:
-    lines = ['| ' + ' | '.join(map(_cell, frame.columns)) + ' |', '|' + '---|' * len(frame.columns)]
-    lines += ['| ' + ' | '.join(_cell(v) for v in row) + ' |' for row in frame.itertuples(index=False)]
+    def cell(value) -> str:
+        return cell_text(value).replace('|', '\\|')
+
+    lines = ['| ' + ' | '.join(map(cell, frame.columns)) + ' |', '|' + '---|' * len(frame.columns)]
+    lines += ['| ' + ' | '.join(cell(v) for v in row) + ' |' for row in frame.itertuples(index=False)]
     return '\n'.join(lines)
 
 
@@ -194,44 +198,54 @@ def _comparison_table(comparisons: pd.DataFrame) -> pd.DataFrame:
                  'b': _name(row.metric_b, row.flipped_b), 'n': row.n}
         for statistic, label in (('srcc', 'SRCC'), ('plcc', 'PLCC')):
             low, high = getattr(row, f'{statistic}_diff_low'), getattr(row, f'{statistic}_diff_high')
-            cells[f'{label} a − b [{_level()}]'] = f'{_cell(getattr(row, f"{statistic}_diff"))}{_interval(low, high)}'
+            cells[f'{label} a − b [{_level()}]'] = f'{cell_text(getattr(row, f"{statistic}_diff"))}{_interval(low, high)}'
             cells[f'{label} p'] = _p(getattr(row, f'{statistic}_p'))
         cells['note'] = row.note
         rows.append(cells)
     return pd.DataFrame(rows)
 
 
-def markdown_summary(summary: pd.DataFrame, comparisons: pd.DataFrame | None = None) -> str:
-    """summary.md: SRCC (with intervals) and logistic-PLCC tables, the comparisons between metrics
-    in numbers and words, then every number."""
+def summary_sections(summary: pd.DataFrame, comparisons: pd.DataFrame | None = None) -> list[tuple[str, list]]:
+    """The summary as (heading, blocks) sections, each block a paragraph of text (markdown: `code`,
+    ``- `` items) or a frame: SRCC (with intervals) and logistic-PLCC tables, the comparisons between
+    metrics in numbers and words, then every number. summary.md and summary.html render the same sections."""
     full = summary.assign(seconds=summary['seconds'].round(1).astype(str))
-    srcc = [f'{_cell(r.srcc)}{_interval(r.srcc_low, r.srcc_high)}{_marks(r, fit=False)}' for r in summary.itertuples()]
-    plcc = [f'{_cell(r.plcc_logistic)}{_marks(r, fit=True)}' for r in summary.itertuples()]
-    parts = [
-        '# Benchmark summary',
-        (f'{FLIP_MARK} the prediction was negated before correlating, because exactly one of metric '
-         'and MOS is lower-is-better (columns `metric_lower_better`, `mos_lower_better`); no absolute '
-         f'values are taken anywhere. {FIT_MARK} (PLCC table) the logistic fit is a step or not monotone '
-         '(see `note`): its PLCC and RMSE are those of the official protocol, and may flatter the metric. '
-         '`n` counts the images scored; `n_failed` those that could not be read or scored or gave a '
-         'non-finite prediction (see the `error` column of scores/*.csv).'),
-        (f'Intervals in brackets are {_level()} percentile bootstrap intervals: the images are resampled '
-         f'with replacement {RESAMPLES} times (seed {SEED}, so a rerun gives the same numbers); `srcc_low`, '
-         '`srcc_high`, `krcc_low`, ... in the table of all numbers. `plcc` is the raw Pearson correlation; '
-         '`plcc_logistic` (the paper\'s PLCC) has no interval, as the fit would have to be redone per resample.'),
-        f'## SRCC [{_level()} interval]', _markdown_table(_pivot(summary, srcc)),
-        '## PLCC after the 5-parameter logistic fit', _markdown_table(_pivot(summary, plcc)),
+    srcc = [f'{cell_text(r.srcc)}{_interval(r.srcc_low, r.srcc_high)}{_marks(r, fit=False)}' for r in summary.itertuples()]
+    plcc = [f'{cell_text(r.plcc_logistic)}{_marks(r, fit=True)}' for r in summary.itertuples()]
+    sections = [
+        ('Benchmark summary', [
+            (f'{FLIP_MARK} the prediction was negated before correlating, because exactly one of metric '
+             'and MOS is lower-is-better (columns `metric_lower_better`, `mos_lower_better`); no absolute '
+             f'values are taken anywhere. {FIT_MARK} (PLCC table) the logistic fit is a step or not monotone '
+             '(see `note`): its PLCC and RMSE are those of the official protocol, and may flatter the metric. '
+             '`n` counts the images scored; `n_failed` those that could not be read or scored or gave a '
+             'non-finite prediction (see the `error` column of scores/*.csv).'),
+            (f'Intervals in brackets are {_level()} percentile bootstrap intervals: the images are resampled '
+             f'with replacement {RESAMPLES} times (seed {SEED}, so a rerun gives the same numbers); `srcc_low`, '
+             '`srcc_high`, `krcc_low`, ... in the table of all numbers. `plcc` is the raw Pearson correlation; '
+             '`plcc_logistic` (the paper\'s PLCC) has no interval, as the fit would have to be redone per '
+             'resample.')]),
+        (f'SRCC [{_level()} interval]', [_pivot(summary, srcc)]),
+        ('PLCC after the 5-parameter logistic fit', [_pivot(summary, plcc)]),
     ]
     if comparisons is not None and len(comparisons):
-        parts += [
-            '## Differences between metrics',
+        sections.append(('Differences between metrics', [
             (f'SRCC and PLCC (raw) of metric a minus metric b, on the images both scored (`n`), with their '
              f'{_level()} paired-bootstrap interval (the same resampled images for both metrics) and a '
              'two-sided p-value: twice the share of resampled differences on the other side of 0 from the '
              'observed one (below 0.05 exactly when 0 is outside the interval, up to one resample). '
              'Predictions are signed as in the tables above.'),
-            _markdown_table(_comparison_table(comparisons)),
-            _comparison_words(comparisons),
-        ]
-    parts += ['## All numbers', _markdown_table(full)]
+            _comparison_table(comparisons),
+            *_comparison_words(comparisons).split('\n\n'),
+        ]))
+    sections.append(('All numbers', [full]))
+    return sections
+
+
+def markdown_summary(summary: pd.DataFrame, comparisons: pd.DataFrame | None = None) -> str:
+    """summary.md: :func:`summary_sections` in markdown."""
+    parts = []
+    for level, (heading, blocks) in enumerate(summary_sections(summary, comparisons)):
+        parts.append(f'{"#" if level == 0 else "##"} {heading}')
+        parts += [_markdown_table(block) if isinstance(block, pd.DataFrame) else block for block in blocks]
     return '\n\n'.join(parts) + '\n'

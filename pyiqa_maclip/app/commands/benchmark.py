@@ -36,17 +36,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from ... import weights
-    from ..benchmark.config import read_config
-    from ..files import check_results_folder, check_writable_folder
+    from ..benchmark.outputs import Layout
+    from ..benchmark.schema import read_config
+    from ..files import check_writable_folder
 
     weights.check_environment()
     check_device(args.device)
     raw = read_config(args.config)
     check_writable_folder(args.output_dir, f'the results (--output-dir {args.output_dir})')
-    check_results_folder(args.output_dir, 'journal', '--output-dir')
+    Layout(args.output_dir).check(raw['metrics'], raw['datasets'])
 
-    from ..benchmark.config import parse_config
+    from ..benchmark.resolve import parse_config
     from ..benchmark.runner import run_benchmark, with_precision
+
     config = with_precision(parse_config(raw, data_root=args.data_root), args.precision)
     try:
         return run_benchmark(config, args.output_dir, device=args.device, force=args.force,

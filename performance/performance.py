@@ -24,7 +24,7 @@ Subnormal floats are slow on some CPUs, so the report counts the subnormal value
 encoder's activations; --flush-denormals flushes them for the whole benchmark process (the
 metric itself never changes that process-wide setting: torch cannot read it back to restore it).
 
-    python benchmarks/performance.py --output-dir benchmarks/results
+    python performance/performance.py --output-dir performance/results
 """
 from __future__ import annotations
 
@@ -300,7 +300,7 @@ def load_average() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--output-dir', type=Path, default=Path('benchmarks/results'))
+    parser.add_argument('--output-dir', type=Path, default=Path('performance/results'))
     parser.add_argument('--rounds', type=int, default=5, help='interleaved timing rounds (median kept)')
     parser.add_argument('--folder-images', type=int, default=48)
     parser.add_argument('--workers', type=int, default=2)

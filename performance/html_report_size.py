@@ -6,8 +6,8 @@ MA-CLIP's four components), best of --repeat runs; the file's size and what the 
 With Playwright and chromium: the time from opening the file until ``window.report.ready``, and per
 ``setThreshold`` (the median of 20 thresholds across the range), offline. The CPU model is recorded.
 
-    python benchmarks/html_report_size.py --output benchmarks/results/html_report.md
-    python benchmarks/html_report_size.py --rows 1000 --screenshot docs/report_html_example.png
+    python performance/html_report_size.py --output performance/results/html_report.md
+    python performance/html_report_size.py --rows 1000 --screenshot docs/report_html_example.png
 """
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ same memory as the real RN50), ``explain`` the tiny test model (its memory is th
 ``--seconds`` stops (kills) each run after that long (the peak comes while an image is decoded, in the
 first seconds; scoring the views afterwards holds one chunk of views at a time).
 
-    python benchmarks/memory.py --output benchmarks/results/memory.md [--seconds 120] [--only explain]
+    python performance/memory.py --output performance/results/memory.md [--seconds 120] [--only explain]
 """
 from __future__ import annotations
 
