@@ -5,7 +5,9 @@ marks and a threshold control; moving it updates the counts kept and dropped, th
 either side of it and the paged galleries, and offers the two sides as CSV downloads and the
 threshold as the ``pyiqa-maclip select`` command that applies it. Everything it needs is inside
 the file: scores, keys and components as JSON in a ``<script type="application/json">`` tag,
-pictures as ``data:`` URIs; it loads nothing and sends nothing.
+pictures as ``data:`` URIs; it loads nothing and sends nothing. :func:`write_html_report` writes
+the page of any table; :func:`write_table_report` that of a scored collection (``pyiqa-maclip
+report -o X.html``), reading only the images it pictures.
 
 Direction and ties: for a higher-is-better metric the rows with ``score >= t`` are kept, for a
 lower-is-better one the rows with ``score <= t``; a row whose score equals the threshold is kept.
@@ -212,8 +214,8 @@ def _thumbnails(table: Table, count: int) -> tuple[dict[int, bytes], int]:
     many of them could not be read."""
     rows = choose_thumbnail_rows(table.rows['score'].to_numpy(dtype=float), table.lower_better, count)
     pictures = {row: read_thumbnail(table.file_of(row), THUMBNAIL_PIXELS) for row in rows}
-    return {row: thumbnail_jpeg(p) for row, p in pictures.items() if p is not None}, sum(
-        p is None for p in pictures.values())
+    readable = {row: thumbnail_jpeg(picture) for row, picture in pictures.items() if picture is not None}
+    return readable, len(pictures) - len(readable)
 
 
 def _quality_maps(table: Table, folder: Path, first: Sequence[int]) -> tuple[dict[int, bytes], int]:
