@@ -17,7 +17,7 @@ setup(
     python_requires='>=3.9',
     packages=find_packages(include=['pyiqa_maclip', 'pyiqa_maclip.*']),
     # The HTML report's page, inlined into every report it writes.
-    package_data={'pyiqa_maclip.app': ['templates/*.html', 'templates/*.css', 'templates/*.js']},
+    package_data={'pyiqa_maclip.app.report': ['templates/*.html', 'templates/*.css', 'templates/*.js']},
     install_requires=[
         'pyiqa>=0.1.16,<0.2',
         'torch>=2.0',

@@ -1,4 +1,4 @@
-"""Size and speed of the interactive HTML report (pyiqa_maclip.app.html_report) for 1,000 and 100,000 rows.
+"""Size and speed of the interactive HTML report (pyiqa_maclip.app.report.html) for 1,000 and 100,000 rows.
 
 For each size: choose_thumbnail_rows and write_html_report (240 thumbnails of pyiqa's sample photos,
 degraded in proportion to a made-up score; keys like '/data/collection/shard-0012/img_001234.jpg';
@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageFilter
 
-from pyiqa_maclip.app.html_report import choose_thumbnail_rows, thumbnail_jpeg, write_html_report
+from pyiqa_maclip.app.report.html import choose_thumbnail_rows, thumbnail_jpeg, write_html_report
 
 _PHOTOS = Path(sysconfig.get_paths()['purelib']) / 'ResultsCalibra' / 'ref_dir'  # shipped in pyiqa's wheel
 

@@ -10,7 +10,6 @@ import io
 import json
 import os
 import re
-import shutil
 import stat
 
 import numpy as np
@@ -18,9 +17,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from browser import browser, counts, open_report  # noqa: F401  (fixtures browser, open_report)
+
 from pyiqa_maclip.app import cli
 from pyiqa_maclip.app.benchmark.tables import from_spreadsheet_text, spreadsheet_text
-from pyiqa_maclip.app.html_report import MAX_THUMBNAILS, choose_thumbnail_rows, thumbnail_jpeg, write_html_report
+from pyiqa_maclip.app.report.html import MAX_THUMBNAILS, choose_thumbnail_rows, thumbnail_jpeg, write_html_report
 from pyiqa_maclip.errors import UserError
 
 #: Keys a collection really has (NOTES.md): markup, quotes, CR/LF, commas, formula starts, Unicode.
@@ -196,55 +197,9 @@ def test_select_refuses_mistakes_in_one_line(tmp_path, capsys):
 
 # ---------------------------------------------------------------- the page, in a real browser
 
-_NO_BROWSER = ('headless Chromium is not available: the HTML report is checked in a real browser with Debian\'s '
-               '`chromium` package (apt-get install chromium) driven by Playwright (pip install playwright); '
-               '.ci/run installs both')
-
-
-@pytest.fixture(scope='module')
-def browser():
-    sync_api = pytest.importorskip('playwright.sync_api', reason=_NO_BROWSER)
-    executable = shutil.which('chromium') or shutil.which('chromium-browser')
-    if executable is None:
-        pytest.skip(_NO_BROWSER)
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=executable, args=['--no-sandbox'])
-        yield launched
-        launched.close()
-
-
-@pytest.fixture
-def open_report(browser):
-    """``open_report(path)`` -> the page, loaded offline; after the test: no request but the file itself,
-    no console error, no uncaught exception."""
-    contexts, problems, requests, opened = [], [], [], set()
-
-    def open_(path):
-        context = browser.new_context(offline=True, accept_downloads=True, viewport={'width': 1400, 'height': 900})
-        contexts.append(context)
-        page = context.new_page()
-        page.on('console', lambda message: message.type in ('error', 'warning') and problems.append(message.text))
-        page.on('pageerror', lambda error: problems.append(str(error)))
-        page.on('request', lambda request: requests.append(request.url))
-        opened.add(path.as_uri())
-        page.goto(path.as_uri())
-        page.wait_for_function('window.report && window.report.ready === true')
-        return page
-
-    yield open_
-    for context in contexts:
-        context.close()
-    assert problems == []
-    assert set(requests) <= opened  # pictures are data: URIs, downloads blob: URLs: neither is fetched
-
-
 def _kept(table, threshold, lower_better):
     scores = table['score']
     return (scores <= threshold) if lower_better else (scores >= threshold)
-
-
-def _counts(page):
-    return int(page.text_content('#kept-count')), int(page.text_content('#dropped-count'))
 
 
 @pytest.mark.parametrize('lower_better', [False, True])
@@ -257,17 +212,17 @@ def test_counts_follow_the_threshold_from_hook_box_and_slider(tmp_path, open_rep
     for threshold in (median, 0.4321, float(finite['score'].min()) - 1):  # a tie, between scores, below all
         kept = int(_kept(finite, threshold, lower_better).sum())
         assert page.evaluate('t => window.report.setThreshold(t)', threshold) == {'kept': kept, 'dropped': 1998 - kept}
-        assert _counts(page) == (kept, 1998 - kept)
+        assert counts(page) == (kept, 1998 - kept)
         assert page.input_value('#threshold-input') == repr(threshold).removesuffix('.0')
     # The number box, typed into, moves the slider and the counts.
     page.fill('#threshold-input', '0.55')
     kept = int(_kept(finite, 0.55, lower_better).sum())
-    assert _counts(page) == (kept, 1998 - kept) and float(page.input_value('#threshold-slider')) == 0.55
+    assert counts(page) == (kept, 1998 - kept) and float(page.input_value('#threshold-slider')) == 0.55
     assert page.text_content('#kept-share') == f'{100 * kept / 1998:.1f} %'
     # The slider moves the number box and the counts.
     page.eval_on_selector('#threshold-slider', "s => { s.value = '0.45'; s.dispatchEvent(new Event('input')); }")
     kept = int(_kept(finite, 0.45, lower_better).sum())
-    assert page.input_value('#threshold-input') == '0.45' and _counts(page) == (kept, 1998 - kept)
+    assert page.input_value('#threshold-input') == '0.45' and counts(page) == (kept, 1998 - kept)
     assert page.evaluate('window.report.threshold') == 0.45
 
 

@@ -1,12 +1,13 @@
-"""``pyiqa-maclip report``: a picture of a scored collection, for choosing a threshold.
+"""``pyiqa-maclip report``: a scored collection shown to choose a threshold, as a PNG or an HTML page.
 
-:mod:`.collection` chooses what is shown (scores, the rows at evenly spaced quantiles from
-worst to best by the metric's direction, failures), from the run's journal when it is there,
-else from the scores CSV; :mod:`.picture` draws it as a PNG.
+:mod:`.collection` reads what is shown (scores, components, failures, the metric and its direction),
+from the run's journal when it is there, else from the scores CSV; :mod:`.thumbnails` makes the
+pictures; :mod:`.picture` draws the PNG (thumbnails at evenly spaced quantiles), :mod:`.html` writes
+the interactive page (every row, thumbnails across the score range, a live threshold).
 """
-from .collection import MARKED_QUANTILES, Collection, Selection, count_rows, read_collection, read_selection, \
-    select_quantiles
+from .collection import MARKED_QUANTILES, Collection, Selection, Table, count_rows, read_collection, read_selection, \
+    read_table, select_quantiles
 from .picture import axis_label, draw_report
 
-__all__ = ['MARKED_QUANTILES', 'Collection', 'Selection', 'select_quantiles', 'read_selection', 'read_collection',
-           'count_rows', 'draw_report', 'axis_label']
+__all__ = ['MARKED_QUANTILES', 'Collection', 'Selection', 'Table', 'select_quantiles', 'read_selection',
+           'read_collection', 'read_table', 'count_rows', 'draw_report', 'axis_label']

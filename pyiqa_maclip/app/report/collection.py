@@ -4,20 +4,25 @@ The metric's direction decides what "worst" is. A run's journal (``score`` keeps
 CSV) gives scores, paths, failures and the metric; without one, the CSV's ``score`` column is
 read whole and its ``path`` column in chunks (a million rows take seconds), and the direction
 comes from its ``metric`` / ``lower_better`` columns or from the caller. Rows whose score is
-empty, NaN or infinite are counted as unscored.
+empty, NaN or infinite are counted as unscored. The HTML page shows every row (:func:`read_table`:
+scores, components, failures with their reasons), from the same sources.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from ...errors import UserError, one_line
 
-__all__ = ['MARKED_QUANTILES', 'Selection', 'Collection', 'select_quantiles', 'read_selection', 'read_collection',
-           'count_rows']
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ['MARKED_QUANTILES', 'Selection', 'Collection', 'Table', 'select_quantiles', 'read_selection',
+           'read_collection', 'read_table', 'count_rows']
 
 #: Quantiles of the scores marked on the histogram.
 MARKED_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -43,6 +48,17 @@ class Collection:
     paths: list[str]  # of the selected rows
     failed: int  # files that could not be scored
     unscored: int  # rows without a finite score
+    metric: str  # '' when the CSV does not say
+    lower_better: bool
+
+
+@dataclass(frozen=True)
+class Table:
+    """Every row of a scored collection, as the HTML page shows it."""
+
+    rows: pd.DataFrame  # key (the path as the CSV writes it), score (NaN where unscored), components
+    file_of: Callable[[int], str]  # the file of a row, by its position
+    failed: pd.DataFrame  # key, error
     metric: str  # '' when the CSV does not say
     lower_better: bool
 
@@ -156,33 +172,105 @@ def read_selection(csv_file: str | os.PathLike, count: int, lower_better: bool |
                        str(csv_file))
 
 
-def _read_journal(journal_file: Path, count: int) -> Collection:
-    """The collection of a run's journal: every stored result, failures counted apart."""
-    from ..journal import Journal
+def _as_written(value: float) -> float:
+    """``value`` as the scores CSV holds it (``outputs.export`` writes 9 significant digits), so that a page
+    made from the journal keeps and drops exactly the rows ``select`` keeps and drops in the CSV."""
+    return float(f'{value:.9g}')
+
+
+def _journal_table(journal_file: Path) -> Table:
+    """Every result of a run's journal, in the order stored, its numbers as the CSV writes them; keys are the
+    paths as the CSV writes them."""
+    import pandas as pd
+
+    from ..journal import Journal, display_path
 
     with Journal(journal_file) as journal:
-        paths, scores, failed = [], [], 0
+        columns, rows, paths, failed = journal.columns, [], [], []
         for result in journal.results():
+            key = display_path(os.fsencode(result.path))
             if result.error is not None:
-                failed += 1
+                failed.append((key, result.error))
                 continue
             paths.append(result.path)
-            scores.append(result.values.get('score', np.nan))
+            rows.append((key, *(_as_written(result.values.get(c, np.nan)) for c in columns)))
         metric, lower_better = journal.metric, journal.lower_better
-    scores = np.asarray(scores, dtype=float)
-    return _collection(scores, count, lambda rows: [paths[r] for r in rows], failed, metric, lower_better,
-                       str(journal_file))
+    table = pd.DataFrame(rows, columns=['key', *columns]).astype({c: float for c in columns})
+    return Table(table, paths.__getitem__, pd.DataFrame(failed, columns=['key', 'error'], dtype=str), metric,
+                 lower_better)
+
+
+def _read_journal(journal_file: Path, count: int) -> Collection:
+    """The collection of a run's journal: every stored result, failures counted apart."""
+    table = _journal_table(journal_file)
+    scores = table.rows['score'].to_numpy(dtype=float) if 'score' in table.rows else np.full(len(table.rows), np.nan)
+    return _collection(scores, count, lambda rows: [table.file_of(r) for r in rows], len(table.failed), table.metric,
+                       table.lower_better, str(journal_file))
+
+
+def _run_journal(csv_file: Path) -> Path | None:
+    """The journal of the run that wrote ``csv_file``, if it is there."""
+    from ..files import WorkFiles
+
+    journal_file = WorkFiles(csv_file.absolute()).journal(0)
+    return journal_file if journal_file.is_file() else None
 
 
 def read_collection(csv_file: str | os.PathLike, count: int, lower_better: bool | None = None) -> Collection:
     """The collection scored into ``csv_file``: from the run's journal if it is there (its metric decides the
     direction; a contradicting ``lower_better`` is refused), else from the CSV (see :func:`read_selection`)."""
-    from ..files import WorkFiles
-
     csv_file = Path(csv_file)
-    journal_file = WorkFiles(csv_file.absolute()).journal(0)
-    if not journal_file.is_file():
+    journal_file = _run_journal(csv_file)
+    if journal_file is None:
         return read_selection(csv_file, count, lower_better)
     collection = _read_journal(journal_file, count)
     _check_agrees(csv_file, collection.metric, collection.lower_better, lower_better)
     return collection
+
+
+def _csv_failures(csv_file: Path):
+    """``key, error`` of the ``.errors.csv`` beside ``csv_file`` (none if it is not there)."""
+    import pandas as pd
+
+    from ..files import WorkFiles
+
+    errors = WorkFiles(csv_file.absolute()).errors
+    if not errors.is_file():
+        return pd.DataFrame({'key': [], 'error': []}, dtype=str)
+    try:
+        failed = pd.read_csv(errors, usecols=['path', 'error'], dtype=str, keep_default_na=False)
+    except (OSError, ValueError, pd.errors.ParserError) as error:
+        raise UserError(f'{errors} is not an errors CSV with path and error columns: {one_line(error)}') from None
+    return failed.rename(columns={'path': 'key'})
+
+
+def _csv_table(csv_file: Path, lower_better: bool | None) -> Table:
+    """Every row of a scores CSV: its text as keys, its numeric columns as score and components."""
+    import pandas as pd
+
+    try:
+        table = pd.read_csv(csv_file, dtype=str, keep_default_na=False)
+    except (OSError, ValueError, pd.errors.ParserError) as error:
+        raise UserError(f'{csv_file} is not a readable CSV: {one_line(error)}') from None
+    for column in ('path', 'score'):
+        if column not in table.columns:
+            raise UserError(f'{csv_file} has no {column} column (columns: {", ".join(table.columns)}): expected the '
+                            'CSV written by pyiqa-maclip score')
+    metric, lower_better = _csv_direction(csv_file, list(table.columns), lower_better)
+    numbers = {c: pd.to_numeric(table[c], errors='coerce') for c in table.columns
+               if c not in ('path', 'metric', 'lower_better')}
+    components = {c: v for c, v in numbers.items() if c == 'score' or v.notna().any()}  # text columns left out
+    rows = pd.DataFrame({'key': table['path'], **components})
+    return Table(rows, lambda row: _csv_path(rows['key'].iloc[row]), _csv_failures(csv_file), metric, lower_better)
+
+
+def read_table(csv_file: str | os.PathLike, lower_better: bool | None = None) -> Table:
+    """Every row of the collection scored into ``csv_file`` (for the HTML page): from the run's journal if it
+    is there, else from the CSV and its ``.errors.csv``; the direction as :func:`read_collection` finds it."""
+    csv_file = Path(csv_file)
+    journal_file = _run_journal(csv_file)
+    if journal_file is None:
+        return _csv_table(csv_file, lower_better)
+    table = _journal_table(journal_file)
+    _check_agrees(csv_file, table.metric, table.lower_better, lower_better)
+    return table

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..files import shown, write_figure
 from .collection import MARKED_QUANTILES, Collection
+from .thumbnails import read_thumbnail
 
 __all__ = ['draw_report', 'axis_label']
 
@@ -24,23 +25,6 @@ _NAME_CHARACTERS = 30  # of a file name under its thumbnail
 
 def axis_label(metric: str, lower_better: bool) -> str:
     return f'{metric + " " if metric else ""}score ({"lower" if lower_better else "higher"} is better)'
-
-
-def _thumbnail(path: str):
-    """A small RGB picture of the image, or None if it cannot be read."""
-    from PIL import Image
-
-    from ..images import as_float, read_image
-
-    try:
-        image = read_image(path)
-        step = max(1, max(image.shape[-2:]) // (4 * _THUMBNAIL))  # subsampled before any conversion
-        image = as_float(image[:, ::step, ::step]).expand(3, -1, -1)
-    except Exception:  # noqa: BLE001 - a moved or broken file is shown as missing, not fatal
-        return None
-    picture = Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
-    picture.thumbnail((_THUMBNAIL, _THUMBNAIL))
-    return picture
 
 
 def _short(name: str) -> str:
@@ -79,7 +63,7 @@ def draw_report(collection: Collection, title: str, output: Path, columns: int =
     _histogram(figure.add_subplot(grid[0, :]), collection, title)
     for i, (path, q, score) in enumerate(zip(paths, selection.quantiles, selection.scores)):
         axes = figure.add_subplot(grid[1 + i // columns, i % columns])
-        picture = _thumbnail(path)
+        picture = read_thumbnail(path, _THUMBNAIL)
         if picture is None:
             axes.text(0.5, 0.5, 'cannot read', ha='center', va='center', fontsize=11)
         else:

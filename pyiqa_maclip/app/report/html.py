@@ -5,7 +5,9 @@ marks and a threshold control; moving it updates the counts kept and dropped, th
 either side of it and the paged galleries, and offers the two sides as CSV downloads and the
 threshold as the ``pyiqa-maclip select`` command that applies it. Everything it needs is inside
 the file: scores, keys and components as JSON in a ``<script type="application/json">`` tag,
-pictures as ``data:`` URIs; it loads nothing and sends nothing.
+pictures as ``data:`` URIs; it loads nothing and sends nothing. :func:`write_html_report` writes
+the page of any table; :func:`write_table_report` that of a scored collection (``pyiqa-maclip
+report -o X.html``), reading only the images it pictures.
 
 Direction and ties: for a higher-is-better metric the rows with ``score >= t`` are kept, for a
 lower-is-better one the rows with ``score <= t``; a row whose score equals the threshold is kept.
@@ -20,20 +22,23 @@ import base64
 import io
 import json
 import math
+import os
 import re
 import shlex
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
-from .files import write_file
-from .report import MARKED_QUANTILES  # the PNG report marks the same
+from ...errors import UserError
+from ..files import write_file
+from .collection import MARKED_QUANTILES, Table  # the PNG report marks the same quantiles
+from .thumbnails import quality_map_png, read_thumbnail
 
-__all__ = ['MAX_THUMBNAILS', 'DEFAULT_THUMBNAILS', 'THUMBNAIL_PIXELS', 'choose_thumbnail_rows', 'thumbnail_jpeg',
-           'write_html_report']
+__all__ = ['MAX_THUMBNAILS', 'DEFAULT_THUMBNAILS', 'THUMBNAIL_PIXELS', 'Pictures', 'choose_thumbnail_rows',
+           'thumbnail_jpeg', 'write_html_report', 'write_table_report']
 
 #: The most thumbnails (and, apart, quality maps) one page holds: the file's size stays bounded.
 MAX_THUMBNAILS = 240
@@ -189,3 +194,52 @@ def write_html_report(table, output: Path, *, metric: str, lower_better: bool, t
     with write_file(Path(output), 'w', encoding='utf-8', newline='\n') as file:
         file.write(_page(data))
     return Path(output)
+
+
+# ---------------------------------------------------------------- a scored collection's page
+
+
+@dataclass(frozen=True)
+class Pictures:
+    """What :func:`write_table_report` put in the page."""
+
+    thumbnails: int  # rows pictured
+    unreadable: int  # rows chosen whose image could not be read: shown without a picture
+    quality_maps: int
+    maps_left_out: int  # explain pictures found beyond MAX_THUMBNAILS
+
+
+def _thumbnails(table: Table, count: int) -> tuple[dict[int, bytes], int]:
+    """JPEG thumbnails of the rows :func:`choose_thumbnail_rows` picks (only those images are read), and how
+    many of them could not be read."""
+    rows = choose_thumbnail_rows(table.rows['score'].to_numpy(dtype=float), table.lower_better, count)
+    pictures = {row: read_thumbnail(table.file_of(row), THUMBNAIL_PIXELS) for row in rows}
+    readable = {row: thumbnail_jpeg(picture) for row, picture in pictures.items() if picture is not None}
+    return readable, len(pictures) - len(readable)
+
+
+def _quality_maps(table: Table, folder: Path, first: Sequence[int]) -> tuple[dict[int, bytes], int]:
+    """The ``explain`` pictures in ``folder`` of the table's rows (named as ``explain`` names them, see
+    :func:`~..explain.output_names`), those of the rows ``first`` first, at most :data:`MAX_THUMBNAILS`; and
+    how many more there were."""
+    from ..explain import output_names
+
+    present = set(os.listdir(folder))
+    names = output_names([table.file_of(row) for row in range(len(table.rows))], folder)
+    found = [row for row in dict.fromkeys([*first, *range(len(names))]) if names[row].name in present]
+    maps = {}
+    for row in found[:MAX_THUMBNAILS]:
+        if (picture := quality_map_png(names[row])) is not None:
+            maps[row] = picture
+    return maps, max(0, len(found) - MAX_THUMBNAILS)
+
+
+def write_table_report(table: Table, output: Path, *, title: str, scores_file: str,
+                       thumbnails: int = DEFAULT_THUMBNAILS, explained: Path | None = None) -> Pictures:
+    """The page of a scored collection (:func:`~.collection.read_table`): every row, ``thumbnails`` pictures
+    chosen by :func:`choose_thumbnail_rows`, and the quality maps ``explain`` wrote into ``explained``."""
+    pictures, unreadable = _thumbnails(table, thumbnails)
+    maps, left_out = _quality_maps(table, explained, list(pictures)) if explained is not None else ({}, 0)
+    write_html_report(table.rows, output, metric=table.metric, lower_better=table.lower_better, thumbnails=pictures,
+                      failed=table.failed, title=title, quality_maps=maps, scores_file=scores_file)
+    return Pictures(len(pictures), unreadable, len(maps), left_out)

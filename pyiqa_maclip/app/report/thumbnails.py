@@ -1,0 +1,55 @@
+"""The pictures a report holds: small thumbnails of the scored images, and shrunk ``explain`` pictures.
+
+Both renderings (the PNG and the HTML page) make their thumbnails here, so an image looks the same in
+either; an image that cannot be read is ``None`` (shown as missing), never an error.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ['read_thumbnail', 'quality_map_png', 'QUALITY_MAP_PIXELS']
+
+#: The longer side of an ``explain`` picture as a report holds it, in pixels (``explain`` draws 1,800).
+QUALITY_MAP_PIXELS = 1800
+
+
+def read_thumbnail(path: str, pixels: int):
+    """A PIL RGB picture of the image at ``path`` whose longer side is at most ``pixels``, or None if it
+    cannot be read. Decoded as every command reads images (``app.images.read_image``) and subsampled
+    before any conversion, so a large photo costs little."""
+    from PIL import Image
+
+    from ..images import as_float, read_image
+
+    try:
+        image = read_image(path)
+        step = max(1, max(image.shape[-2:]) // (4 * pixels))
+        image = as_float(image[:, ::step, ::step]).expand(3, -1, -1)
+    except Exception:  # noqa: BLE001 - a moved or broken file is shown as missing, not fatal
+        return None
+    picture = Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+    picture.thumbnail((pixels, pixels))
+    return picture
+
+
+def quality_map_png(path: Path, pixels: int = QUALITY_MAP_PIXELS) -> bytes | None:
+    """The ``explain`` picture at ``path`` as PNG bytes: the file itself when it is a PNG whose longer side
+    is at most ``pixels`` (as ``explain`` writes them: shrinking would only add colours and bytes), else
+    shrunk to that; None if it cannot be read."""
+    from PIL import Image
+
+    try:
+        data = path.read_bytes()
+        with Image.open(io.BytesIO(data)) as picture:
+            if picture.format == 'PNG' and max(picture.size) <= pixels:
+                return data
+            picture = picture.convert('RGB')
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+    picture.thumbnail((pixels, pixels))
+    buffer = io.BytesIO()
+    picture.save(buffer, format='PNG', optimize=True)
+    return buffer.getvalue()
