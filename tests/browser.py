@@ -28,11 +28,12 @@ def browser():
 
 @pytest.fixture
 def open_report(browser):
-    """``open_report(path)`` -> the page, loaded offline; after the test: no request but the file itself,
+    """``open_report(path, ready=...)`` -> the page, loaded offline, once the ``ready`` expression holds (default:
+    the report's hook says so; None for a page without script); after the test: no request but the file itself,
     no console error, no uncaught exception."""
     contexts, problems, requests, opened = [], [], [], set()
 
-    def open_(path):
+    def open_(path, ready: str | None = 'window.report && window.report.ready === true'):
         context = browser.new_context(offline=True, accept_downloads=True, viewport={'width': 1400, 'height': 900})
         contexts.append(context)
         page = context.new_page()
@@ -41,7 +42,8 @@ def open_report(browser):
         page.on('request', lambda request: requests.append(request.url))
         opened.add(path.as_uri())
         page.goto(path.as_uri())
-        page.wait_for_function('window.report && window.report.ready === true')
+        if ready is not None:
+            page.wait_for_function(ready)
         return page
 
     yield open_

@@ -27,6 +27,7 @@ from torchvision.transforms.functional import to_tensor
 
 import pyiqa
 
+from browser import browser, open_report  # noqa: F401  (fixtures)
 from rounding import assert_within_rounding, rounding_bound
 
 from pyiqa_maclip.app import cli
@@ -789,6 +790,14 @@ def test_summary_html_holds_the_tables_words_and_figures_offline(run_dir):
     assert len(figures) > 0 and page.count('src="data:image/png;base64,') == len(figures)
     assert not re.search(r'(src|href)="(?!data:)', page)  # no file beside it, no network
     assert "default-src 'none'" in page
+
+
+def test_summary_html_opens_offline_in_a_browser(run_dir, open_report):
+    page = open_report(run_dir / 'summary.html', ready=None)  # no console error, nothing fetched (the fixture)
+    assert page.title() == 'Benchmark summary: out'
+    sizes = page.eval_on_selector_all('img', 'images => images.map(i => i.complete && i.naturalWidth)')
+    assert len(sizes) == len(list(run_dir.glob('plots/**/*.png'))) and all(width > 0 for width in sizes)
+    assert page.locator('h2', has_text='Differences between metrics').count() == 1
 
 
 def test_summary_html_shows_names_as_text():
