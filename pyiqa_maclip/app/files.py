@@ -24,8 +24,8 @@ from filelock import FileLock, Timeout
 from ..errors import UserError
 from ..safe_io import atomic_file
 
-__all__ = ['Content', 'content', 'same_content', 'kind_of', 'refuse_special', 'check_writable_folder',
-           'name_max', 'fits_name', 'write_file', 'write_figure', 'shown', 'held_lock',
+__all__ = ['Content', 'content', 'same_content', 'kind_of', 'refuse_special', 'check_replaceable',
+           'check_writable_folder', 'name_max', 'fits_name', 'write_file', 'write_figure', 'shown', 'held_lock',
            'lock_is_free', 'WorkFiles']
 
 _JOURNAL = re.compile(r'rank(0|[1-9]\d*)(\.open)?\.sqlite3')
@@ -83,6 +83,14 @@ def refuse_special(path: Path, what: str) -> None:
     if kind := kind_of(path):
         raise UserError(f'{what} {path} is {kind}: pyiqa-maclip writes only regular files, never through or over '
                         'a link, a device, a FIFO or a folder; choose another path')
+
+
+def check_replaceable(path: Path, overwrite: bool, what: str = 'the output', other: str = '-o') -> None:
+    """A :class:`UserError` unless ``path`` may be written: nothing there, or a regular file the user lets us
+    replace (``--overwrite``); never a link, device, FIFO or folder."""
+    refuse_special(path, what)
+    if path.exists() and not overwrite:
+        raise UserError(f'{shown(path)} exists: pass --overwrite to replace it, or choose another {other}')
 
 
 def check_writable_folder(folder: Path, what: str) -> None:

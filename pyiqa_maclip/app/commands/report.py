@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from ...errors import UserError
-from ..files import refuse_special, shown
+from ..files import check_replaceable, shown
 from ..options import integer_at_least
 
 __all__ = ['add_parser', 'run', 'report_file']
@@ -80,9 +80,7 @@ def _check(args: argparse.Namespace, file_format: str, output: Path) -> None:
                         'explain wrote into')
     if file_format == 'html' and args.thumbnails is not None and args.thumbnails > DEFAULT_THUMBNAILS['html']:
         raise UserError(f'--thumbnails {args.thumbnails}: a page holds at most {DEFAULT_THUMBNAILS["html"]}')
-    refuse_special(output, 'the output')
-    if output.exists() and not args.overwrite:
-        raise UserError(f'{shown(output)} exists: pass --overwrite to replace it, or choose another -o')
+    check_replaceable(output, args.overwrite)
 
 
 def _write_png(args: argparse.Namespace, output: Path, count: int) -> str:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ...errors import UserError, one_line
-from ..files import refuse_special, shown
+from ..files import check_replaceable, shown
 
 __all__ = ['add_parser', 'run']
 
@@ -49,12 +49,9 @@ def _check(args: argparse.Namespace) -> None:
     if not args.scores.is_file():
         raise UserError(f'{shown(args.scores)} does not exist or is not a file: expected the CSV written by '
                         'pyiqa-maclip score')
-    refuse_special(args.output, 'the output')
-    if args.output.exists():
-        if args.output.samefile(args.scores):
-            raise UserError(f'-o {shown(args.output)} is the scores CSV itself: choose another output')
-        if not args.overwrite:
-            raise UserError(f'{shown(args.output)} exists: pass --overwrite to replace it, or choose another -o')
+    if args.output.exists() and args.output.samefile(args.scores):
+        raise UserError(f'-o {shown(args.output)} is the scores CSV itself: choose another output')
+    check_replaceable(args.output, args.overwrite)
 
 
 def _read(csv_file: Path):
