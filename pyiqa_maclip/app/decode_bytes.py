@@ -11,7 +11,7 @@ import io
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .images import _ORIENTATION, _SIXTEEN_BIT, RESAMPLING, _rgb_pixels, _strict_decoding, _unit_range
 
@@ -24,7 +24,11 @@ def decode_bytes(data: bytes, resize: tuple[int, int] | None = None, resize_mode
     Raises on empty, unidentifiable or truncated bytes."""
     if len(data) == 0:
         raise ValueError('empty image (0 bytes)')
-    with _strict_decoding(), Image.open(io.BytesIO(data)) as image:
+    try:
+        opened = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:  # its message would name a BytesIO object's address
+        raise ValueError('cannot identify the image: not a format PIL reads') from None
+    with _strict_decoding(), opened as image:
         image.load()
         if image.getexif().get(_ORIENTATION, 1) != 1:
             image = ImageOps.exif_transpose(image)

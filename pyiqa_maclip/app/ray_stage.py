@@ -10,6 +10,7 @@ Nothing here imports Ray: the class is plain Python, which Ray instantiates in i
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import numpy as np
@@ -19,6 +20,7 @@ from ..errors import UserError, error_text
 from .decode_bytes import bytes_pixel_count, decode_bytes
 from .engine import _score_batch
 from .images import DEFAULT_PIXEL_BUDGET, read_image
+from .journal import differences
 
 __all__ = ['Scorer', 'ERROR_COLUMN', 'image_tensor']
 
@@ -80,11 +82,13 @@ class Scorer:
     ``image_column``: encoded bytes, Hugging Face image structs or decoded arrays; ``device``: a
     torch device (default: ``cuda`` when the actor sees a GPU, else ``cpu``); ``pixel_budget``: most
     decoded pixels held at once; ``resize``: (H, W) before scoring, as ``score``'s preprocessing;
+    ``fingerprint``: the settings the caller expects (a worker with other weights refuses);
     every other keyword is an option of ``pyiqa.create_metric(metric, ...)``.
     """
 
     def __init__(self, metric: str = 'maclip', *, image_column: str = 'image', device: str | None = None,
-                 pixel_budget: int = DEFAULT_PIXEL_BUDGET, resize: tuple[int, int] | None = None, **options) -> None:
+                 pixel_budget: int = DEFAULT_PIXEL_BUDGET, resize: tuple[int, int] | None = None,
+                 fingerprint: dict | None = None, **options) -> None:
         from .scorers import Recipe
 
         if isinstance(pixel_budget, bool) or not isinstance(pixel_budget, int) or pixel_budget < 1:
@@ -94,6 +98,10 @@ class Scorer:
         recipe = Recipe(metric, options)
         self.scorer = recipe.build(self.device)
         self.columns, self.fingerprint = self.scorer.columns, recipe.fingerprint
+        if fingerprint is not None and json.dumps(fingerprint, sort_keys=True) != json.dumps(self.fingerprint,
+                                                                                              sort_keys=True):
+            raise UserError('this Ray worker would score with other settings than the driver (e.g. other weights at '
+                            'the backbone path): ' + '; '.join(differences(fingerprint, self.fingerprint)))
 
     def _groups(self, cells) -> Iterator[list[int]]:
         """Row positions in groups whose pixels fit the budget together (a larger image alone)."""

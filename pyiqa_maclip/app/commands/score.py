@@ -14,6 +14,7 @@ from ...errors import UserError
 from ...names import COMPONENTS, LIST_SUFFIXES
 from ..metric_options import check_metric_options, is_maclip_metric
 from ..options import add_device, add_loading, add_precision, check_device, integer_at_least, parse_options
+from ..ray_options import add_ray_options, check_ray_args
 
 __all__ = ['add_parser', 'run']
 
@@ -52,6 +53,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help='under accelerate: how long the main process waits for the others once its share is '
                              'done (default: 3600)')
     parser.add_argument('--no-progress', dest='progress', action='store_false', help='no progress bar')
+    add_ray_options(parser)
     return parser
 
 
@@ -85,7 +87,12 @@ def run(args: argparse.Namespace) -> int:
     from ..inputs import collect_paths, parse_extensions
 
     weights.check_environment()
+    check_ray_args(args)
     options = _metric_options(args)
+    if args.engine == 'ray':
+        from ..ray_run import run_ray
+
+        return run_ray(args, options)
     check_device(args.device)
     extensions = None if args.extensions is None else parse_extensions(args.extensions.split(','))
     if args.rank_timeout <= 0:
