@@ -37,7 +37,7 @@ setup(
         # Lock files: one download per cache, one run per output (torch needs it too).
         'filelock',
     ],
-    extras_require={'test': ['pytest']},
+    extras_require={'test': ['pytest'], 'ray': ['ray[data]>=2.51']},
     entry_points={
         'pyiqa.archs': ['maclip = pyiqa_maclip.registration:register'],
         'console_scripts': ['pyiqa-maclip = pyiqa_maclip.app.cli:main'],
