@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from pyiqa_maclip.app.decode_bytes import decode_bytes
-from pyiqa_maclip.app.images import read_image
+from pyiqa_maclip.app.images import as_float, read_image
 from pyiqa_maclip.app.ray_run import resources
 from pyiqa_maclip.app.ray_shards import MANIFEST, Manifest, Shard, expected_rows, plan_shards
 from pyiqa_maclip.errors import UserError
@@ -229,7 +229,7 @@ def test_stage_on_a_local_ray(sources, tiny_rn, tiny_metric):
         ray.shutdown()
     scored = scored.sort_values('id')
     assert scored['error'].iloc[:4].isna().all() and 'cannot identify' in scored['error'].iloc[4]
-    rounding = rounding_bound(tiny_metric, [decode_bytes(b) for b in images[:4]])
+    rounding = rounding_bound(tiny_metric, [as_float(decode_bytes(b)) for b in images[:4]])
     for field in COMPONENTS:
         assert_within_rounding(scored[field].iloc[:4].to_numpy(), rounding, field)
 
@@ -260,7 +260,7 @@ def test_engine_ray_equals_the_local_engine_and_resumes(sources, tiny_rn, tiny_m
                                                                for k in r['key']]).sort_values('file')
     names = list(scored['file'])
     assert names == [f'img{i}.png' for i in range(7)]
-    rounding = rounding_bound(tiny_metric, [read_image(sources / 'files' / n) for n in names])
+    rounding = rounding_bound(tiny_metric, [as_float(read_image(sources / 'files' / n)) for n in names])
     for field in COMPONENTS:  # the local engine's and Ray's numbers, each within rounding of float64
         assert_within_rounding(scored[field].to_numpy(), rounding, field)
         assert_within_rounding([local[n][field] for n in names], rounding, field)
@@ -298,7 +298,7 @@ def test_killed_run_resumes_with_the_shards_left(tiny_rn, tmp_path):
     out = tmp_path / 'out'
     env = {**ENV, 'PYIQA_MACLIP_TEST_DELAY': '1', 'PYTHONPATH': f'{hook}{os.pathsep}{ENV["PYTHONPATH"]}'}
     run = subprocess.Popen([sys.executable, '-m', 'pyiqa_maclip', 'score', '--engine', 'ray', *map(str, shards), '-o',
-                            str(out), '--backbone', str(tiny_rn), '--batch-size', 1, '--no-progress'], env=env,
+                            str(out), '--backbone', str(tiny_rn), '--batch-size', '1', '--no-progress'], env=env,
                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
     while finished_shards(out) < 2:
