@@ -271,15 +271,27 @@ def test_engine_ray_equals_the_local_engine_and_resumes(sources, tiny_rn, tiny_m
     assert other.returncode == 2 and 'other settings: options.box_lam was 0.5, now 0.3' in other.stderr
 
 
-# Every Ray worker of a run started with this on PYTHONPATH scores a batch a second slower.
-SLOW_WORKERS = '''
-import os
-if os.environ.get('PYIQA_MACLIP_TEST_DELAY'):
-    import time
-    from pyiqa_maclip.arch import MACLIP
-    score_images = MACLIP.score_images
-    MACLIP.score_images = lambda self, images: time.sleep(float(os.environ['PYIQA_MACLIP_TEST_DELAY'])) or score_images(self, images)
-'''
+# On PYTHONPATH: every process that imports pyiqa_maclip.arch (the Ray workers) scores a batch a second
+# slower; the others (Ray's own) import nothing more.
+SLOW_WORKERS = """
+import importlib.abc, importlib.machinery, os, sys, time
+
+class SlowScoring(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name != 'pyiqa_maclip.arch':
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        load = spec.loader.exec_module
+        def exec_module(module):
+            load(module)
+            score_images = module.MACLIP.score_images
+            module.MACLIP.score_images = lambda self, images: time.sleep(1) or score_images(self, images)
+        spec.loader.exec_module = exec_module
+        return spec
+
+if os.environ.get('PYIQA_MACLIP_TEST_SLOW'):
+    sys.meta_path.insert(0, SlowScoring())
+"""
 
 
 def finished_shards(out: Path) -> int:
@@ -296,7 +308,7 @@ def test_killed_run_resumes_with_the_shards_left(tiny_rn, tmp_path):
     (hook / 'sitecustomize.py').write_text(SLOW_WORKERS)
     shards = [write_tar(tmp_path / f's{i}.tar', {f'k{i}': png(i)}) for i in range(6)]
     out = tmp_path / 'out'
-    env = {**ENV, 'PYIQA_MACLIP_TEST_DELAY': '1', 'PYTHONPATH': f'{hook}{os.pathsep}{ENV["PYTHONPATH"]}'}
+    env = {**ENV, 'PYIQA_MACLIP_TEST_SLOW': '1', 'PYTHONPATH': f'{hook}{os.pathsep}{ENV["PYTHONPATH"]}'}
     run = subprocess.Popen([sys.executable, '-m', 'pyiqa_maclip', 'score', '--engine', 'ray', *map(str, shards), '-o',
                             str(out), '--backbone', str(tiny_rn), '--batch-size', '1', '--no-progress'], env=env,
                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

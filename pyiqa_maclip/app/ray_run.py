@@ -102,7 +102,9 @@ def _dataset(ray, shards: list[Shard], image_column: str | None):
         folder_of = {f: s.path for s in folders for f in s.files}
         parts.append(ray.data.read_binary_files(list(folder_of), include_paths=True).map_batches(
             _file_rows, fn_kwargs={'folder_of': folder_of}, batch_format='pandas'))
-    return parts[0].union(*parts[1:]) if parts else None
+    if len(parts) < 2:  # Ray's union of one dataset fails in its planner
+        return parts[0] if parts else None
+    return parts[0].union(*parts[1:])
 
 
 def resources(cluster: dict, workers: int | None, cpus_per_worker: float, gpus_per_worker: float | None) -> dict:
