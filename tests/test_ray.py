@@ -349,6 +349,16 @@ def test_a_cluster_started_with_ray_start(sources, tiny_rn, tmp_path):
                   '--backbone', tiny_rn, '--no-progress')
         assert run.returncode == 0, run.stderr
         assert sorted(pd.read_parquet(tmp_path / 'out' / 's0.parquet')['key']) == ['img0', 'img1']
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({'picture': [b'x']}), tmp_path / 'odd.parquet')
+        odd = cli('--engine', 'ray', '--ray-address', f'127.0.0.1:{port}', tmp_path / 'odd.parquet', '-o',
+                  tmp_path / 'out', '--backbone', tiny_rn, '--no-progress')
+        # A mistake met in a Ray task is one line, as any other.
+        assert odd.returncode == 2 and odd.stderr.splitlines()[-1] == (
+            f'pyiqa-maclip score: error: {tmp_path}/odd.parquet has no image column (jpg, jpeg, png, webp, tif, tiff, '
+            'bmp, image); its columns: picture; pass --image-column'), odd.stderr
     finally:
         head.send_signal(signal.SIGTERM)  # --block: the head stops what it started
         try:

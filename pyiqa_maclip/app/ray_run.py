@@ -170,6 +170,17 @@ def _score_shards(ray, pending: list[Shard], manifest: Manifest, recipe, options
         write(path)
 
 
+def _user_error(error: BaseException) -> UserError | None:
+    """The :class:`UserError` a Ray task raised (Ray wraps it, with its traceback), or None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, UserError):
+            return error
+        seen.add(id(error))
+        error = getattr(error, 'cause', None) or error.__cause__
+    return None
+
+
 def run_ray(args: argparse.Namespace, options: dict) -> int:
     """``score --engine ray``: the exit status (0 every sample scored, 1 some failed)."""
     shards = plan_shards(args.inputs, args.extensions and args.extensions.split(','))
@@ -193,7 +204,12 @@ def run_ray(args: argparse.Namespace, options: dict) -> int:
         try:
             ray.data.DataContext.get_current().enable_progress_bars = args.progress
             pool = resources(ray.cluster_resources(), args.workers, args.cpus_per_worker, args.num_gpus_per_worker)
-            _score_shards(ray, pending, manifest, recipe, options, args, pool)
+            try:
+                _score_shards(ray, pending, manifest, recipe, options, args, pool)
+            except Exception as error:
+                if (user_error := _user_error(error)) is None:
+                    raise
+                raise UserError(user_error.args[0] if user_error.args else str(user_error)) from None
         except KeyboardInterrupt:
             print('interrupted: every finished shard is kept; run the same command again to resume', file=sys.stderr)
             return 130
