@@ -92,6 +92,8 @@ def main() -> None:
             for engine, command in runs.items():
                 times[engine].append(timed(command(f'{engine}-{round_}', inputs[engine][0])))
                 startup[engine].append(timed(command(f'{engine}-one-{round_}', inputs[engine][1])))
+                print(f'round {round_} {engine}: {times[engine][-1]:.1f} s, one image {startup[engine][-1]:.1f} s',
+                      flush=True)
         print(f'machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, '
               f'load average {os.getloadavg()[0]:.2f}; {args.images} JPEGs of {args.size}, RN50-shaped weights, '
               f'batch {args.batch_size}, {len(shards)} shards of {args.per_shard}, median of {args.rounds}')

@@ -27,7 +27,8 @@ def add_ray_options(parser: argparse.ArgumentParser) -> None:
                              'folders through Ray Data into -o FOLDER, one Parquet file per input shard (see docs/ray.md)')
     ray = parser.add_argument_group('--engine ray')
     ray.add_argument('--ray-address', default=None, metavar='ADDR',
-                     help='a running Ray cluster, e.g. 10.0.0.1:6379 or auto (default: start a local one)')
+                     help='a running Ray cluster, e.g. 10.0.0.1:6379, or auto for the one started on this machine '
+                          '(default: start a private local one)')
     ray.add_argument('--num-gpus-per-worker', type=_non_negative, default=None, metavar='N',
                      help='GPUs per scoring actor, e.g. 0.5 for two on one GPU (default: 1 if the cluster has GPUs, '
                           'else 0)')

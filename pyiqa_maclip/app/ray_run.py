@@ -198,7 +198,8 @@ def run_ray(args: argparse.Namespace, options: dict) -> int:
         pending = [s for s in shards if not manifest.finished(s)]
         manifest.check_room(pending)
         manifest.save()
-        ray.init(address=args.ray_address, include_dashboard=False if args.ray_address is None else None,
+        # 'local': a fresh instance, never the cluster last started here (which may be gone: ray.init() would wait)
+        ray.init(address=args.ray_address or 'local', include_dashboard=False if args.ray_address is None else None,
                  logging_level='WARNING', log_to_driver=False)
         logging.getLogger('ray.data').setLevel(logging.WARNING)  # its plans and timings, at INFO
         try:
@@ -209,7 +210,7 @@ def run_ray(args: argparse.Namespace, options: dict) -> int:
             except Exception as error:
                 if (user_error := _user_error(error)) is None:
                     raise
-                raise UserError(user_error.args[0] if user_error.args else str(user_error)) from None
+                raise UserError(str(user_error.args[0] if user_error.args else user_error).splitlines()[0]) from None
         except KeyboardInterrupt:
             print('interrupted: every finished shard is kept; run the same command again to resume', file=sys.stderr)
             return 130
