@@ -13,7 +13,6 @@ run on one image.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import platform
 import shutil

@@ -29,7 +29,7 @@ from PIL import Image
 from pyiqa_maclip.app.decode_bytes import decode_bytes
 from pyiqa_maclip.app.images import as_float, read_image
 from pyiqa_maclip.app.ray_run import resources
-from pyiqa_maclip.app.ray_shards import MANIFEST, Manifest, Shard, expected_rows, plan_shards
+from pyiqa_maclip.app.ray_shards import MANIFEST, Manifest, expected_rows, plan_shards
 from pyiqa_maclip.errors import UserError
 from pyiqa_maclip.names import COMPONENTS
 from pyiqa_maclip.testing import assert_within_rounding, rounding_bound

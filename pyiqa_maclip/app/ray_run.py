@@ -150,8 +150,10 @@ def _score_shards(ray, pending: list[Shard], manifest: Manifest, recipe, options
     arrived: dict[str, list] = defaultdict(list)
     counts: dict[str, int] = defaultdict(int)
     by_path = {s.path: s for s in pending}
-    write = lambda path: _write(manifest, by_path.pop(path), arrived.pop(path, []), recipe.columns,  # noqa: E731
-                                recipe.metric, recipe.lower_better)
+
+    def write(path: str) -> None:
+        _write(manifest, by_path.pop(path), arrived.pop(path, []), recipe.columns, recipe.metric, recipe.lower_better)
+
     if dataset is not None:
         scored = dataset.map_batches(
             Scorer, batch_format='pandas', batch_size=args.batch_size,
