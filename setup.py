@@ -41,7 +41,7 @@ setup(
         'filelock',
     ],
     # playwright drives the system's chromium in the HTML report's tests (.ci/run installs chromium).
-    extras_require={'test': ['pytest', 'playwright']},
+    extras_require={'test': ['pytest', 'playwright'], 'ray': ['ray[data]>=2.51']},
     entry_points={
         'pyiqa.archs': ['maclip = pyiqa_maclip.registration:register'],
         'console_scripts': ['pyiqa-maclip = pyiqa_maclip.app.cli:main'],

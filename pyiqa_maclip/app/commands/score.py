@@ -15,6 +15,7 @@ from ...names import COMPONENTS, LIST_SUFFIXES, VARIANTS
 from ...option_spec import OPTION_DEFAULTS
 from ..metric_options import check_metric_options, is_maclip_metric
 from ..options import add_device, add_loading, add_precision, check_device, integer_at_least, parse_options
+from ..ray_options import add_ray_options, check_ray_args
 
 __all__ = ['add_parser', 'run']
 
@@ -53,6 +54,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help='under accelerate: how long the main process waits for the others once its share is '
                              'done (default: 3600)')
     parser.add_argument('--no-progress', dest='progress', action='store_false', help='no progress bar')
+    add_ray_options(parser)
     return parser
 
 
@@ -88,7 +90,12 @@ def run(args: argparse.Namespace) -> int:
     from ..inputs import collect_paths, parse_extensions
 
     weights.check_environment()
+    check_ray_args(args)
     options = _metric_options(args)
+    if args.engine == 'ray':
+        from ..ray_run import run_ray
+
+        return run_ray(args, options)
     check_device(args.device)
     extensions = None if args.extensions is None else parse_extensions(args.extensions.split(','))
     if args.rank_timeout <= 0:
