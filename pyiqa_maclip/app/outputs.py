@@ -1,4 +1,9 @@
-"""The exports of a run: ``scores.csv`` and ``scores.errors.csv``, written whole from the journal.
+"""The exports of a run: ``scores.csv`` (or ``scores.parquet``) and ``scores.errors.csv``, written whole
+from the journal.
+
+Image files are named by a ``path`` column (:func:`~.journal.display_path`); samples of shards,
+Parquet files and datasets by ``key`` and ``shard`` (the source's absolute path). Parquet exports
+need pyarrow, imported only for them.
 
 A run writes over a file only if it is nothing yet, or holds byte for byte what the journal
 recorded this run exporting there (size and SHA-256: an inode number says nothing, file
@@ -6,15 +11,20 @@ systems reuse them), or is the output the user named with ``--overwrite``.
 """
 from __future__ import annotations
 
+import itertools
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from ..names import METRIC_COLUMNS
 from .files import WorkFiles, refuse_special
-from .journal import Journal, JournalError, display_path, write_csv
+from .journal import Journal, JournalError, Result, display_path, write_csv
+from .sources import Sample
 
-__all__ = ['claim', 'claim_before_scoring', 'export']
+__all__ = ['PARQUET_SUFFIX', 'claim', 'claim_before_scoring', 'export', 'write_parquet']
+
+PARQUET_SUFFIX = '.parquet'
+_ROWS_PER_GROUP = 65536
 
 #: Why the exports of a finished run may be refused at its end, and what to do.
 _APPEARED = ('it appeared during the run; move it away and run the same command again to export the results, '
@@ -40,20 +50,53 @@ def claim_before_scoring(journal: Journal, files: WorkFiles, overwrite: bool) ->
     claim(journal, files.errors, 'the errors file', 'move it away, or choose another --output')
 
 
-def export(journal: Journal, files: WorkFiles, paths: Sequence[str]) -> tuple[int, int]:
-    """Write the CSVs from the journal, only over files this run wrote; how many of ``paths`` are
-    scored and failed. Every row of the scores CSV ends with the metric and its direction."""
+def _names(result: Result, files: bool) -> list[str]:
+    """The columns naming a result: its path, or its key and shard."""
+    names = (result.key,) if files else (result.key, result.source)
+    return [display_path(os.fsencode(name)) for name in names]
+
+
+def write_parquet(rows: Iterable[Sequence], header: Sequence[str], types: Sequence[str], path: Path,
+                  temporary_dir: Path | None = None) -> None:
+    """Write ``rows`` as a Parquet file (atomically, as :func:`~.files.write_file`), a row group per
+    65,536 rows; ``types`` are pyarrow type names ('string', 'float64', 'bool')."""
+    from .files import write_file
+    from .sources.parquet import import_pyarrow
+
+    pa = import_pyarrow()
+    schema = pa.schema([(name, getattr(pa, kind)()) for name, kind in zip(header, types)])
+    rows = iter(rows)
+    with write_file(path, 'wb', temporary_dir=temporary_dir) as file, pa.parquet.ParquetWriter(file, schema) as out:
+        while chunk := list(itertools.islice(rows, _ROWS_PER_GROUP)):
+            out.write_table(pa.Table.from_pylist([dict(zip(header, row)) for row in chunk], schema=schema))
+
+
+def _write_scores(journal: Journal, files: WorkFiles, samples: Sequence[Sample], by_path: bool) -> None:
+    columns, metric, lower_better = journal.columns, journal.metric, journal.lower_better
+    names = ['path'] if by_path else ['key', 'shard']
+    header = [*names, *columns, *METRIC_COLUMNS]
+    scored = (r for r in journal.results(samples) if r.error is None)
+    if files.output.suffix.lower() == PARQUET_SUFFIX:
+        types = ['string'] * len(names) + ['float64'] * len(columns) + ['string', 'bool_']
+        write_parquet(([*_names(r, by_path), *(r.values[c] for c in columns), metric, lower_better] for r in scored),
+                      header, types, files.output, files.folder)
+    else:
+        write_csv(([*_names(r, by_path), *(f'{r.values[c]:.9g}' for c in columns), metric, str(lower_better)]
+                   for r in scored), header, files.output, files.folder)
+
+
+def export(journal: Journal, files: WorkFiles, samples: Sequence[Sample]) -> tuple[int, int]:
+    """Write the exports from the journal, only over files this run wrote; how many of ``samples`` are
+    scored and failed. Every row of the scores ends with the metric and its direction."""
     claim(journal, files.output, 'the output', _APPEARED)
     claim(journal, files.errors, 'the errors file', _APPEARED)
-    columns, scored_by = journal.columns, [journal.metric, str(journal.lower_better)]
-    scored, failed = journal.tally(paths)
-    write_csv(([display_path(os.fsencode(r.path)), *(f'{r.values[c]:.9g}' for c in columns), *scored_by]
-               for r in journal.results(paths) if r.error is None),
-              ['path', *columns, *METRIC_COLUMNS], files.output, files.folder)
+    scored, failed = journal.tally(samples)
+    by_path = all(not s.source for s in samples)
+    _write_scores(journal, files, samples, by_path)
     journal.own(files.output)
     if failed:
-        write_csv(([display_path(os.fsencode(r.path)), r.error] for r in journal.results(paths) if r.error is not None),
-                  ['path', 'error'], files.errors, files.folder)
+        write_csv(([*_names(r, by_path), r.error] for r in journal.results(samples) if r.error is not None),
+                  [*(['path'] if by_path else ['key', 'shard']), 'error'], files.errors, files.folder)
         journal.own(files.errors)
     elif files.errors.exists():  # no errors, no errors file (this run's: claim checked it)
         files.errors.unlink()

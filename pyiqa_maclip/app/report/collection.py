@@ -40,7 +40,7 @@ class Collection:
 
     scores: np.ndarray  # the finite scores
     selection: Selection
-    paths: list[str]  # of the selected rows
+    paths: list  # of the selected rows: image files' paths, or samples (:class:`~..sources.Sample`)
     failed: int  # files that could not be scored
     unscored: int  # rows without a finite score
     metric: str  # '' when the CSV does not say
@@ -166,7 +166,7 @@ def _read_journal(journal_file: Path, count: int) -> Collection:
             if result.error is not None:
                 failed += 1
                 continue
-            paths.append(result.path)
+            paths.append(result.sample if result.source else result.key)
             scores.append(result.values.get('score', np.nan))
         metric, lower_better = journal.metric, journal.lower_better
     scores = np.asarray(scores, dtype=float)

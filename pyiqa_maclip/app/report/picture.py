@@ -26,7 +26,7 @@ def axis_label(metric: str, lower_better: bool) -> str:
     return f'{metric + " " if metric else ""}score ({"lower" if lower_better else "higher"} is better)'
 
 
-def _thumbnail(path: str):
+def _thumbnail(path):
     """A small RGB picture of the image, or None if it cannot be read."""
     from PIL import Image
 
@@ -85,7 +85,7 @@ def draw_report(collection: Collection, title: str, output: Path, columns: int =
         else:
             axes.imshow(np.asarray(picture))
         axes.set_title(f'{q:.0%} from worst · {score:.4g}', fontsize=11)
-        axes.set_xlabel(_short(shown(Path(path).name)), fontsize=10)
+        axes.set_xlabel(_short(shown(Path(path).name if isinstance(path, str) else path.key)), fontsize=10)
         axes.set_xticks([])
         axes.set_yticks([])
     return write_figure(figure, output)
