@@ -53,7 +53,9 @@ _LIST = re.compile(r'\{([^{}]*,[^{}]*)\}')
 def expand_pattern(pattern: str) -> list[str]:
     """``data-{000..002}.tar`` -> ``data-000.tar``, ``data-001.tar``, ``data-002.tar`` (zero padding kept);
     ``{a,b}`` lists too; then shell wildcards (``*.tar``) if the name holds any and no file has that name."""
-    if match := _RANGE.search(pattern) or _LIST.search(pattern):
+    found = [m for m in (_RANGE.search(pattern), _LIST.search(pattern)) if m]
+    if found:
+        match = min(found, key=lambda m: m.start())  # the leftmost brace first, as the shell does
         head, tail = pattern[:match.start()], pattern[match.end():]
         if match.re is _LIST:
             items = match[1].split(',')
