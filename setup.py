@@ -37,7 +37,9 @@ setup(
         # Lock files: one download per cache, one run per output (torch needs it too).
         'filelock',
     ],
-    extras_require={'test': ['pytest']},
+    # Formats a collection may be kept in: Parquet inputs and outputs; datasets' folders (read with
+    # pyarrow; the datasets package makes them and reads local Parquet/Arrow folders).
+    extras_require={'test': ['pytest'], 'parquet': ['pyarrow'], 'hf': ['pyarrow', 'datasets']},
     entry_points={
         'pyiqa.archs': ['maclip = pyiqa_maclip.registration:register'],
         'console_scripts': ['pyiqa-maclip = pyiqa_maclip.app.cli:main'],
