@@ -96,6 +96,22 @@ def test_a_shard_lists_samples_with_their_member_offsets_and_names_what_is_missi
     assert webdataset.read(chosen[1].locator) == png and chosen[3].locator[2] is None
 
 
+@pytest.mark.parametrize('form', [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT, tarfile.USTAR_FORMAT])
+def test_long_and_non_ascii_names_are_read_as_tarfile_reads_them(tmp_path, form):
+    """Headers the fast scan cannot read (GNU long names, pax) are left to tarfile: the same samples."""
+    names = ['d' * 60 + '/' + 'k' * 60 + '.png', 'café/ü.png', 'plain.png']
+    if form == tarfile.USTAR_FORMAT:
+        names = names[2:]
+    with tarfile.open(tmp_path / 's.tar', 'w', format=form) as archive:
+        for k, name in enumerate(names):
+            info, data = tarfile.TarInfo(name), encoded(k)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    samples = webdataset.shard_samples(str(tmp_path / 's.tar'))
+    assert [s.key for s in samples] == [n[:-4] for n in names]
+    assert [webdataset.read(s.locator) for s in samples] == [encoded(k) for k in range(len(names))]
+
+
 def test_a_truncated_shard_keeps_what_is_whole_and_names_the_sample_cut_short(tmp_path):
     whole = write_shard(tmp_path / 'w.tar', {f'{k}.png': encoded(k, size=(64, 64)) for k in range(3)})
     cut = tmp_path / 'cut.tar'

@@ -8,10 +8,12 @@ sample: reading it fails with the reason, which the errors output shows with its
 """
 from __future__ import annotations
 
+import mmap
 import os
 import re
 import tarfile
 from collections.abc import Iterable, Iterator
+from typing import NamedTuple
 
 from ...errors import UserError
 from . import Sample
@@ -36,18 +38,57 @@ def shard_name(path: str | os.PathLike) -> str:
     return os.path.abspath(os.fsdecode(path))
 
 
-def _members(shard: str) -> Iterator[tarfile.TarInfo]:
+class _Member(NamedTuple):
+    name: str
+    offset_data: int
+    size: int
+
+
+_BLOCK = 512
+_FILE_TYPES = (b'0', b'\0', b'7')  # regular (and contiguous) files; directories and links are skipped
+_SKIPPED_TYPES = (b'1', b'2', b'3', b'4', b'5', b'6')
+
+
+def _scanned(archive: mmap.mmap, length: int) -> list[_Member] | None:
+    """The regular files of a plain ustar/GNU tar, read from their headers in place; None as soon as a
+    header needs tarfile (no ustar magic, long names, pax headers, base-256 sizes)."""
+    members, position = [], 0
+    while position + _BLOCK <= length:
+        header = archive[position:position + _BLOCK]
+        if header[0] == 0 and not header.strip(b'\0'):
+            break  # the end-of-archive blocks
+        kind, size = header[156:157], header[124:136].split(b'\0', 1)[0].strip()
+        if header[257:262] != b'ustar' or kind not in _FILE_TYPES + _SKIPPED_TYPES or header[124] & 0x80:
+            return None
+        size = int(size or b'0', 8)
+        if kind in _FILE_TYPES:
+            name = header[:100].split(b'\0', 1)[0]
+            if header[345] and (prefix := header[345:500].split(b'\0', 1)[0]):
+                name = prefix + b'/' + name
+            members.append(_Member(name.decode('utf-8', 'surrogateescape'), position + _BLOCK, size))
+        position += _BLOCK + -(-size // _BLOCK) * _BLOCK
+    return members
+
+
+def _members(shard: str) -> list[_Member]:
+    """The regular files of ``shard`` (name, data offset, size), in order, from their headers alone:
+    scanned in place (fast), or by tarfile where a header needs it."""
+    with open(shard, 'rb') as file:
+        length = os.fstat(file.fileno()).st_size
+        if length:
+            with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as archive:
+                scanned = _scanned(archive, length)
+            if scanned is not None:
+                return scanned
     with tarfile.open(shard, 'r:') as archive:
-        for member in archive:
-            if member.isfile():
-                yield member
+        return [_Member(m.name, m.offset_data, m.size) for m in archive if m.isfile()]
 
 
 def shard_samples(shard: str, image_member: str | None = None) -> list[Sample]:
     """The samples of one shard, in shard order, each with its image's offset and size (or the reason
     it has none)."""
     source, size = shard_name(shard), os.path.getsize(shard)
-    found: dict[str, dict[str, tarfile.TarInfo]] = {}
+    found: dict[str, dict[str, _Member]] = {}
     problem = None
     try:
         for member in _members(shard):
@@ -62,7 +103,7 @@ def shard_samples(shard: str, image_member: str | None = None) -> list[Sample]:
     return samples
 
 
-def _sample(source: str, key: str, members: dict[str, tarfile.TarInfo], wanted: tuple[str, ...],
+def _sample(source: str, key: str, members: dict[str, _Member], wanted: tuple[str, ...],
             shard_size: int) -> Sample:
     extension = next((e for e in wanted if e in members), None)
     if extension is None:
