@@ -14,6 +14,7 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -248,3 +249,57 @@ def test_parquet_input_scores_as_its_files(same_images, tiny_rn, tmp_path):
     files, rows = read_csv(tmp_path / 'files.csv'), read_csv(tmp_path / 'p.csv')
     assert [r['key'] for r in rows] == ['0', '1', '2'] and {r['shard'] for r in rows} == {str(tmp_path / 'd.parquet')}
     assert [r['score'] for r in rows] == [r['score'] for r in files]
+
+
+# ---------------------------------------------------------------- embeddings
+
+def test_embeddings_are_the_global_views_normalised_clip_features_at_no_extra_encoder_pass(
+        same_images, tiny_rn, tiny_metric, tmp_path):
+    """The column holds, for each image, its global view encoded by CLIP and L2-normalised (float32);
+    scoring with embeddings sends exactly the views scoring alone sends through the encoder."""
+    from pyiqa_maclip import functional as MF
+    from pyiqa_maclip.app.images import read_image
+
+    output = tmp_path / 'e.parquet'
+    assert score(same_images / 'data-000.tar', '-o', output, '--backbone', tiny_rn, '--embeddings')[0] == 0
+    table = pq.read_table(output)
+    assert table.schema.field('embedding').type == pa.list_(pa.float32(), tiny_metric.text_features.shape[1])
+    embeddings = np.array(table.column('embedding').to_pylist(), dtype=np.float32)
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1, atol=1e-6)
+    for row, path in zip(embeddings, sorted((same_images / 'folder').iterdir())[:3]):
+        image = read_image(path).float().div(255)[None]
+        expected = tiny_metric.encode_views(MF.global_view(image, tiny_metric.patch_size))[0].detach()
+        np.testing.assert_allclose(row, (expected / expected.norm()).numpy(), rtol=0, atol=1e-5)
+
+    images = [read_image(p) for p in sorted((same_images / 'folder').iterdir())[:3]]
+    encoded_views, encode = [], tiny_metric.encode_views
+
+    def counted(views):
+        encoded_views.append(views.shape[0])
+        return encode(views)
+
+    tiny_metric.encode_views = counted
+    try:
+        scores = tiny_metric.score_images(images)
+        alone = sum(encoded_views)
+        both, _ = tiny_metric.score_and_embed(images)
+    finally:
+        del tiny_metric.encode_views
+    assert sum(encoded_views) == 2 * alone and alone == sum(tiny_metric._num_views(i[None]) for i in images)
+    assert torch.equal(both.score, scores.score)
+
+
+@pytest.mark.parametrize('args, words', [
+    (['--metric', 'piqe', '--embeddings', '-o', 'x.parquet'], '--embeddings: piqe computes no CLIP image embedding'),
+    (['--embeddings', '-o', 'x.csv'], '--embeddings needs a Parquet output (-o NAME.parquet)')])
+def test_embeddings_refused_in_one_line_before_torch(same_images, tmp_path, args, words):
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parents[1]
+    args = [str(tmp_path / a) if a.startswith('x.') else a for a in args]
+    run = subprocess.run([sys.executable, '-X', 'importtime', '-m', 'pyiqa_maclip', 'score',
+                          str(same_images / 'data-000.tar'), *args], capture_output=True, text=True, cwd=root,
+                         timeout=120, check=False)
+    assert run.returncode == 2 and words in run.stderr
+    imported = {line.split('|')[-1].strip().split('.')[0] for line in run.stderr.splitlines() if '|' in line}
+    assert not {'torch', 'pyiqa'} & imported

@@ -31,7 +31,7 @@ from ..errors import UserError, error_text
 from .files import WorkFiles, held_lock
 from .images import DEFAULT_PIXEL_BUDGET, decoded_batches, default_num_workers
 from .journal import Journal, JournalError, Result
-from .outputs import claim_before_scoring, export
+from .outputs import check_output_kind, claim_before_scoring, export
 from .scorers import Recipe, Scorer
 from .sources import Sample, files_read, split_by_source
 from .sources.files import samples_of
@@ -198,6 +198,7 @@ def _plan(held: contextlib.ExitStack, files: WorkFiles, samples: Sequence[Sample
     if not samples:
         raise UserError('paths is empty: expected at least one image to score')
     files.check(files_read(samples), overwrite)
+    check_output_kind(files.output, recipe.embeddings)
     if tidy and not files.folder.exists():
         held.callback(_remove_unused_work_folder, files)  # runs after the lock and journal below are let go
     files.folder.mkdir(parents=True, exist_ok=True)

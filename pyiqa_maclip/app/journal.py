@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ..errors import UserError
+from ..names import EMBEDDING_COLUMN
 from .files import Content, content, same_content, write_file
 from .sources import Sample
 
@@ -177,7 +178,7 @@ class Journal:
         if not columns or not all(isinstance(c, str) and _COLUMN.fullmatch(c) and c not in ('source', 'key', 'locator', 'error')
                                   for c in columns):
             raise ValueError(f'journal columns must be lower-case identifiers, got {columns!r}')
-        values = ', '.join(f'{c} REAL' for c in columns)
+        values = ', '.join(f'{c} {"BLOB" if c == EMBEDDING_COLUMN else "REAL"}' for c in columns)
         with self._db:
             self._db.execute('BEGIN IMMEDIATE')
             self._db.execute('CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)')
@@ -256,7 +257,8 @@ class Journal:
         rows = []
         for result in results:
             values, error = result.values or {}, result.error
-            if error is None and not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values.values()):
+            if error is None and not all(isinstance(v, bytes) or (isinstance(v, (int, float)) and math.isfinite(v))
+                                         for v in values.values()):
                 values, error = {}, f'ValueError: non-finite value {values}'
             locator = None if result.locator is None else json.dumps(result.locator)
             rows.append((*_identity(result), locator, *(values.get(c) for c in self.columns), error))

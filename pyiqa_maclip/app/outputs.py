@@ -16,12 +16,13 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from ..names import METRIC_COLUMNS
+from ..errors import UserError
+from ..names import EMBEDDING_COLUMN, METRIC_COLUMNS
 from .files import WorkFiles, refuse_special
 from .journal import Journal, JournalError, Result, display_path, write_csv
 from .sources import Sample
 
-__all__ = ['PARQUET_SUFFIX', 'claim', 'claim_before_scoring', 'export', 'write_parquet']
+__all__ = ['PARQUET_SUFFIX', 'check_output_kind', 'claim', 'claim_before_scoring', 'export', 'write_parquet']
 
 PARQUET_SUFFIX = '.parquet'
 _ROWS_PER_GROUP = 65536
@@ -43,6 +44,13 @@ def claim(journal: Journal, path: Path, what: str, hint: str, overwrite: bool = 
     journal.own(path)
 
 
+def check_output_kind(output: Path, embeddings: bool) -> None:
+    """A :class:`UserError` for embeddings asked of a CSV output (they go in a Parquet list column)."""
+    if embeddings and output.suffix.lower() != PARQUET_SUFFIX:
+        raise UserError(f'--embeddings needs a Parquet output (-o NAME.parquet), got {output.name}: the embedding is '
+                        'a list column')
+
+
 def claim_before_scoring(journal: Journal, files: WorkFiles, overwrite: bool) -> None:
     """The plan's check of both exports, before any image is scored."""
     claim(journal, files.output, 'the output', 'pass --overwrite to replace it, or choose another --output',
@@ -56,19 +64,36 @@ def _names(result: Result, files: bool) -> list[str]:
     return [display_path(os.fsencode(name)) for name in names]
 
 
-def write_parquet(rows: Iterable[Sequence], header: Sequence[str], types: Sequence[str], path: Path,
+def write_parquet(rows: Iterable[Sequence], header: Sequence[str], types: Sequence, path: Path,
                   temporary_dir: Path | None = None) -> None:
     """Write ``rows`` as a Parquet file (atomically, as :func:`~.files.write_file`), a row group per
-    65,536 rows; ``types`` are pyarrow type names ('string', 'float64', 'bool')."""
+    65,536 rows; ``types`` are pyarrow types, or their names ('string', 'float64', 'bool_')."""
     from .files import write_file
     from .sources.parquet import import_pyarrow
 
     pa = import_pyarrow()
-    schema = pa.schema([(name, getattr(pa, kind)()) for name, kind in zip(header, types)])
+    schema = pa.schema([(name, getattr(pa, kind)() if isinstance(kind, str) else kind)
+                        for name, kind in zip(header, types)])
     rows = iter(rows)
     with write_file(path, 'wb', temporary_dir=temporary_dir) as file, pa.parquet.ParquetWriter(file, schema) as out:
         while chunk := list(itertools.islice(rows, _ROWS_PER_GROUP)):
             out.write_table(pa.Table.from_pylist([dict(zip(header, row)) for row in chunk], schema=schema))
+
+
+def _parquet_type(column: str, first: Result | None):
+    """float64, or for the embedding a fixed-size list of float32 (its size from the first result)."""
+    if column != EMBEDDING_COLUMN:
+        return 'float64'
+    from .sources.parquet import import_pyarrow
+
+    pa = import_pyarrow()
+    return pa.list_(pa.float32(), len(first.values[column]) // 4 if first else 0)
+
+
+def _parquet_value(value):
+    import numpy as np
+
+    return np.frombuffer(value, dtype=np.float32) if isinstance(value, bytes) else value
 
 
 def _write_scores(journal: Journal, files: WorkFiles, samples: Sequence[Sample], by_path: bool) -> None:
@@ -77,9 +102,11 @@ def _write_scores(journal: Journal, files: WorkFiles, samples: Sequence[Sample],
     header = [*names, *columns, *METRIC_COLUMNS]
     scored = (r for r in journal.results(samples) if r.error is None)
     if files.output.suffix.lower() == PARQUET_SUFFIX:
-        types = ['string'] * len(names) + ['float64'] * len(columns) + ['string', 'bool_']
-        write_parquet(([*_names(r, by_path), *(r.values[c] for c in columns), metric, lower_better] for r in scored),
-                      header, types, files.output, files.folder)
+        scored, ahead = itertools.tee(scored)
+        first = next(ahead, None)
+        types = ['string'] * len(names) + [_parquet_type(c, first) for c in columns] + ['string', 'bool_']
+        write_parquet(([*_names(r, by_path), *(_parquet_value(r.values[c]) for c in columns), metric, lower_better]
+                       for r in scored), header, types, files.output, files.folder)
     else:
         write_csv(([*_names(r, by_path), *(f'{r.values[c]:.9g}' for c in columns), metric, str(lower_better)]
                    for r in scored), header, files.output, files.folder)

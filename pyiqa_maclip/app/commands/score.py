@@ -61,6 +61,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument('--key-column', default=None, metavar='NAME',
                         help='Parquet, datasets: the column keying the rows (default: key if there is one, else the '
                              'row number)')
+    parser.add_argument('--embeddings', action='store_true',
+                        help="MA-CLIP, Parquet output: add each image's L2-normalised CLIP embedding of its global "
+                             'view (computed for the score anyway) as a float32 list column')
     parser.add_argument('--overwrite', action='store_true',
                         help='discard an earlier run on --output and start afresh (replacing --output, never a link, '
                              'device, FIFO or folder)')
@@ -100,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     from ... import weights
     from ..files import WorkFiles
     from ..inputs import parse_extensions
-    from ..outputs import PARQUET_SUFFIX
+    from ..outputs import PARQUET_SUFFIX, check_output_kind
     from ..sources import SourceOptions, collect_samples, files_read
     from ..sources.parquet import import_pyarrow
 
@@ -112,6 +115,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f'--rank-timeout {args.rank_timeout:g}: expected a positive number of seconds')
     # Every process checks alike (under accelerate, one that stopped here would leave the others waiting);
     # the main process's list is the one scored.
+    if args.embeddings and not is_maclip_metric(args.metric):
+        raise UserError(f'--embeddings: {args.metric} computes no CLIP image embedding; MA-CLIP metrics do')
+    check_output_kind(args.output, args.embeddings)
     if args.output.suffix.lower() == PARQUET_SUFFIX:
         import_pyarrow()
     samples = collect_samples(args.inputs, SourceOptions(extensions, args.image_member, args.image_column,
@@ -124,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     from ..engine import score_collection
     from ..scorers import Recipe
 
-    recipe = Recipe(args.metric, options)
+    recipe = Recipe(args.metric, options, embeddings=args.embeddings)
     if not recipe.is_maclip and {'backbone', 'chunk_size', 'precision'} & set(options):
         raise UserError(f'--backbone, --chunk-size, --precision and --half are options of MA-CLIP metrics, not of '
                         f'{args.metric}; give its own options with --option KEY=VALUE')
