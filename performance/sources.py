@@ -7,7 +7,9 @@ a. Throughput of the engine (decoding workers under the pixel budget, batches, j
    scorer built once (MA-CLIP on random RN50-shaped weights: real ones cannot be downloaded here,
    and timing does not depend on the values). Rounds alternate folder and shards; the median of
    each is kept, so their ratio compares like with like on a shared machine.
-b. Listing the keys of ``--shards`` shards of ``--samples`` samples (a ``.jpg`` and a ``.json``
+b. --embeddings: the scorer with and without the embedding column on the same decoded images
+   (alternating rounds, medians): the embedding is the global view's feature scoring computes anyway.
+c. Listing the keys of ``--shards`` shards of ``--samples`` samples (a ``.jpg`` and a ``.json``
    member each), as ``score`` lists them before it starts; the time per shard is extrapolated to
    1,000 shards (linear: each shard is listed alone, from its headers).
 
@@ -80,6 +82,23 @@ def throughput(root: Path, count: int, rounds: int) -> dict[str, float]:
     return {name: count / statistics.median(values) for name, values in times.items()}
 
 
+def embedding_cost(root: Path, count: int, rounds: int) -> float:
+    """Median time of the MA-CLIP scorer with embeddings over the median without, on the same images."""
+    from pyiqa_maclip.app.images import read_image
+
+    images = [read_image(path) for path in sorted((root / 'folder').iterdir())[:count]]
+    recipe = {flag: Recipe(options={'backbone': str(root / 'rn50.pth')}, embeddings=flag) for flag in (False, True)}
+    scorers = {flag: r.build('cpu') for flag, r in recipe.items()}
+    times: dict[bool, list[float]] = {False: [], True: []}
+    with torch.inference_mode():
+        for _ in range(rounds):
+            for flag, scorer in scorers.items():
+                start = time.perf_counter()
+                scorer(images)
+                times[flag].append(time.perf_counter() - start)
+    return statistics.median(times[True]) / statistics.median(times[False])
+
+
 def listing(root: Path, shards: int, samples: int) -> float:
     for number in range(shards):
         write_shard(root / f'list-{number:04d}.tar', {f'{number:04d}{k:06d}.{ext}': b'x' * 512
@@ -102,14 +121,17 @@ def main() -> None:
         root = Path(folder)
         load = os.getloadavg()[0]
         rates = throughput(root, args.images, args.rounds)
+        embedding = embedding_cost(root, 8, args.rounds)
         seconds = listing(root, args.shards, args.samples)
         print(f'machine: {machine()}; load average {load:.1f} before, {os.getloadavg()[0]:.1f} after\n')
         print('| what | figure |\n|---|---|')
         print(f'| folder, {args.images} JPEGs 512x384, RN50-shaped MA-CLIP, 2 workers | {rates["folder"]:.2f} img/s |')
         print(f'| the same images from 2 shards | {rates["shards"]:.2f} img/s |')
         print(f'| shards / folder | {rates["shards"] / rates["folder"]:.3f} |')
+        print(f'| scoring 8 decoded images with --embeddings / without | {embedding:.3f} |')
         print(f'| listing {args.shards} shards of {args.samples} samples (2 members each) | {seconds:.2f} s |')
-        print(f'| extrapolated to 1,000 shards of 1,000 samples | {seconds / args.shards * 1000 / args.samples * 1000:.0f} s |')
+        extrapolated = seconds / args.shards * 1000 / args.samples * 1000
+        print(f'| extrapolated to 1,000 shards of 1,000 samples | {extrapolated:.0f} s |')
 
 
 if __name__ == '__main__':

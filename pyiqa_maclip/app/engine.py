@@ -261,7 +261,8 @@ def _as_samples(paths: Sequence) -> list[Sample]:
     return [p if isinstance(p, Sample) else samples_of([os.fspath(p)])[0] for p in paths]
 
 
-def score_collection(paths: Sequence[str | os.PathLike | Sample], output: str | os.PathLike, recipe: Recipe | None = None, *,
+def score_collection(paths: Sequence[str | os.PathLike | Sample], output: str | os.PathLike,
+                     recipe: Recipe | None = None, *,
                      device: str | torch.device | None = None, batch_size: int = 8, num_workers: int | None = None,
                      pixel_budget: int = DEFAULT_PIXEL_BUDGET, overwrite: bool = False, retry_failed: bool = False,
                      progress: bool = True, rank_timeout: float = RANK_TIMEOUT) -> ScoreSummary | None:
@@ -270,7 +271,8 @@ def score_collection(paths: Sequence[str | os.PathLike | Sample], output: str | 
 
     Paths are stored as given (:func:`~pyiqa_maclip.app.inputs.collect_paths` gives absolute
     ones) and identify the images across runs; samples of other sources
-    (:func:`~pyiqa_maclip.app.sources.collect_samples`) are known by their source and key. Under ``accelerate launch`` the main process's
+    (:func:`~pyiqa_maclip.app.sources.collect_samples`) are known by their source and key. Under
+    ``accelerate launch`` the main process's
     ``paths`` count; each process scores its share into its own journal; the main process
     merges them, writes the CSVs and returns the summary (the others return None).
 

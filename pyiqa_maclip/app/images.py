@@ -1,4 +1,5 @@
-"""Images (files, or samples of any source) to tensors, the same way for every command, with the images in flight under a pixel budget.
+"""Images (files, or samples of any source) to tensors, the same way for every command, with the images
+in flight under a pixel budget.
 
 * Strict: an empty, truncated or unidentifiable file is an error, whatever
   ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` says (pyiqa's dataset module turns it on
@@ -117,10 +118,10 @@ def _rgb_pixels(image: Image.Image, shared: bool) -> torch.Tensor:
     return pixels.permute(2, 0, 1)
 
 
-def read_image(path: str | os.PathLike | Sample | IO[bytes], resize: tuple[int, int] | None = None, resize_mode: str = 'bicubic', *,
-               shared: bool = False) -> torch.Tensor:
-    """Decode an image file (or a :class:`~.sources.Sample`, or a binary file object): ``uint8`` (3, H, W), or ``float32`` (1 or 3, H, W) in [0, 1] for
-    16-bit and float images; resized to ``resize`` = (H, W) first if given; in shared memory
+def read_image(path: str | os.PathLike | Sample | IO[bytes], resize: tuple[int, int] | None = None,
+               resize_mode: str = 'bicubic', *, shared: bool = False) -> torch.Tensor:
+    """Decode an image file (or a :class:`~.sources.Sample`, or a binary file object): ``uint8``
+    (3, H, W), or ``float32`` (1 or 3, H, W) in [0, 1] for 16-bit and float images; resized to ``resize`` = (H, W) first if given; in shared memory
     if ``shared`` (for a worker process to hand over).
 
     An 8-bit image is held twice at most while it is read (PIL's decoded image and the

@@ -37,7 +37,8 @@ def image_column_of(folder: str, image_column: str | None) -> str:
         if image_column not in features:
             raise UserError(f'the dataset {folder} has no column {image_column!r} (it has {", ".join(features)})')
         return image_column
-    found = [name for name, feature in features.items() if isinstance(feature, dict) and feature.get('_type') == 'Image']
+    found = [name for name, feature in features.items()
+             if isinstance(feature, dict) and feature.get('_type') == 'Image']
     if not found:
         raise UserError(f'the dataset {folder} has no Image feature (columns: {", ".join(features)}); name the '
                         'column holding the images with --image-column')
@@ -57,7 +58,8 @@ def _dataset_samples(folder: str, image_column: str | None, key_column: str | No
         if problem := image_column_problem(table.schema.field(column).type):
             raise UserError(f'the column {column!r} of the dataset {folder} cannot hold images: {problem}')
         if key_column is not None and key_column not in table.schema.names:
-            raise UserError(f'the dataset {folder} has no column {key_column!r} (it has {", ".join(table.schema.names)})')
+            raise UserError(f'the dataset {folder} has no column {key_column!r} '
+                            f'(it has {", ".join(table.schema.names)})')
         keys = table.column(key_column).to_pylist() if key_column else [None] * table.num_rows
         samples += [Sample(source, sample_key(value, index + row), ('hf', arrow, row, column))
                     for row, value in enumerate(keys)]
