@@ -121,8 +121,9 @@ def _rgb_pixels(image: Image.Image, shared: bool) -> torch.Tensor:
 def read_image(path: str | os.PathLike | Sample | IO[bytes], resize: tuple[int, int] | None = None,
                resize_mode: str = 'bicubic', *, shared: bool = False) -> torch.Tensor:
     """Decode an image file (or a :class:`~.sources.Sample`, or a binary file object): ``uint8``
-    (3, H, W), or ``float32`` (1 or 3, H, W) in [0, 1] for 16-bit and float images; resized to ``resize`` = (H, W) first if given; in shared memory
-    if ``shared`` (for a worker process to hand over).
+    (3, H, W), or ``float32`` (1 or 3, H, W) in [0, 1] for 16-bit and float images; resized to
+    ``resize`` = (H, W) first if given; in shared memory if ``shared`` (for a worker process to hand
+    over).
 
     An 8-bit image is held twice at most while it is read (PIL's decoded image and the
     tensor). Raises on an empty, unidentifiable, truncated or unreadable file.

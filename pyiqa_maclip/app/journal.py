@@ -7,8 +7,8 @@ the value columns of its scorer, and the pyiqa metric with its direction; it ref
 of any other (a merge included). A sample is known by its source and key (:mod:`.sources`: an
 image file is source ``''`` and key its path), stored as their bytes (``os.fsencode``), so every
 name the file system allows is one row, with the locator that reads the sample again;
-:func:`display_path` writes a name as CSV text that :func:`decode_path_text` turns back into exactly those bytes. The main journal of a run also
-lists the files the run exported (size, time, SHA-256), which are the only files a later run
+:func:`display_path` writes a name as CSV text that :func:`decode_path_text` turns back into
+exactly those bytes. The main journal of a run also lists the files the run exported (size, time, SHA-256), which are the only files a later run
 replaces or deletes, and only while they still hold those bytes. Nothing is ever parsed back
 from a CSV.
 """
