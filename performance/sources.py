@@ -22,7 +22,7 @@ import io
 import os
 import platform
 import statistics
-import tarfile
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,20 +36,15 @@ from pyiqa_maclip.app.scorers import Recipe
 from pyiqa_maclip.app.sources import collect_samples
 from pyiqa_maclip.testing import make_clip, random_images, save_state_dict
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'tests'))
+from test_sources import write_shard  # noqa: E402  the tests' way of making a shard
+
 
 def jpeg(seed: int, height: int = 384, width: int = 512) -> bytes:
     image = random_images(1, height, width, 3, seed=seed)[0]
     buffer = io.BytesIO()
     Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype('uint8')).save(buffer, 'JPEG', quality=90)
     return buffer.getvalue()
-
-
-def write_shard(path: Path, members: dict[str, bytes]) -> None:
-    with tarfile.open(path, 'w') as archive:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
 
 
 def machine() -> str:

@@ -175,8 +175,8 @@ class Journal:
                            for table in ('results', 'exports'))
 
     def _initialise(self, fingerprint: dict, columns: Sequence[str], metric: str, lower_better: bool) -> None:
-        if not columns or not all(isinstance(c, str) and _COLUMN.fullmatch(c) and c not in ('source', 'key', 'locator', 'error')
-                                  for c in columns):
+        reserved = ('source', 'key', 'locator', 'error')
+        if not columns or not all(isinstance(c, str) and _COLUMN.fullmatch(c) and c not in reserved for c in columns):
             raise ValueError(f'journal columns must be lower-case identifiers, got {columns!r}')
         values = ', '.join(f'{c} {"BLOB" if c == EMBEDDING_COLUMN else "REAL"}' for c in columns)
         with self._db:
