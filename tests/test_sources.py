@@ -220,6 +220,10 @@ def test_damaged_members_and_samples_without_image_go_to_the_errors_file(same_im
     assert status == 1 and 'scored 1 images, 2 failed' in stdout
     assert [(r['key'], r['shard']) for r in read_csv(tmp_path / 's.csv')] == [('ok', str(same_images / 'bad.tar'))]
     errors = {r['key']: r['error'] for r in read_csv(tmp_path / 's.errors.csv')}
+    from pyiqa_maclip.app.report.collection import read_collection
+    from pyiqa_maclip.app.report.picture import _thumbnail
+    collection = read_collection(tmp_path / 's.csv', 4)  # the report reads the sample back through its shard
+    assert [s.key for s in collection.paths] == ['ok'] and _thumbnail(collection.paths[0]) is not None
     assert errors['broken'].startswith('OSError:') and 'runcated' in errors['broken']  # PIL: "Truncated File Read"
     assert errors['text'].startswith('ValueError: no image member')
 

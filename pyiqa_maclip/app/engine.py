@@ -88,15 +88,16 @@ def _score_batch(scorer: Scorer, samples: Sequence[Sample], images: Sequence[tor
         return [r for s, image in zip(samples, images) for r in _score_batch(scorer, [s], [image])]
 
 
-def score_into(journal: Journal, samples: Sequence[Sample], scorer: Scorer, device: torch.device, *,
+def score_into(journal: Journal, samples: Sequence[Sample | str], scorer: Scorer, device: torch.device, *,
                batch_size: int = 8, num_workers: int = 0, pixel_budget: int = DEFAULT_PIXEL_BUDGET,
                resize: tuple[int, int] | None = None, resize_mode: str = 'bicubic', bar: tqdm | None = None) -> None:
-    """Score ``samples`` (:class:`~.sources.Sample`) with ``scorer`` and commit each batch's results to
-    ``journal``.
+    """Score ``samples`` (:class:`~.sources.Sample` or image files' paths) with ``scorer`` and commit
+    each batch's results to ``journal``.
 
     A sample that cannot be read or scored becomes an error result; the loop goes on. An
     interrupt loses at most the batch in flight.
     """
+    samples = _as_samples(samples)
     batches = decoded_batches(samples, batch_size=batch_size, num_workers=num_workers, pixel_budget=pixel_budget,
                               resize=resize, resize_mode=resize_mode)
     with torch.inference_mode():

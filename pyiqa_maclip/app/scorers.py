@@ -149,11 +149,13 @@ class MaclipScorer:
         self.columns = (*COMPONENTS, EMBEDDING_COLUMN) if embeddings else COMPONENTS
 
     def __call__(self, images: Sequence[torch.Tensor]) -> list[dict[str, float]]:
+        if not self.embeddings:
+            parts = self.metric.score_images(list(images))
+            return [dict(zip(COMPONENTS, row)) for row in torch.stack(list(parts), dim=1).tolist()]
         parts, embeddings = self.metric.score_and_embed(list(images))
         rows = [dict(zip(COMPONENTS, row)) for row in torch.stack(list(parts), dim=1).tolist()]
-        if self.embeddings:
-            for row, embedding in zip(rows, embeddings.float().cpu().numpy()):
-                row[EMBEDDING_COLUMN] = embedding.tobytes()
+        for row, embedding in zip(rows, embeddings.float().cpu().numpy()):
+            row[EMBEDDING_COLUMN] = embedding.tobytes()
         return rows
 
 
