@@ -307,3 +307,33 @@ def test_embeddings_refused_in_one_line_before_torch(same_images, tmp_path, args
     assert run.returncode == 2 and words in run.stderr
     imported = {line.split('|')[-1].strip().split('.')[0] for line in run.stderr.splitlines() if '|' in line}
     assert not {'torch', 'pyiqa'} & imported
+
+
+@pytest.mark.slow  # an accelerate launch of two processes
+def test_two_processes_split_by_shard_and_give_the_single_process_output(same_images, tiny_rn, tmp_path):
+    """Two processes (each scoring whole shards: test_shards_are_split_whole_between_processes) merge into
+    the single process's output, value for value (the same batches: batch size 1)."""
+    import os
+    import subprocess
+    import sys
+
+    from test_scoring import free_port
+
+    shards = [str(same_images / 'data-000.tar'), str(same_images / 'data-001.tar')]
+    common = ['--backbone', str(tiny_rn), '--batch-size', '1', '--num-workers', '0']
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each accelerate CPU process runs
+    try:
+        assert score(*shards, '-o', tmp_path / 'single.parquet', *common)[0] == 0
+    finally:
+        torch.set_num_threads(threads)
+    launch = [Path(sys.executable).with_name('accelerate'), 'launch', '--multi_gpu', '--num_processes', 2,
+              '--num_machines', 1, '--mixed_precision', 'no', '--dynamo_backend', 'no',
+              '--main_process_port', free_port()]
+    env = {**os.environ, 'HF_HOME': str(tmp_path / 'hf'), 'ACCELERATE_USE_CPU': 'true', 'CUDA_VISIBLE_DEVICES': '',
+           'OMP_NUM_THREADS': '1'}
+    run = subprocess.run([*map(str, launch), '-m', 'pyiqa_maclip', 'score', *shards, '-o',
+                          str(tmp_path / 'two.parquet'), *common, '--no-progress'],
+                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0 and 'on 2 processes' in run.stderr, run.stderr
+    assert pq.read_table(tmp_path / 'two.parquet').equals(pq.read_table(tmp_path / 'single.parquet'))
