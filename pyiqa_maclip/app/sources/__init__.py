@@ -23,7 +23,7 @@ from typing import NamedTuple
 from ...errors import UserError
 
 __all__ = ['Sample', 'KINDS', 'SourceOptions', 'expand_pattern', 'kind_of_input', 'collect_samples', 'sample_input',
-           'sample_text', 'split_by_source', 'input_files', 'files_read', 'check_options']
+           'split_by_source', 'input_files', 'files_read', 'check_options']
 
 
 class Sample(NamedTuple):
@@ -120,11 +120,6 @@ def sample_input(sample: Sample) -> str | io.BytesIO:
     if sample.locator is None:
         return sample.key
     return io.BytesIO(_module(sample.locator[0]).read(sample.locator))
-
-
-def sample_text(source: str, key: str) -> str:
-    """A sample as a person reads it: the file's path, or ``shard:key``."""
-    return key if not source else f'{source}:{key}'
 
 
 def files_read(samples: Sequence[Sample]) -> list[str]:
