@@ -4,7 +4,7 @@ A :class:`Sample` is one image of a collection: the ``source`` it comes from (``
 files, else the absolute path of the shard or file holding it), its ``key`` within the source
 (the file's path for image files) and a ``locator``, a small picklable tuple saying how any
 process reads its bytes (None for image files: the key is the path). The journal knows a sample
-by ``(source, key)``; the engine, report and explain read it through :func:`sample_input`.
+by ``(source, key)``; the engine and report read it through :func:`sample_input`.
 
 Kinds (:data:`KINDS`), chosen per input by :func:`kind_of_input`: ``webdataset`` (``.tar``
 shards, brace patterns ``data-{000..099}.tar``), ``parquet`` (``.parquet`` files), ``hf``
