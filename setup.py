@@ -41,7 +41,10 @@ setup(
         'filelock',
     ],
     # playwright drives the system's chromium in the HTML report's tests (.ci/run installs chromium).
-    extras_require={'test': ['pytest', 'playwright'], 'ray': ['ray[data]>=2.51']},
+    # Formats a collection may be kept in: Parquet inputs and outputs; datasets' folders (read with
+    # pyarrow; the datasets package makes them and reads local Parquet/Arrow folders). Ray Data.
+    extras_require={'test': ['pytest', 'playwright'], 'parquet': ['pyarrow'], 'hf': ['pyarrow', 'datasets'],
+                    'ray': ['ray[data]>=2.51']},
     entry_points={
         'pyiqa.archs': ['maclip = pyiqa_maclip.registration:register'],
         'console_scripts': ['pyiqa-maclip = pyiqa_maclip.app.cli:main'],

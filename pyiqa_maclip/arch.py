@@ -217,7 +217,7 @@ class MACLIP(nn.Module):
             (B, 1) scores, or :class:`QualityComponents` of (B, 1) tensors if ``return_components``.
         """
         check_images(x)
-        out = QualityComponents(*(part[:, None] for part in self._score(list(x.split(1)))))
+        out = QualityComponents(*(part[:, None] for part in self._score(list(x.split(1)))[0]))
         return out if return_components else out.score
 
     def score_images(self, images: Sequence[torch.Tensor]) -> QualityComponents:
@@ -228,7 +228,12 @@ class MACLIP(nn.Module):
         An 8-bit image stays 8-bit until its views are cut: a large photo is never held as
         floats whole. Returns :class:`QualityComponents` of (N,) tensors, in input order.
         """
-        return self._score(self._single_images(images, 'score_images'))
+        return self._score(self._single_images(images, 'score_images'))[0]
+
+    def score_and_embed(self, images: Sequence[torch.Tensor]) -> tuple[QualityComponents, torch.Tensor]:
+        """:meth:`score_images`, and each image's L2-normalised CLIP image embedding of its global view
+        (N, D): the feature scoring computed for that view anyway, so no extra encoder pass."""
+        return self._score(self._single_images(images, 'score_and_embed'))
 
     def quality_maps(self, images: Sequence[torch.Tensor]) -> list[QualityMap]:
         """Per-patch MA-CLIP of each image of a list of (C, H, W) tensors (as :meth:`score_images` takes):
@@ -269,13 +274,18 @@ class MACLIP(nn.Module):
                                 f'{tuple(image.shape)}')
         return batched
 
-    def _score(self, images: list[torch.Tensor]) -> QualityComponents:
-        """Score validated (1, C, H, W) images: (N,) components."""
+    def _score(self, images: list[torch.Tensor]) -> tuple[QualityComponents, torch.Tensor]:
+        """Score validated (1, C, H, W) images: (N,) components, and the (N, D) L2-normalised features of
+        their global views (the last view of each)."""
         grad = torch.is_grad_enabled()
         with torch.inference_mode(not grad):
-            parts = [self._components(features) for features in self._view_features(images)]
-            out = QualityComponents(*(torch.stack(field) for field in zip(*parts)))
-        return out if grad else QualityComponents(*(t.clone() for t in out))  # tensors callers may modify
+            features = self._view_features(images)
+            out = QualityComponents(*(torch.stack(field) for field in zip(*map(self._components, features))))
+            embeddings = torch.stack([views[-1] for views in features])
+            embeddings = embeddings / embeddings.norm(dim=-1, keepdim=True)
+        if grad:
+            return out, embeddings
+        return QualityComponents(*(t.clone() for t in out)), embeddings.clone()  # tensors callers may modify
 
     def _view_features(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
         """Raw features (views, D) of each validated (1, C, H, W) image: image -> views -> features.

@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 __all__ = [
     'METRIC_NAME', 'ARCH_NAME', 'VARIANTS', 'OfficialFile', 'OFFICIAL_CHECKPOINTS', 'PRECISIONS', 'COMPONENTS',
-    'LIST_SUFFIXES', 'RESIZE_MODES', 'METRIC_COLUMNS', 'WEIGHTS_DIR_ENV', 'OFFLINE_ENV', 'MIRROR_ENV', 'DEADLINE_ENV',
+    'LIST_SUFFIXES', 'RESIZE_MODES', 'METRIC_COLUMNS', 'EMBEDDING_COLUMN', 'WEIGHTS_DIR_ENV', 'OFFLINE_ENV', 'MIRROR_ENV', 'DEADLINE_ENV',
     'is_maclip',
 ]
 
@@ -63,6 +63,10 @@ PRECISIONS = ('fp32', 'bf16', 'fp16')
 
 #: MA-CLIP's outputs per image: the score and the means of its parts over the views.
 COMPONENTS = ('score', 'q_sim', 'q_mag', 'w_sim', 'w_mag')
+
+#: The column of a scores export holding MA-CLIP's CLIP image embedding of each image's global view
+#: (``--embeddings``): L2-normalised float32 values.
+EMBEDDING_COLUMN = 'embedding'
 
 #: Columns every scores export ends with: the pyiqa metric that made the numbers and its direction
 #: (``True`` when lower scores are better, as pyiqa's ``lower_better``).

@@ -622,7 +622,7 @@ def test_unreadable_failing_and_non_finite_images_are_recorded(tmp_path):
     spec = parse_config({'datasets': {'d': {'images': 'i', 'mos': 'm'}}, 'metrics': {'piqe': {}}})
     with Journal.create(tmp_path / 'j.sqlite3', {'metric': 'piqe'}, PyiqaScorer.columns) as journal:
         score_into(journal, [item.image for item in items], PyiqaScorer(model, {'metric': 'piqe'}), torch.device('cpu'))
-        results = {r.path: r for r in journal.results()}
+        results = {r.key: r for r in journal.results()}
     frame = pair_table(items, results, spec.metrics[0], PyiqaScorer.columns)
     errors = list(frame['error'])
     assert errors[0].startswith('ValueError: non-finite value')  # the batch failed, then each image alone

@@ -312,7 +312,7 @@ def test_the_main_process_says_it_waits_and_gives_up_after_the_timeout(tmp_path,
             start = time.monotonic()
             problems = shards.merge_others(journal, files, 3, timeout=1.5)
             took = time.monotonic() - start
-            assert journal.finished() == {'/x/2.png'}  # the finished one is merged, the running one is not
+            assert journal.finished() == {('', '/x/2.png')}  # the finished one is merged, the running one is not
     finally:
         holder.kill()
         holder.wait()
@@ -332,7 +332,7 @@ def test_a_process_that_stopped_is_merged_and_named(tmp_path):
     _rank_journal(files, 1, fingerprint, complete=False)  # its lock is free: it has gone
     with Journal.create(files.journal(0), fingerprint, ('score',)) as journal:
         problems = shards.merge_others(journal, files, 2, timeout=60)
-        assert journal.finished() == {'/x/1.png'}
+        assert journal.finished() == {('', '/x/1.png')}
     assert problems == ['process 1 stopped before finishing its share (what it finished is kept); run the same '
                         'command again to score the rest']
 
@@ -459,6 +459,6 @@ def test_a_fingerprint_holding_tuples_is_the_same_when_read_back(tmp_path):
     with Journal.create(tmp_path / 'j.sqlite3', fingerprint, ('score',)) as journal:
         journal.record([engine.Result('/x/a.png', {'score': 1.0}, None)])
     with Journal.create(tmp_path / 'j.sqlite3', fingerprint, ('score',)) as journal:  # resumed, not refused
-        assert journal.finished() == {'/x/a.png'}
+        assert journal.finished() == {('', '/x/a.png')}
     with pytest.raises(JournalError, match=r'resize was \[448, 448\], now \[224, 224\]'):
         Journal.create(tmp_path / 'j.sqlite3', {**fingerprint, 'resize': (224, 224)}, ('score',))

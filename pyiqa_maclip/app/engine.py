@@ -31,8 +31,10 @@ from ..errors import UserError, error_text
 from .files import WorkFiles, held_lock
 from .images import DEFAULT_PIXEL_BUDGET, decoded_batches, default_num_workers
 from .journal import Journal, JournalError, Result
-from .outputs import claim_before_scoring, export
+from .outputs import check_output_kind, claim_before_scoring, export
 from .scorers import Recipe, Scorer
+from .sources import Sample, files_read, split_by_source
+from .sources.files import samples_of
 from .shards import (RANK_TIMEOUT, absorb_leftovers, broadcast, distributed_state, finish_share, gather,
                      merge_others, others_problem, refuse_running_leftovers, share_journal, together)
 
@@ -70,34 +72,40 @@ def loading_options(batch_size: int = 8, num_workers: int | None = None,
             'pixel_budget': _count('pixel_budget', pixel_budget, 1)}
 
 
-def _score_batch(scorer: Scorer, paths: Sequence[str], images: Sequence[torch.Tensor]) -> list[Result]:
+def _result(sample: Sample, values: dict | None, error: str | None) -> Result:
+    return Result(sample.key, values, error, sample.source, sample.locator)
+
+
+def _score_batch(scorer: Scorer, samples: Sequence[Sample], images: Sequence[torch.Tensor]) -> list[Result]:
     """Results for decoded images; if the batch fails, each image alone (to find the bad one)."""
     if not images:
         return []
     try:
-        return [Result(p, values, None) for p, values in zip(paths, scorer(images))]
+        return [_result(s, values, None) for s, values in zip(samples, scorer(images))]
     except Exception as error:  # noqa: BLE001 - e.g. out of memory on one huge image: keep the others
         if len(images) == 1:
-            return [Result(paths[0], None, error_text(error))]
-        return [r for p, image in zip(paths, images) for r in _score_batch(scorer, [p], [image])]
+            return [_result(samples[0], None, error_text(error))]
+        return [r for s, image in zip(samples, images) for r in _score_batch(scorer, [s], [image])]
 
 
-def score_into(journal: Journal, paths: Sequence[str], scorer: Scorer, device: torch.device, *,
+def score_into(journal: Journal, samples: Sequence[Sample | str], scorer: Scorer, device: torch.device, *,
                batch_size: int = 8, num_workers: int = 0, pixel_budget: int = DEFAULT_PIXEL_BUDGET,
                resize: tuple[int, int] | None = None, resize_mode: str = 'bicubic', bar: tqdm | None = None) -> None:
-    """Score ``paths`` with ``scorer`` and commit each batch's results to ``journal``.
+    """Score ``samples`` (:class:`~.sources.Sample` or image files' paths) with ``scorer`` and commit
+    each batch's results to ``journal``.
 
-    A file that cannot be read or scored becomes an error result; the loop goes on. An
+    A sample that cannot be read or scored becomes an error result; the loop goes on. An
     interrupt loses at most the batch in flight.
     """
-    batches = decoded_batches(paths, batch_size=batch_size, num_workers=num_workers, pixel_budget=pixel_budget,
+    samples = _as_samples(samples)
+    batches = decoded_batches(samples, batch_size=batch_size, num_workers=num_workers, pixel_budget=pixel_budget,
                               resize=resize, resize_mode=resize_mode)
     with torch.inference_mode():
         for batch in batches:
             decoded = [item for item in batch if item.error is None]
             images = [item.image.to(device) for item in decoded]
-            results = _score_batch(scorer, [paths[item.index] for item in decoded], images)
-            results += [Result(paths[item.index], None, item.error) for item in batch if item.error is not None]
+            results = _score_batch(scorer, [samples[item.index] for item in decoded], images)
+            results += [_result(samples[item.index], None, item.error) for item in batch if item.error is not None]
             journal.record(results)
             if bar is not None:
                 bar.update(len(batch))
@@ -113,7 +121,7 @@ class ScoreSummary:
 
     output: Path
     errors: Path
-    total: int  # distinct input paths
+    total: int  # distinct input samples
     scored: int  # of them, with a row in the output
     failed: int  # of them, with a row in the errors file
     processed: int  # of them, attempted by this run (the others were done before)
@@ -183,14 +191,15 @@ def _remove_unused_work_folder(files: WorkFiles) -> None:
         files.folder.rmdir()
 
 
-def _plan(held: contextlib.ExitStack, files: WorkFiles, paths: Sequence, recipe: Recipe, overwrite: bool,
-          retry_failed: bool, tidy: bool) -> tuple[Journal, tuple[list[str], list[str]]]:
+def _plan(held: contextlib.ExitStack, files: WorkFiles, samples: Sequence[Sample], recipe: Recipe, overwrite: bool,
+          retry_failed: bool, tidy: bool) -> tuple[Journal, tuple[list[Sample], list[Sample]]]:
     """Main process: hold the output, open the main journal; the inputs (each once) and those still to
     score. With ``tidy``, a work folder this call makes goes again if the run records nothing."""
-    paths = list(dict.fromkeys(os.fspath(p) for p in paths))
-    if not paths:
-        raise UserError('paths is empty: expected at least one image file to score')
-    files.check(paths, overwrite)
+    samples = list({(s.source, s.key): s for s in samples}.values())
+    if not samples:
+        raise UserError('paths is empty: expected at least one image to score')
+    files.check(files_read(samples), overwrite)
+    check_output_kind(files.output, recipe.embeddings)
     if tidy and not files.folder.exists():
         held.callback(_remove_unused_work_folder, files)  # runs after the lock and journal below are let go
     files.folder.mkdir(parents=True, exist_ok=True)
@@ -198,10 +207,10 @@ def _plan(held: contextlib.ExitStack, files: WorkFiles, paths: Sequence, recipe:
                                              'wait for it to end, or choose another output'))
     journal = held.enter_context(_main_journal(files, recipe, overwrite))
     finished = journal.finished(retry_failed)
-    return journal, (paths, [p for p in paths if p not in finished])
+    return journal, (samples, [s for s in samples if (s.source, s.key) not in finished])
 
 
-def _agree_on_plan(state, held: contextlib.ExitStack, files: WorkFiles, paths: Sequence, recipe: Recipe,
+def _agree_on_plan(state, held: contextlib.ExitStack, files: WorkFiles, samples: Sequence[Sample], recipe: Recipe,
                    overwrite: bool, retry_failed: bool) -> tuple[Journal | None, list[str], list[str]]:
     """Every process: the main journal (main process only, else None), the inputs and those still to
     score, as the main process planned them; or every process stops with the same line."""
@@ -215,7 +224,7 @@ def _agree_on_plan(state, held: contextlib.ExitStack, files: WorkFiles, paths: S
         try:
             if problem := others_problem(views, fingerprint):
                 raise problem
-            journal, plan = _plan(held, files, paths, recipe, overwrite, retry_failed,
+            journal, plan = _plan(held, files, samples, recipe, overwrite, retry_failed,
                                   tidy=state.num_processes == 1)
         except (UserError, OSError) as error:
             problem = error
@@ -235,7 +244,7 @@ def _start_together(state, held: contextlib.ExitStack, files: WorkFiles) -> None
             state.wait_for_everyone()
 
 
-def _score_share(journal: Journal, shard: list[str], recipe: Recipe, device: torch.device, loading: dict,
+def _score_share(journal: Journal, shard: list[Sample], recipe: Recipe, device: torch.device, loading: dict,
                  progress: bool) -> None:
     """Build the scorer (only if there is something to score) and score ``shard`` into ``journal``."""
     if not shard:
@@ -247,7 +256,14 @@ def _score_share(journal: Journal, shard: list[str], recipe: Recipe, device: tor
         score_into(journal, shard, scorer, device, **loading, bar=bar)
 
 
-def score_collection(paths: Sequence[str | os.PathLike], output: str | os.PathLike, recipe: Recipe | None = None, *,
+def _as_samples(paths: Sequence) -> list[Sample]:
+    if isinstance(paths, (str, os.PathLike)):
+        raise UserError('paths must be a list of image files; for a folder or a list file use collect_paths() first')
+    return [p if isinstance(p, Sample) else samples_of([os.fspath(p)])[0] for p in paths]
+
+
+def score_collection(paths: Sequence[str | os.PathLike | Sample], output: str | os.PathLike,
+                     recipe: Recipe | None = None, *,
                      device: str | torch.device | None = None, batch_size: int = 8, num_workers: int | None = None,
                      pixel_budget: int = DEFAULT_PIXEL_BUDGET, overwrite: bool = False, retry_failed: bool = False,
                      progress: bool = True, rank_timeout: float = RANK_TIMEOUT) -> ScoreSummary | None:
@@ -255,12 +271,14 @@ def score_collection(paths: Sequence[str | os.PathLike], output: str | os.PathLi
     earlier run left.
 
     Paths are stored as given (:func:`~pyiqa_maclip.app.inputs.collect_paths` gives absolute
-    ones) and identify the images across runs. Under ``accelerate launch`` the main process's
+    ones) and identify the images across runs; samples of other sources
+    (:func:`~pyiqa_maclip.app.sources.collect_samples`) are known by their source and key. Under
+    ``accelerate launch`` the main process's
     ``paths`` count; each process scores its share into its own journal; the main process
     merges them, writes the CSVs and returns the summary (the others return None).
 
     Args:
-        paths: image files, scored in this order.
+        paths: image files or samples (:class:`~.sources.Sample`), scored in this order.
         output: the CSV file; see the module docstring for its companions.
         recipe: the metric and its options (:class:`~.scorers.Recipe`).
         device: default: accelerate's device for this process (else the CPU).
@@ -275,8 +293,7 @@ def score_collection(paths: Sequence[str | os.PathLike], output: str | os.PathLi
         UserError (a :class:`~.journal.JournalError` for the journal): the output cannot be used,
             another run is writing it, it was made with other settings, or the weights are not there.
     """
-    if isinstance(paths, (str, os.PathLike)):
-        raise UserError('paths must be a list of image files; for a folder or a list file use collect_paths() first')
+    samples = _as_samples(paths)
     recipe = recipe or Recipe()
     loading = loading_options(batch_size, num_workers, pixel_budget)
     ours = not (torch.distributed.is_available() and torch.distributed.is_initialized())
@@ -287,28 +304,28 @@ def score_collection(paths: Sequence[str | os.PathLike], output: str | os.PathLi
     with contextlib.ExitStack() as held:
         if ours and state.num_processes > 1:  # a process group made for this run ends with it, even on an error
             held.callback(torch.distributed.destroy_process_group)
-        journal, paths, pending = _agree_on_plan(state, held, files, paths, recipe, overwrite, retry_failed)
+        journal, samples, pending = _agree_on_plan(state, held, files, samples, recipe, overwrite, retry_failed)
         _start_together(state, held, files)
         device = _resolve_device(device, state)
-        shard = pending[rank::state.num_processes]
+        shard = split_by_source(pending, rank, state.num_processes)
         own = journal if main else held.enter_context(share_journal(files, rank, recipe))
         if main:
             processes = f' on {state.num_processes} processes' if state.num_processes > 1 else ''
-            _log.info('%s: %d of %d images to score%s, %d done before', files.output, len(pending), len(paths),
-                      processes, len(paths) - len(pending))
+            _log.info('%s: %d of %d images to score%s, %d done before', files.output, len(pending), len(samples),
+                      processes, len(samples) - len(pending))
         try:
             _score_share(own, shard, recipe, device, loading, progress and main)
         except KeyboardInterrupt:
             if main and state.num_processes == 1:  # the CSVs show what is done so far
-                export(journal, files, paths)
+                export(journal, files, samples)
             raise
         if not main:
             finish_share(own, files, rank)
             return None
         for problem in merge_others(journal, files, state.num_processes, rank_timeout):
             _log.warning('%s', problem)
-        scored, failed = export(journal, files, paths)
-        return ScoreSummary(files.output, files.errors, len(paths), scored, failed, len(pending))
+        scored, failed = export(journal, files, samples)
+        return ScoreSummary(files.output, files.errors, len(samples), scored, failed, len(pending))
 
 
 def _return_freed_memory() -> None:

@@ -181,8 +181,9 @@ class WorkFiles:
 
     @property
     def errors(self) -> Path:
-        name = self.output.name
-        return self.output.with_name(f'{name[:-4] if name.lower().endswith(".csv") else name}.errors.csv')
+        """``scores.errors.csv`` beside ``scores.csv`` or ``scores.parquet``."""
+        name, suffix = self.output.name, self.output.suffix.lower()
+        return self.output.with_name(f'{name[:-len(suffix)] if suffix in (".csv", ".parquet") else name}.errors.csv')
 
     @property
     def folder(self) -> Path:

@@ -1,4 +1,5 @@
-"""Image files to tensors, the same way for every command, with the images in flight under a pixel budget.
+"""Images (files, or samples of any source) to tensors, the same way for every command, with the images
+in flight under a pixel budget.
 
 * Strict: an empty, truncated or unidentifiable file is an error, whatever
   ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` says (pyiqa's dataset module turns it on
@@ -26,13 +27,14 @@ import stat
 from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import NamedTuple
+from typing import IO, NamedTuple
 
 import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps
 
 from ..errors import error_text
+from .sources import Sample, sample_input
 from .workers import WorkerDied, WorkerPool
 
 __all__ = ['RESAMPLING', 'DEFAULT_PIXEL_BUDGET', 'read_image', 'as_float', 'pixel_count', 'Decoded',
@@ -79,6 +81,19 @@ def _unit_range(image: Image.Image) -> np.ndarray:
     return values
 
 
+def _readable(image: str | os.PathLike | Sample | IO[bytes]) -> str | os.PathLike | IO[bytes]:
+    """What PIL opens: a file's path (checked: a regular, non-empty file) or a sample's bytes."""
+    if isinstance(image, Sample):
+        image = sample_input(image)
+    if isinstance(image, (str, os.PathLike)):
+        _regular_file(image)
+    elif image.seek(0, os.SEEK_END) == 0:
+        raise ValueError('empty image (0 bytes)')
+    else:
+        image.seek(0)
+    return image
+
+
 def _regular_file(path: str | os.PathLike) -> None:
     status = os.stat(path)
     if not stat.S_ISREG(status.st_mode):  # a FIFO would block the decoder for ever
@@ -103,17 +118,17 @@ def _rgb_pixels(image: Image.Image, shared: bool) -> torch.Tensor:
     return pixels.permute(2, 0, 1)
 
 
-def read_image(path: str | os.PathLike, resize: tuple[int, int] | None = None, resize_mode: str = 'bicubic', *,
-               shared: bool = False) -> torch.Tensor:
-    """Decode an image file: ``uint8`` (3, H, W), or ``float32`` (1 or 3, H, W) in [0, 1] for
-    16-bit and float images; resized to ``resize`` = (H, W) first if given; in shared memory
-    if ``shared`` (for a worker process to hand over).
+def read_image(path: str | os.PathLike | Sample | IO[bytes], resize: tuple[int, int] | None = None,
+               resize_mode: str = 'bicubic', *, shared: bool = False) -> torch.Tensor:
+    """Decode an image file (or a :class:`~.sources.Sample`, or a binary file object): ``uint8``
+    (3, H, W), or ``float32`` (1 or 3, H, W) in [0, 1] for 16-bit and float images; resized to
+    ``resize`` = (H, W) first if given; in shared memory if ``shared`` (for a worker process to hand
+    over).
 
     An 8-bit image is held twice at most while it is read (PIL's decoded image and the
     tensor). Raises on an empty, unidentifiable, truncated or unreadable file.
     """
-    _regular_file(path)
-    with _strict_decoding(), Image.open(path) as image:
+    with _strict_decoding(), Image.open(_readable(path)) as image:
         image.load()
         if image.getexif().get(_ORIENTATION, 1) != 1:
             image = ImageOps.exif_transpose(image)
@@ -133,11 +148,11 @@ def as_float(image: torch.Tensor) -> torch.Tensor:
     return image.float().div_(255) if image.dtype == torch.uint8 else image.float()
 
 
-def pixel_count(path: str | os.PathLike, resize: tuple[int, int] | None = None) -> int:
-    """Pixels ``read_image`` will hold for ``path`` (the larger of the file's and the resized size), read
-    from the file's header; 0 when the header cannot be read (decoding then reports why)."""
+def pixel_count(path: str | os.PathLike | Sample, resize: tuple[int, int] | None = None) -> int:
+    """Pixels ``read_image`` will hold for ``path`` (the larger of the image's and the resized size), read
+    from the image's header; 0 when the header cannot be read (decoding then reports why)."""
     try:
-        with Image.open(path) as opened:
+        with Image.open(sample_input(path) if isinstance(path, Sample) else path) as opened:
             width, height = opened.size
     except Exception:  # noqa: BLE001 - any failure is reported by the decoder itself
         return 0
@@ -145,12 +160,12 @@ def pixel_count(path: str | os.PathLike, resize: tuple[int, int] | None = None) 
 
 
 class Decoded(NamedTuple):
-    index: int  # position in the path list
+    index: int  # position in the list of images
     image: torch.Tensor | None
     error: str | None
 
 
-def _decode(index: int, path: str, resize, resize_mode: str, shared: bool = False) -> Decoded:
+def _decode(index: int, path: str | Sample, resize, resize_mode: str, shared: bool = False) -> Decoded:
     try:
         return Decoded(index, read_image(path, resize, resize_mode, shared=shared), None)
     except Exception as error:  # noqa: BLE001 - whatever the file does, report it and go on
@@ -168,10 +183,11 @@ def default_num_workers() -> int:
     return min(4, cpus)
 
 
-def decoded_batches(paths: Sequence[str], *, batch_size: int = 8, num_workers: int = 0,
+def decoded_batches(paths: Sequence[str | Sample], *, batch_size: int = 8, num_workers: int = 0,
                     pixel_budget: int = DEFAULT_PIXEL_BUDGET, resize: tuple[int, int] | None = None,
                     resize_mode: str = 'bicubic') -> Iterator[list[Decoded]]:
-    """Batches of up to ``batch_size`` decoded images (or their errors), in the order of ``paths``.
+    """Batches of up to ``batch_size`` decoded images (or their errors), in the order of ``paths``
+    (image files, or samples of any source).
 
     Images are decoded in ``num_workers`` processes (0: here, a batch at a time) while the
     caller works on the batch it was given. The pixels of the images in flight (decoding,

@@ -4,10 +4,11 @@ One journal file per scoring process, so processes on different machines never w
 same file; SQLite commits survive ``kill -9`` at any instant. A journal records its schema
 version, the fingerprint of what made its numbers (metric, options, weights, versions) and
 the value columns of its scorer, and the pyiqa metric with its direction; it refuses results
-of any other (a merge included). A path is stored as its bytes (``os.fsencode``), so every
-name the file system allows is one row; :func:`display_path` writes it as CSV text that
-:func:`decode_path_text` turns back into exactly those bytes. The main journal of a run also
-lists the files the run exported (size, time, SHA-256), which are the only files a later run
+of any other (a merge included). A sample is known by its source and key (:mod:`.sources`: an
+image file is source ``''`` and key its path), stored as their bytes (``os.fsencode``), so every
+name the file system allows is one row, with the locator that reads the sample again;
+:func:`display_path` writes a name as CSV text that :func:`decode_path_text` turns back into
+exactly those bytes. The main journal of a run also lists the files the run exported (size, time, SHA-256), which are the only files a later run
 replaces or deletes, and only while they still hold those bytes. Nothing is ever parsed back
 from a CSV.
 """
@@ -25,13 +26,16 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ..errors import UserError
+from ..names import EMBEDDING_COLUMN
 from .files import Content, content, same_content, write_file
+from .sources import Sample
 
 __all__ = ['SCHEMA_VERSION', 'JournalError', 'Result', 'Journal', 'differences', 'display_path', 'decode_path_text',
            'write_csv']
 
-# 1: pyiqa-maclip 0.2 (MA-CLIP's five columns, no exports table); 2: exports known by (device, inode)
-SCHEMA_VERSION = 3
+# 1: pyiqa-maclip 0.2 (MA-CLIP's five columns, no exports table); 2: exports known by (device, inode);
+# 3: exports known by content; 4: samples known by (source, key), with their locator
+SCHEMA_VERSION = 4
 _APPLICATION_ID = 0x4D41434C  # 'MACL': marks files this package made
 _COLUMN = re.compile(r'[a-z_][a-z0-9_]*')
 #: What a user of ``pyiqa-maclip score`` can do about a journal this run cannot continue.
@@ -43,11 +47,23 @@ class JournalError(UserError):
 
 
 class Result(NamedTuple):
-    """One image's outcome: values by column name, or the error that stopped it."""
+    """One sample's outcome: values by column name, or the error that stopped it. ``key`` and ``source``
+    identify the sample (an image file: its path, and source ``''``); ``locator`` reads it again."""
 
-    path: str
+    key: str
     values: dict[str, float] | None
     error: str | None
+    source: str = ''
+    locator: tuple | None = None
+
+    @property
+    def sample(self) -> Sample:
+        return Sample(self.source, self.key, self.locator)
+
+
+def _identity(sample) -> tuple[bytes, bytes]:
+    """How the journal stores a sample's (source, key)."""
+    return os.fsencode(sample.source), os.fsencode(sample.key)
 
 
 def differences(stored: dict, wanted: dict, prefix: str = '') -> list[str]:
@@ -159,14 +175,15 @@ class Journal:
                            for table in ('results', 'exports'))
 
     def _initialise(self, fingerprint: dict, columns: Sequence[str], metric: str, lower_better: bool) -> None:
-        if not columns or not all(isinstance(c, str) and _COLUMN.fullmatch(c) and c not in ('path', 'error')
-                                  for c in columns):
+        reserved = ('source', 'key', 'locator', 'error')
+        if not columns or not all(isinstance(c, str) and _COLUMN.fullmatch(c) and c not in reserved for c in columns):
             raise ValueError(f'journal columns must be lower-case identifiers, got {columns!r}')
-        values = ', '.join(f'{c} REAL' for c in columns)
+        values = ', '.join(f'{c} {"BLOB" if c == EMBEDDING_COLUMN else "REAL"}' for c in columns)
         with self._db:
             self._db.execute('BEGIN IMMEDIATE')
             self._db.execute('CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)')
-            self._db.execute(f'CREATE TABLE results (path BLOB NOT NULL UNIQUE, {values}, error TEXT)')
+            self._db.execute(f'CREATE TABLE results (source BLOB NOT NULL, key BLOB NOT NULL, locator TEXT, '
+                             f'{values}, error TEXT, UNIQUE (source, key))')
             self._db.execute('CREATE TABLE exports (path BLOB PRIMARY KEY, size INTEGER NOT NULL, '
                              'mtime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL)')
             self._db.executemany('INSERT INTO meta VALUES (?, ?)', [
@@ -240,51 +257,57 @@ class Journal:
         rows = []
         for result in results:
             values, error = result.values or {}, result.error
-            if error is None and not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values.values()):
+            if error is None and not all(isinstance(v, bytes) or (isinstance(v, (int, float)) and math.isfinite(v))
+                                         for v in values.values()):
                 values, error = {}, f'ValueError: non-finite value {values}'
-            rows.append((os.fsencode(result.path), *(values.get(c) for c in self.columns), error))
+            locator = None if result.locator is None else json.dumps(result.locator)
+            rows.append((*_identity(result), locator, *(values.get(c) for c in self.columns), error))
         with self._errors('write'), self._db:
             self._db.execute('BEGIN IMMEDIATE')
-            self._db.executemany(self._upsert('VALUES (' + ', '.join('?' * (len(self.columns) + 2)) + ')'), rows)
+            self._db.executemany(self._upsert('VALUES (' + ', '.join('?' * (len(self.columns) + 4)) + ')'), rows)
 
-    def _upsert(self, source: str) -> str:
-        names = ', '.join(('path', *self.columns, 'error'))
-        updates = ', '.join(f'{c} = excluded.{c}' for c in (*self.columns, 'error'))
-        return (f'INSERT INTO results ({names}) {source} ON CONFLICT (path) DO UPDATE SET {updates} '
+    def _upsert(self, rows: str) -> str:
+        names = ', '.join(('source', 'key', 'locator', *self.columns, 'error'))
+        updates = ', '.join(f'{c} = excluded.{c}' for c in ('locator', *self.columns, 'error'))
+        return (f'INSERT INTO results ({names}) {rows} ON CONFLICT (source, key) DO UPDATE SET {updates} '
                 'WHERE results.error IS NOT NULL OR excluded.error IS NULL')
 
-    def finished(self, retry_failed: bool = False) -> set[str]:
-        """Paths with a result: scored ones, and failed ones unless ``retry_failed``."""
+    def finished(self, retry_failed: bool = False) -> set[tuple[str, str]]:
+        """(source, key) of the samples with a result: scored ones, and failed ones unless ``retry_failed``."""
         where = ' WHERE error IS NULL' if retry_failed else ''
         with self._errors('read'):
-            return {os.fsdecode(raw) for (raw,) in self._db.execute(f'SELECT path FROM results{where}')}
+            return {(os.fsdecode(source), os.fsdecode(key))
+                    for source, key in self._db.execute(f'SELECT source, key FROM results{where}')}
 
-    def _want(self, paths: Iterable[str]) -> None:
-        """Put ``paths`` and their positions in the temporary table ``wanted``."""
-        self._db.execute('CREATE TEMP TABLE IF NOT EXISTS wanted (path BLOB PRIMARY KEY, position INTEGER)')
+    def _want(self, samples: Iterable) -> None:
+        """Put the identities of ``samples`` and their positions in the temporary table ``wanted``."""
+        self._db.execute('CREATE TEMP TABLE IF NOT EXISTS wanted (source BLOB, key BLOB, position INTEGER, '
+                         'PRIMARY KEY (source, key))')
         self._db.execute('DELETE FROM temp.wanted')
-        self._db.executemany('INSERT OR IGNORE INTO temp.wanted VALUES (?, ?)',
-                             ((os.fsencode(p), i) for i, p in enumerate(paths)))
+        self._db.executemany('INSERT OR IGNORE INTO temp.wanted VALUES (?, ?, ?)',
+                             ((*_identity(s), i) for i, s in enumerate(samples)))
 
-    def tally(self, paths: Sequence[str]) -> tuple[int, int]:
-        """How many of ``paths`` are scored, and how many failed."""
+    def tally(self, samples: Sequence) -> tuple[int, int]:
+        """How many of ``samples`` (anything with ``source`` and ``key``) are scored, and how many failed."""
         with self._errors('read'):
-            self._want(paths)
+            self._want(samples)
             return self._db.execute('SELECT COUNT(*) - COUNT(r.error), COUNT(r.error) FROM results r '
-                                    'JOIN temp.wanted w ON w.path = r.path').fetchone()
+                                    'JOIN temp.wanted w ON w.source = r.source AND w.key = r.key').fetchone()
 
-    def results(self, paths: Sequence[str] | None = None) -> Iterator[Result]:
-        """Stored results: those of ``paths`` in that order, then every other in the order stored
-        (with ``paths=None``, every result in the order stored)."""
+    def results(self, samples: Sequence | None = None) -> Iterator[Result]:
+        """Stored results: those of ``samples`` in that order, then every other in the order stored
+        (with ``samples=None``, every result in the order stored)."""
         with self._errors('read'):
-            self._want(paths or [])
-            order = 'w.position IS NULL, w.position, ' if paths is not None else ''
+            self._want(samples or [])
+            order = 'w.position IS NULL, w.position, ' if samples is not None else ''
             rows = self._db.execute(
-                f'SELECT r.path, {", ".join(f"r.{c}" for c in self.columns)}, r.error FROM results r '
-                f'LEFT JOIN temp.wanted w ON w.path = r.path ORDER BY {order}r.rowid')
-            for raw, *values, error in rows:
+                f'SELECT r.source, r.key, r.locator, {", ".join(f"r.{c}" for c in self.columns)}, r.error '
+                'FROM results r LEFT JOIN temp.wanted w ON w.source = r.source AND w.key = r.key '
+                f'ORDER BY {order}r.rowid')
+            for source, key, locator, *values, error in rows:
                 named = None if error is not None else {c: v for c, v in zip(self.columns, values) if v is not None}
-                yield Result(os.fsdecode(raw), named, error)
+                yield Result(os.fsdecode(key), named, error, os.fsdecode(source),
+                             None if locator is None else tuple(json.loads(locator)))
 
     def absorb(self, other: str | os.PathLike) -> None:
         """Copy every result of another process's journal into this one, in one transaction.
@@ -297,7 +320,7 @@ class Journal:
                 raise JournalError(f'{other} holds results made with other settings than this run, and was not '
                                    'merged: ' + '; '.join(differences(self.fingerprint, theirs.fingerprint))
                                    + f'; move it away, or {self.advice}')
-        names = ', '.join(('path', *self.columns, 'error'))
+        names = ', '.join(('source', 'key', 'locator', *self.columns, 'error'))
         with self._errors('merge into'):
             self._db.execute('ATTACH DATABASE ? AS other', (os.fspath(other),))
             try:

@@ -19,7 +19,7 @@ from typing import Protocol
 import torch
 
 from ..errors import UserError
-from ..names import COMPONENTS, is_maclip
+from ..names import COMPONENTS, EMBEDDING_COLUMN, is_maclip
 from ..version import __version__
 from .images import as_float
 
@@ -66,6 +66,7 @@ class Recipe:
 
     metric: str = 'maclip'
     options: dict = field(default_factory=dict)
+    embeddings: bool = False  # MA-CLIP only: also each image's CLIP embedding (EMBEDDING_COLUMN)
 
     def __post_init__(self) -> None:
         from pyiqa.default_model_configs import DEFAULT_CONFIGS
@@ -81,6 +82,8 @@ class Recipe:
         if self.config.get('metric_mode') != 'NR':
             raise UserError(f'{self.metric!r} is a full-reference metric: it needs a reference image for each image; '
                             'scoring a collection takes a no-reference metric, e.g. maclip, clipiqa, musiq, piqe')
+        if self.embeddings and not self.is_maclip:
+            raise UserError(f'--embeddings: {self.metric} computes no CLIP image embedding; MA-CLIP metrics do')
 
     @property
     def is_maclip(self) -> bool:
@@ -88,7 +91,9 @@ class Recipe:
 
     @property
     def columns(self) -> tuple[str, ...]:
-        return COMPONENTS if self.is_maclip else ('score',)
+        if not self.is_maclip:
+            return ('score',)
+        return (*COMPONENTS, EMBEDDING_COLUMN) if self.embeddings else COMPONENTS
 
     @property
     def lower_better(self) -> bool:
@@ -116,8 +121,9 @@ class Recipe:
         defaults = {name: p.default for name, p in inspect.signature(MACLIP).parameters.items()
                     if p.default is not inspect.Parameter.empty}
         settings = _maclip_values({**defaults, **self.config['metric_opts'], **self.options})
+        embeddings = {'embeddings': True} if self.embeddings else {}  # a run's fingerprint without them is unchanged
         return {'metric': 'maclip', 'checkpoint_sha256': self.checkpoint.sha256, 'options': _json_ready(settings),
-                'pyiqa_maclip': __version__}
+                'pyiqa_maclip': __version__, **embeddings}
 
     def build(self, device: torch.device | str) -> Scorer:
         """The scorer, on ``device``."""
@@ -125,7 +131,7 @@ class Recipe:
 
         if self.is_maclip:
             model = pyiqa.create_metric(self.metric, device=device, **{**self.options, 'backbone': self.checkpoint})
-            return MaclipScorer(model.net.eval(), self.fingerprint)
+            return MaclipScorer(model.net.eval(), self.fingerprint, self.embeddings)
         try:
             model = pyiqa.create_metric(self.metric, device=device, **self.options)
         except (TypeError, AssertionError) as error:  # pyiqa's way of saying an option is wrong
@@ -134,17 +140,23 @@ class Recipe:
 
 
 class MaclipScorer:
-    """This package's MA-CLIP: the views of all images share encoder chunks; five columns. 8-bit
-    images stay 8-bit until their views are cut."""
+    """This package's MA-CLIP: the views of all images share encoder chunks; five columns, and with
+    ``embeddings`` the global view's L2-normalised CLIP embedding as float32 bytes. 8-bit images
+    stay 8-bit until their views are cut."""
 
-    columns = COMPONENTS
-
-    def __init__(self, metric, fingerprint: dict) -> None:
-        self.metric, self.fingerprint = metric, fingerprint
+    def __init__(self, metric, fingerprint: dict, embeddings: bool = False) -> None:
+        self.metric, self.fingerprint, self.embeddings = metric, fingerprint, embeddings
+        self.columns = (*COMPONENTS, EMBEDDING_COLUMN) if embeddings else COMPONENTS
 
     def __call__(self, images: Sequence[torch.Tensor]) -> list[dict[str, float]]:
-        parts = self.metric.score_images(list(images))
-        return [dict(zip(self.columns, row)) for row in torch.stack(list(parts), dim=1).tolist()]
+        if not self.embeddings:
+            parts = self.metric.score_images(list(images))
+            return [dict(zip(COMPONENTS, row)) for row in torch.stack(list(parts), dim=1).tolist()]
+        parts, embeddings = self.metric.score_and_embed(list(images))
+        rows = [dict(zip(COMPONENTS, row)) for row in torch.stack(list(parts), dim=1).tolist()]
+        for row, embedding in zip(rows, embeddings.float().cpu().numpy()):
+            row[EMBEDDING_COLUMN] = embedding.tobytes()
+        return rows
 
 
 class PyiqaScorer:

@@ -38,6 +38,7 @@ from ...names import COMPONENTS, is_maclip
 from ..engine import loading_options, score_into
 from ..images import DEFAULT_PIXEL_BUDGET
 from ..journal import Journal, JournalError
+from ..sources.files import samples_of
 from ..scorers import Recipe
 from .specs import BenchmarkConfig, DatasetSpec, MetricSpec
 from .datasets import Item, load_items
@@ -250,21 +251,21 @@ def _score_dataset(layout: Layout, recipe: Recipe, build: Callable[[], object], 
     if file in discard:
         discard.discard(file)
         file.unlink(missing_ok=True)
-    paths = [item.image for item in items]
+    samples = samples_of([item.image for item in items])
     with Journal.create(file, fingerprint, recipe.columns, advice='recompute it with --force') as journal:
         finished = journal.finished()
-        pending = [p for p in paths if p not in finished]
+        pending = [s for s in samples if (s.source, s.key) not in finished]
         if pending:
             scorer = build()
             start = time.perf_counter()
-            with tqdm(total=len(paths), initial=len(paths) - len(pending), desc=description, unit='img',
+            with tqdm(total=len(samples), initial=len(samples) - len(pending), desc=description, unit='img',
                       dynamic_ncols=True) as bar:
                 try:
                     score_into(journal, pending, scorer, device, **loading, resize=spec.resize,
                                resize_mode=spec.resize_mode, bar=bar)
                 finally:
                     journal.add_seconds(time.perf_counter() - start)
-        return {result.path: result for result in journal.results(paths)}, journal.seconds, bool(pending)
+        return {result.key: result for result in journal.results(samples)}, journal.seconds, bool(pending)
 
 
 def run_benchmark(config: BenchmarkConfig, output_dir: str | os.PathLike, *, device: str | None = None,

@@ -1,4 +1,7 @@
-"""``pyiqa-maclip score PATH [PATH ...] -o scores.csv [options]``: a collection into a CSV, resumably.
+"""``pyiqa-maclip score PATH [PATH ...] -o scores.csv [options]``: a collection into a CSV (or Parquet), resumably.
+
+PATH: image files, folders, path lists, WebDataset ``.tar`` shards (brace patterns too), Parquet
+files, or a ``datasets`` folder saved with ``save_to_disk`` (:mod:`..sources`).
 
 Everything that can be checked without torch is checked first (paths, the backbone name,
 options, the output, environment variables): a mistake costs a fraction of a second.
@@ -22,16 +25,21 @@ __all__ = ['add_parser', 'run']
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        'score', help='score image files, folders or path lists into a CSV (resumable, shardable)',
+        'score', help='score image files, folders, path lists, WebDataset shards, Parquet files or datasets into a '
+                      'CSV or Parquet file (resumable, shardable)',
         description=f'Score images into a CSV: path,{",".join(COMPONENTS)} with MA-CLIP (the default), or path,score '
-                    'with any other pyiqa no-reference metric (--metric). Files that cannot be scored are listed in '
-                    '<stem>.errors.csv. Running the same command again resumes; under `accelerate launch` the inputs '
-                    'are sharded across processes.',
+                    'with any other pyiqa no-reference metric (--metric); samples of shards, Parquet files and '
+                    'datasets are named by key,shard instead of path. -o NAME.parquet writes Parquet. Images that '
+                    'cannot be scored are listed in <stem>.errors.csv. Running the same command again resumes; under '
+                    '`accelerate launch` the inputs are split across processes (shards whole).',
         epilog='exit status: 0 every image scored, 1 some failed (see the errors file), '
                '2 bad arguments or the run could not start, 130 interrupted (run again to resume)')
     parser.add_argument('inputs', nargs='+', metavar='PATH',
-                        help=f'image file, folder (recursive) or text file listing paths ({", ".join(LIST_SUFFIXES)})')
-    parser.add_argument('-o', '--output', required=True, type=Path, help='the CSV file to write, e.g. scores.csv')
+                        help=f'image file, folder (recursive), text file listing paths ({", ".join(LIST_SUFFIXES)}), '
+                             'WebDataset .tar shard (or a pattern such as data-{000..099}.tar), .parquet file, or a '
+                             'folder saved by datasets\' save_to_disk')
+    parser.add_argument('-o', '--output', required=True, type=Path,
+                        help='the file to write: scores.csv, or scores.parquet for Parquet')
     parser.add_argument('--metric', default='maclip',
                         help='a pyiqa no-reference metric, e.g. maclip (default), maclip_vitB32, clipiqa, musiq, piqe')
     parser.add_argument('--option', action='append', default=[], metavar='KEY=VALUE',
@@ -46,6 +54,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument('--half', action='store_true', help='the same as --precision fp16 (kept for earlier scripts)')
     parser.add_argument('--extensions', default=None,
                         help='suffixes taken from folders, e.g. jpg,png (default: every format PIL opens)')
+    parser.add_argument('--image-member', default=None, metavar='EXT',
+                        help='WebDataset: the member holding the image, e.g. png (default: the first of jpg, jpeg, '
+                             'png, webp)')
+    parser.add_argument('--image-column', default=None, metavar='NAME',
+                        help='Parquet, datasets: the column of image bytes, {bytes, path} structs or paths (default: '
+                             'image for Parquet, the Image feature for datasets)')
+    parser.add_argument('--key-column', default=None, metavar='NAME',
+                        help='Parquet, datasets: the column keying the rows (default: key if there is one, else the '
+                             'row number)')
+    parser.add_argument('--embeddings', action='store_true',
+                        help="MA-CLIP, Parquet output: add each image's L2-normalised CLIP embedding of its global "
+                             'view (computed for the score anyway) as a float32 list column')
     parser.add_argument('--overwrite', action='store_true',
                         help='discard an earlier run on --output and start afresh (replacing --output, never a link, '
                              'device, FIFO or folder)')
@@ -87,7 +107,10 @@ def _metric_options(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> int:
     from ... import weights
     from ..files import WorkFiles
-    from ..inputs import collect_paths, parse_extensions
+    from ..inputs import parse_extensions
+    from ..outputs import PARQUET_SUFFIX, check_output_kind
+    from ..sources import SourceOptions, collect_samples, files_read
+    from ..sources.parquet import import_pyarrow
 
     weights.check_environment()
     check_ray_args(args)
@@ -102,16 +125,22 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f'--rank-timeout {args.rank_timeout:g}: expected a positive number of seconds')
     # Every process checks alike (under accelerate, one that stopped here would leave the others waiting);
     # the main process's list is the one scored.
-    paths = collect_paths(args.inputs, extensions)
-    if not paths:
+    if args.embeddings and not is_maclip_metric(args.metric):
+        raise UserError(f'--embeddings: {args.metric} computes no CLIP image embedding; MA-CLIP metrics do')
+    check_output_kind(args.output, args.embeddings)
+    if args.output.suffix.lower() == PARQUET_SUFFIX:
+        import_pyarrow()
+    samples = collect_samples(args.inputs, SourceOptions(extensions, args.image_member, args.image_column,
+                                                         args.key_column))
+    if not samples:
         raise UserError(f'no image files found in {", ".join(args.inputs)}')
-    WorkFiles(args.output.absolute()).check(paths, args.overwrite)
+    WorkFiles(args.output.absolute()).check(files_read(samples), args.overwrite)
 
     # Now torch and pyiqa.
     from ..engine import score_collection
     from ..scorers import Recipe
 
-    recipe = Recipe(args.metric, options)
+    recipe = Recipe(args.metric, options, embeddings=args.embeddings)
     if not recipe.is_maclip and {'backbone', 'chunk_size', 'precision'} & set(options):
         raise UserError(f'--backbone, --chunk-size, --precision and --half are options of MA-CLIP metrics, not of '
                         f'{args.metric}; give its own options with --option KEY=VALUE')
@@ -124,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
     log.setLevel(logging.INFO)
     try:
         summary = score_collection(
-            paths, args.output, recipe, device=args.device, batch_size=args.batch_size, num_workers=args.num_workers,
+            samples, args.output, recipe, device=args.device, batch_size=args.batch_size, num_workers=args.num_workers,
             pixel_budget=args.pixel_budget * 1_000_000, overwrite=args.overwrite, retry_failed=args.retry_failed,
             progress=args.progress, rank_timeout=args.rank_timeout)
     except KeyboardInterrupt:

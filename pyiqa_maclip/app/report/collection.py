@@ -45,7 +45,7 @@ class Collection:
 
     scores: np.ndarray  # the finite scores
     selection: Selection
-    paths: list[str]  # of the selected rows
+    paths: list  # of the selected rows: image files' paths, or samples (:class:`~..sources.Sample`)
     failed: int  # files that could not be scored
     unscored: int  # rows without a finite score
     metric: str  # '' when the CSV does not say
@@ -180,7 +180,7 @@ def _as_written(value: float) -> float:
 
 def _journal_table(journal_file: Path) -> Table:
     """Every result of a run's journal, in the order stored, its numbers as the CSV writes them; keys are the
-    paths as the CSV writes them."""
+    paths (or, for shards, the samples' keys) as the CSV writes them."""
     import pandas as pd
 
     from ..journal import Journal, display_path
@@ -188,11 +188,11 @@ def _journal_table(journal_file: Path) -> Table:
     with Journal(journal_file) as journal:
         columns, rows, paths, failed = journal.columns, [], [], []
         for result in journal.results():
-            key = display_path(os.fsencode(result.path))
+            key = display_path(os.fsencode(result.key))
             if result.error is not None:
                 failed.append((key, result.error))
                 continue
-            paths.append(result.path)
+            paths.append(result.sample if result.source else result.key)
             rows.append((key, *(_as_written(result.values.get(c, np.nan)) for c in columns)))
         metric, lower_better = journal.metric, journal.lower_better
     table = pd.DataFrame(rows, columns=['key', *columns]).astype({c: float for c in columns})

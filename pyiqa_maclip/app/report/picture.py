@@ -69,7 +69,7 @@ def draw_report(collection: Collection, title: str, output: Path, columns: int =
         else:
             axes.imshow(np.asarray(picture))
         axes.set_title(f'{q:.0%} from worst · {score:.4g}', fontsize=11)
-        axes.set_xlabel(_short(shown(Path(path).name)), fontsize=10)
+        axes.set_xlabel(_short(shown(Path(path).name if isinstance(path, str) else path.key)), fontsize=10)
         axes.set_xticks([])
         axes.set_yticks([])
     return write_figure(figure, output)

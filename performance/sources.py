@@ -1,0 +1,133 @@
+"""Scoring from WebDataset shards against scoring the same images from a folder, and listing shards.
+
+    python performance/sources.py [--images 16] [--rounds 3] [--shards 20] [--samples 1000]
+
+a. Throughput of the engine (decoding workers under the pixel budget, batches, journal commits)
+   on the same JPEG images (512x384) as files in a folder and as samples of two shards, with one
+   scorer built once (MA-CLIP on random RN50-shaped weights: real ones cannot be downloaded here,
+   and timing does not depend on the values). Rounds alternate folder and shards; the median of
+   each is kept, so their ratio compares like with like on a shared machine.
+b. --embeddings: the scorer with and without the embedding column on the same decoded images
+   (alternating rounds, medians): the embedding is the global view's feature scoring computes anyway.
+c. Listing the keys of ``--shards`` shards of ``--samples`` samples (a ``.jpg`` and a ``.json``
+   member each), as ``score`` lists them before it starts; the time per shard is extrapolated to
+   1,000 shards (linear: each shard is listed alone, from its headers).
+
+Prints a Markdown table with the machine (CPU model, cores) and load average.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from pyiqa_maclip.app.engine import score_into
+from pyiqa_maclip.app.journal import Journal
+from pyiqa_maclip.app.scorers import Recipe
+from pyiqa_maclip.app.sources import collect_samples
+from pyiqa_maclip.testing import make_clip, random_images, save_state_dict
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'tests'))
+from test_sources import write_shard  # noqa: E402  the tests' way of making a shard
+
+
+def jpeg(seed: int, height: int = 384, width: int = 512) -> bytes:
+    image = random_images(1, height, width, 3, seed=seed)[0]
+    buffer = io.BytesIO()
+    Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype('uint8')).save(buffer, 'JPEG', quality=90)
+    return buffer.getvalue()
+
+
+def machine() -> str:
+    model = next((line.split(':', 1)[1].strip() for line in Path('/proc/cpuinfo').read_text().splitlines()
+                  if line.startswith('model name')), platform.processor())
+    return f'{model}, {len(os.sched_getaffinity(0))} cores, torch {torch.__version__}'
+
+
+def throughput(root: Path, count: int, rounds: int) -> dict[str, float]:
+    images = {f'{k:04d}': jpeg(k) for k in range(count)}
+    (root / 'folder').mkdir()
+    for key, data in images.items():
+        (root / 'folder' / f'{key}.jpg').write_bytes(data)
+    half = count // 2
+    for number, keys in enumerate((list(images)[:half], list(images)[half:])):
+        write_shard(root / f'data-{number:03d}.tar', {f'{k}.jpg': images[k] for k in keys} |
+                    {f'{k}.json': b'{}' for k in keys})
+    inputs = {'folder': [root / 'folder'], 'shards': [root / 'data-{000..001}.tar']}
+    checkpoint = save_state_dict(make_clip('RN50'), root / 'rn50.pth')
+    recipe = Recipe(options={'backbone': str(checkpoint)})
+    scorer, device = recipe.build('cpu'), torch.device('cpu')
+    times: dict[str, list[float]] = {name: [] for name in inputs}
+    for round_ in range(rounds):
+        for name, given in inputs.items():
+            samples = collect_samples(given)
+            with Journal.create(root / f'{name}{round_}.sqlite3', recipe.fingerprint, recipe.columns) as journal:
+                start = time.perf_counter()
+                score_into(journal, samples, scorer, device, batch_size=8, num_workers=2)
+                times[name].append(time.perf_counter() - start)
+    return {name: count / statistics.median(values) for name, values in times.items()}
+
+
+def embedding_cost(root: Path, count: int, rounds: int) -> float:
+    """Median time of the MA-CLIP scorer with embeddings over the median without, on the same images."""
+    from pyiqa_maclip.app.images import read_image
+
+    images = [read_image(path) for path in sorted((root / 'folder').iterdir())[:count]]
+    recipe = {flag: Recipe(options={'backbone': str(root / 'rn50.pth')}, embeddings=flag) for flag in (False, True)}
+    scorers = {flag: r.build('cpu') for flag, r in recipe.items()}
+    times: dict[bool, list[float]] = {False: [], True: []}
+    with torch.inference_mode():
+        for _ in range(rounds):
+            for flag, scorer in scorers.items():
+                start = time.perf_counter()
+                scorer(images)
+                times[flag].append(time.perf_counter() - start)
+    return statistics.median(times[True]) / statistics.median(times[False])
+
+
+def listing(root: Path, shards: int, samples: int) -> float:
+    for number in range(shards):
+        write_shard(root / f'list-{number:04d}.tar', {f'{number:04d}{k:06d}.{ext}': b'x' * 512
+                                                      for k in range(samples) for ext in ('jpg', 'json')})
+    start = time.perf_counter()
+    found = collect_samples([root / f'list-{{0000..{shards - 1:04d}}}.tar'])
+    seconds = time.perf_counter() - start
+    assert len(found) == shards * samples
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--images', type=int, default=16)
+    parser.add_argument('--rounds', type=int, default=3)
+    parser.add_argument('--shards', type=int, default=20)
+    parser.add_argument('--samples', type=int, default=1000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        load = os.getloadavg()[0]
+        rates = throughput(root, args.images, args.rounds)
+        embedding = embedding_cost(root, 8, args.rounds)
+        seconds = listing(root, args.shards, args.samples)
+        print(f'machine: {machine()}; load average {load:.1f} before, {os.getloadavg()[0]:.1f} after\n')
+        print('| what | figure |\n|---|---|')
+        print(f'| folder, {args.images} JPEGs 512x384, RN50-shaped MA-CLIP, 2 workers | {rates["folder"]:.2f} img/s |')
+        print(f'| the same images from 2 shards | {rates["shards"]:.2f} img/s |')
+        print(f'| shards / folder | {rates["shards"] / rates["folder"]:.3f} |')
+        print(f'| scoring 8 decoded images with --embeddings / without | {embedding:.3f} |')
+        print(f'| listing {args.shards} shards of {args.samples} samples (2 members each) | {seconds:.2f} s |')
+        extrapolated = seconds / args.shards * 1000 / args.samples * 1000
+        print(f'| extrapolated to 1,000 shards of 1,000 samples | {extrapolated:.0f} s |')
+
+
+if __name__ == '__main__':
+    main()

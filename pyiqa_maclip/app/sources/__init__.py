@@ -1,0 +1,137 @@
+"""Where a run's images live: one module per kind of collection, registered here.
+
+A :class:`Sample` is one image of a collection: the ``source`` it comes from (``''`` for image
+files, else the absolute path of the shard or file holding it), its ``key`` within the source
+(the file's path for image files) and a ``locator``, a small picklable tuple saying how any
+process reads its bytes (None for image files: the key is the path). The journal knows a sample
+by ``(source, key)``; the engine and report read it through :func:`sample_input`.
+
+Kinds (:data:`KINDS`), chosen per input by :func:`kind_of_input`: ``webdataset`` (``.tar``
+shards, brace patterns ``data-{000..099}.tar``), ``parquet`` (``.parquet`` files), ``hf``
+(a folder saved by ``datasets``' ``save_to_disk``), and ``files`` (image files, folders, path
+lists). Nothing here imports torch; pyarrow only when a Parquet or ``datasets`` input is read.
+"""
+from __future__ import annotations
+
+import glob
+import io
+import os
+import re
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
+
+from ...errors import UserError
+
+__all__ = ['Sample', 'KINDS', 'SourceOptions', 'expand_pattern', 'kind_of_input', 'collect_samples', 'sample_input',
+           'split_by_source', 'input_files', 'files_read', 'check_options']
+
+
+class Sample(NamedTuple):
+    """One image of a collection; ``(source, key)`` is its identity."""
+
+    source: str
+    key: str
+    locator: tuple | None = None
+
+
+class SourceOptions(NamedTuple):
+    """How images are found in the inputs (each option belongs to some kinds only)."""
+
+    extensions: Iterable[str] | None = None  # files: suffixes taken from folders
+    image_member: str | None = None  # webdataset: the member extension holding the image
+    image_column: str | None = None  # parquet, hf: the column holding the image
+    key_column: str | None = None  # parquet, hf: the column keying the rows
+
+
+#: Kinds of collection, and the options each takes.
+KINDS = {'files': ('extensions',), 'webdataset': ('image_member',), 'parquet': ('image_column', 'key_column'),
+         'hf': ('image_column', 'key_column')}
+_RANGE = re.compile(r'\{(\d+)\.\.(\d+)\}')
+_LIST = re.compile(r'\{([^{}]*,[^{}]*)\}')
+
+
+def expand_pattern(pattern: str) -> list[str]:
+    """``data-{000..002}.tar`` -> ``data-000.tar``, ``data-001.tar``, ``data-002.tar`` (zero padding kept);
+    ``{a,b}`` lists too; then shell wildcards (``*.tar``) if the name holds any and no file has that name."""
+    found = [m for m in (_RANGE.search(pattern), _LIST.search(pattern)) if m]
+    if found:
+        match = min(found, key=lambda m: m.start())  # the leftmost brace first, as the shell does
+        head, tail = pattern[:match.start()], pattern[match.end():]
+        if match.re is _LIST:
+            items = match[1].split(',')
+        else:
+            first, last, width = int(match[1]), int(match[2]), len(match[1])
+            items = [f'{n:0{width}d}' for n in range(first, last + 1)]
+        return [name for item in items for name in expand_pattern(head + item + tail)]
+    if glob.has_magic(pattern) and not os.path.lexists(pattern):
+        return sorted(glob.glob(pattern)) or [pattern]
+    return [pattern]
+
+
+def kind_of_input(path: str) -> str:
+    """The kind of collection ``path`` names (see the module docstring)."""
+    lower = path.lower()
+    if lower.endswith('.tar'):
+        return 'webdataset'
+    if lower.endswith('.parquet'):
+        return 'parquet'
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, 'state.json')) \
+            and os.path.isfile(os.path.join(path, 'dataset_info.json')):
+        return 'hf'
+    return 'files'
+
+
+def _module(kind: str):
+    from . import files, hf, parquet, webdataset
+
+    return {'files': files, 'webdataset': webdataset, 'parquet': parquet, 'hf': hf}[kind]
+
+
+def input_files(inputs: Iterable[str | os.PathLike]) -> tuple[str, list[str]]:
+    """The kind and the expanded inputs of a run; a :class:`UserError` for inputs of several kinds."""
+    expanded = [name for item in inputs for name in expand_pattern(os.fsdecode(item))]
+    kinds = {kind_of_input(name) for name in expanded}
+    if len(kinds) > 1:
+        raise UserError(f'the inputs are of several kinds ({", ".join(sorted(kinds))}): score one kind of '
+                        'collection per output (image files and folders, .tar shards, .parquet files, or a '
+                        'datasets folder)')
+    return (kinds.pop() if kinds else 'files'), expanded
+
+
+def check_options(kind: str, options: SourceOptions) -> None:
+    """A :class:`UserError` for an option the inputs' kind does not take."""
+    for name, value in options._asdict().items():
+        if value is not None and name not in KINDS[kind]:
+            takers = ' or '.join(k for k, taken in KINDS.items() if name in taken)
+            raise UserError(f'--{name.replace("_", "-")} applies to {takers} inputs, and these inputs are {kind}')
+
+
+def collect_samples(inputs: Iterable[str | os.PathLike], options: SourceOptions = SourceOptions()) -> list[Sample]:
+    """Every sample of ``inputs`` (all of one kind), in order, each once. No torch is imported."""
+    kind, expanded = input_files(inputs)
+    check_options(kind, options)
+    taken = {name: value for name, value in options._asdict().items() if name in KINDS[kind]}
+    samples = _module(kind).collect(expanded, **taken)
+    return list({(s.source, s.key): s for s in samples}.values())
+
+
+def sample_input(sample: Sample) -> str | io.BytesIO:
+    """What PIL opens for ``sample``: the file's path, or its bytes."""
+    if sample.locator is None:
+        return sample.key
+    return io.BytesIO(_module(sample.locator[0]).read(sample.locator))
+
+
+def files_read(samples: Sequence[Sample]) -> list[str]:
+    """The files a run reads: the image files, or the shards, Parquet files and datasets of the samples."""
+    return list(dict.fromkeys(s.source or s.key for s in samples))
+
+
+def split_by_source(pending: Sequence[Sample], rank: int, processes: int) -> list[Sample]:
+    """Process ``rank``'s share of ``pending``: every N-th image file, or every N-th source (shard) whole."""
+    if processes == 1:
+        return list(pending)
+    if all(not s.source for s in pending):
+        return list(pending[rank::processes])
+    order = {source: i for i, source in enumerate(dict.fromkeys(s.source for s in pending))}
+    return [s for s in pending if order[s.source] % processes == rank]

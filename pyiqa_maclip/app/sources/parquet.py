@@ -1,0 +1,118 @@
+"""Parquet files of images: a column of image bytes (binary, or a struct ``{bytes, path}`` as Hugging
+Face writes it) or of image paths, read row group by row group.
+
+A sample's source is the file's absolute path; its key is the key column's value as text, else the
+row number within the file (0-based) as text (:func:`sample_key`). pyarrow is imported only here,
+when a Parquet input is read (``pip install 'pyiqa-maclip[parquet]'``).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+from ...errors import UserError
+from . import Sample
+
+__all__ = ['DEFAULT_IMAGE_COLUMN', 'DEFAULT_KEY_COLUMN', 'sample_key', 'file_name', 'import_pyarrow',
+           'image_column_problem', 'cell_image', 'collect', 'read']
+
+DEFAULT_IMAGE_COLUMN = 'image'
+DEFAULT_KEY_COLUMN = 'key'
+_cache: dict = {}  # this process's last row group read: (file, group, column) -> cells
+
+
+def sample_key(value, row: int) -> str:
+    """A row's key: the key column's ``value`` as text (bytes as UTF-8), else (``value`` None) the row
+    number within the file."""
+    if value is None:
+        return str(row)
+    return value.decode('utf-8', 'surrogateescape') if isinstance(value, bytes) else str(value)
+
+
+def file_name(path: str | os.PathLike) -> str:
+    """A Parquet file's source: its path as given, made absolute."""
+    return os.path.abspath(os.fsdecode(path))
+
+
+def import_pyarrow():
+    try:
+        import pyarrow
+        import pyarrow.parquet  # noqa: F401
+    except ImportError:
+        raise UserError("reading Parquet needs pyarrow: pip install 'pyiqa-maclip[parquet]'") from None
+    return pyarrow
+
+
+def image_column_problem(field_type) -> str | None:
+    """Why a column of arrow type ``field_type`` cannot hold images, or None."""
+    pa = import_pyarrow()
+    if pa.types.is_binary(field_type) or pa.types.is_large_binary(field_type) or pa.types.is_string(field_type) \
+            or pa.types.is_large_string(field_type):
+        return None
+    if pa.types.is_struct(field_type) and field_type.get_field_index('bytes') >= 0:
+        return None
+    return f'it is {field_type}; expected image bytes (binary), a struct with bytes (as datasets writes) or paths'
+
+
+def cell_image(cell, folder: str) -> bytes:
+    """The image bytes of one cell: bytes as they are; a struct's bytes (or, without, its path); a path read
+    from the file (relative ones from ``folder``)."""
+    if isinstance(cell, dict):
+        cell = cell.get('bytes') if cell.get('bytes') is not None else cell.get('path')
+    if cell is None:
+        raise ValueError('no image in this row (the cell is empty)')
+    if isinstance(cell, str):
+        with open(os.path.join(folder, os.path.expanduser(cell)), 'rb') as file:
+            return file.read()
+    return bytes(cell)
+
+
+def _schema_columns(path: str, image_column: str, key_column: str | None) -> tuple[str, str | None]:
+    pa = import_pyarrow()
+    schema = pa.parquet.read_schema(path)
+    if image_column not in schema.names:
+        raise UserError(f'{path} has no column {image_column!r} (it has {", ".join(schema.names)}); name the '
+                        'image column with --image-column')
+    if problem := image_column_problem(schema.field(image_column).type):
+        raise UserError(f'the column {image_column!r} of {path} cannot hold images: {problem}')
+    if key_column is not None and key_column not in schema.names:
+        raise UserError(f'{path} has no column {key_column!r} (it has {", ".join(schema.names)}); name the key '
+                        'column with --key-column, or leave it out to key rows by their number')
+    if key_column is None and DEFAULT_KEY_COLUMN in schema.names:
+        key_column = DEFAULT_KEY_COLUMN
+    return image_column, key_column
+
+
+def _file_samples(path: str, image_column: str, key_column: str | None) -> list[Sample]:
+    pa = import_pyarrow()
+    image_column, key_column = _schema_columns(path, image_column, key_column)
+    source, samples, row = file_name(path), [], 0
+    parquet = pa.parquet.ParquetFile(path)
+    for group in range(parquet.num_row_groups):
+        rows = parquet.metadata.row_group(group).num_rows
+        keys = parquet.read_row_group(group, columns=[key_column]).column(0).to_pylist() if key_column else \
+            [None] * rows
+        samples += [Sample(source, sample_key(value, row + i), ('parquet', source, group, i, image_column))
+                    for i, value in enumerate(keys)]
+        row += rows
+    return samples
+
+
+def collect(inputs: Iterable[str], image_column: str | None = None, key_column: str | None = None) -> list[Sample]:
+    samples = []
+    for path in inputs:
+        if not os.path.isfile(path):
+            raise UserError(f'{path!r} does not exist: expected a Parquet file')
+        samples += _file_samples(path, image_column or DEFAULT_IMAGE_COLUMN, key_column)
+    return samples
+
+
+def read(locator: tuple) -> bytes:
+    """The image bytes of ``('parquet', file, row group, row in the group, column)``; the row group's
+    column is kept for the next sample (samples come in file order)."""
+    _, path, group, row, column = locator
+    if (path, group, column) not in _cache:
+        pa = import_pyarrow()
+        _cache.clear()
+        _cache[path, group, column] = pa.parquet.ParquetFile(path).read_row_group(group, columns=[column]).column(0)
+    return cell_image(_cache[path, group, column][row].as_py(), os.path.dirname(path))
