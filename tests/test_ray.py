@@ -26,13 +26,14 @@ import pytest
 import torch
 from PIL import Image
 
+from rounding import assert_within_rounding, rounding_bound
+
 from pyiqa_maclip.app.decode_bytes import decode_bytes
 from pyiqa_maclip.app.images import as_float, read_image
 from pyiqa_maclip.app.ray_run import resources
 from pyiqa_maclip.app.ray_shards import MANIFEST, Manifest, expected_rows, plan_shards
 from pyiqa_maclip.errors import UserError
 from pyiqa_maclip.names import COMPONENTS
-from pyiqa_maclip.testing import assert_within_rounding, rounding_bound
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, 'PYTHONPATH': os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]),

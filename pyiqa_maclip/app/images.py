@@ -31,7 +31,7 @@ from typing import IO, NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from ..errors import error_text
 from .sources import Sample, sample_input
@@ -94,6 +94,18 @@ def _readable(image: str | os.PathLike | Sample | IO[bytes]) -> str | os.PathLik
     return image
 
 
+def _opened(image: str | os.PathLike | Sample | IO[bytes]) -> Image.Image:
+    """The image PIL opens from :func:`_readable`; bytes it cannot identify are a ValueError without PIL's
+    message, which names a memory address (an errors file would then differ from run to run)."""
+    readable = _readable(image)
+    try:
+        return Image.open(readable)
+    except UnidentifiedImageError:
+        if isinstance(readable, (str, os.PathLike)):
+            raise
+        raise ValueError('cannot identify the image: not a format PIL reads') from None
+
+
 def _regular_file(path: str | os.PathLike) -> None:
     status = os.stat(path)
     if not stat.S_ISREG(status.st_mode):  # a FIFO would block the decoder for ever
@@ -128,7 +140,7 @@ def read_image(path: str | os.PathLike | Sample | IO[bytes], resize: tuple[int, 
     An 8-bit image is held twice at most while it is read (PIL's decoded image and the
     tensor). Raises on an empty, unidentifiable, truncated or unreadable file.
     """
-    with _strict_decoding(), Image.open(_readable(path)) as image:
+    with _strict_decoding(), _opened(path) as image:
         image.load()
         if image.getexif().get(_ORIENTATION, 1) != 1:
             image = ImageOps.exif_transpose(image)

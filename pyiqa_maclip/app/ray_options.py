@@ -36,23 +36,20 @@ def add_ray_options(parser: argparse.ArgumentParser) -> None:
                      help='CPUs per scoring actor (default: 1)')
     ray.add_argument('--workers', type=int, default=None, metavar='N',
                      help='scoring actors (default: one per GPU share, or as many as leave one CPU to reading)')
-    ray.add_argument('--image-column', default=None, metavar='NAME',
-                     help='the Parquet column holding the images (default: the first of jpg, jpeg, png, webp, tif, '
-                          'tiff, bmp, image)')
 
 
 def check_ray_args(args: argparse.Namespace) -> None:
     """A :class:`UserError` for options that mean nothing with the chosen engine, or Ray missing."""
     if args.engine != 'ray':
-        given = [f'--{name.replace("_", "-")}' for name in ('ray_address', 'num_gpus_per_worker', 'workers',
-                                                            'image_column') if getattr(args, name) is not None]
+        given = [f'--{name.replace("_", "-")}' for name in ('ray_address', 'num_gpus_per_worker', 'workers') if getattr(args, name) is not None]
         if given:
             raise UserError(f'{", ".join(given)}: options of --engine ray')
         return
     if importlib.util.find_spec('ray') is None:
         raise UserError(f'--engine ray needs Ray, which is not installed: {INSTALL}')
     unused = [flag for flag, name in (('--device', 'device'), ('--num-workers', 'num_workers'),
-                                      ('--retry-failed', 'retry_failed')) if getattr(args, name) not in (None, False)]
+                                      ('--retry-failed', 'retry_failed'), ('--image-member', 'image_member'),
+                                      ('--embeddings', 'embeddings')) if getattr(args, name) not in (None, False)]
     if unused:
         raise UserError(f'{", ".join(unused)}: not options of --engine ray (devices follow --num-gpus-per-worker; '
                         'a shard with failed samples is finished)')

@@ -57,8 +57,9 @@ def _encoded(cell):
         return None
 
 
-def _parquet_rows(batch, image_column: str | None):
-    """Each Parquet file named in ``batch`` as key, shard, image rows, 256 at a time."""
+def _parquet_rows(batch, image_column: str | None, key_column: str | None):
+    """Each Parquet file named in ``batch`` as key, shard, image rows, 256 at a time; keyed as the local
+    engine keys them (``--key-column``, else a ``key`` column, else the row number)."""
     import pandas as pd
     import pyarrow.parquet as pq
 
@@ -69,7 +70,9 @@ def _parquet_rows(batch, image_column: str | None):
         if image not in names:
             raise UserError(f'{path} has no image column {image_column or "(" + ", ".join(IMAGE_COLUMNS) + ")"}; '
                             f'its columns: {", ".join(names)}; pass --image-column')
-        key = _first_present(KEY_COLUMNS, names)
+        key = key_column or _first_present(KEY_COLUMNS, names)
+        if key not in names and key_column:
+            raise UserError(f'{path} has no column {key_column!r} (--key-column); its columns: {", ".join(names)}')
         start, shard = 0, Shard('parquet', path)
         for part in file.iter_batches(batch_size=256, columns=[image] + ([key] if key else [])):
             frame = part.to_pandas()
@@ -86,7 +89,7 @@ def _file_rows(batch, folder_of: dict):
     return pd.DataFrame({'key': files, 'shard': [folder_of[f] for f in files], 'image': list(batch['bytes'])})
 
 
-def _dataset(ray, shards: list[Shard], image_column: str | None):
+def _dataset(ray, shards: list[Shard], image_column: str | None, key_column: str | None):
     """The unfinished shards as one dataset of key, shard, image rows."""
     parts = []
     by_kind = defaultdict(list)
@@ -97,7 +100,8 @@ def _dataset(ray, shards: list[Shard], image_column: str | None):
             _webdataset_rows, fn_kwargs={'shards': {s.path: s for s in tars}}, batch_format='pandas'))
     if files := by_kind['parquet']:
         parts.append(ray.data.from_items([{'path': s.path} for s in files]).map_batches(
-            _parquet_rows, fn_kwargs={'image_column': image_column}, batch_size=1, batch_format='pandas'))
+            _parquet_rows, fn_kwargs={'image_column': image_column, 'key_column': key_column}, batch_size=1,
+            batch_format='pandas'))
     if folders := [s for s in by_kind['files'] if s.files]:
         folder_of = {f: s.path for s in folders for f in s.files}
         parts.append(ray.data.read_binary_files(list(folder_of), include_paths=True).map_batches(
@@ -146,7 +150,7 @@ def _score_shards(ray, pending: list[Shard], manifest: Manifest, recipe, options
     from .ray_stage import Scorer
 
     expected = {s.path: expected_rows(s) for s in pending}
-    dataset = _dataset(ray, pending, args.image_column)
+    dataset = _dataset(ray, pending, args.image_column, args.key_column)
     arrived: dict[str, list] = defaultdict(list)
     counts: dict[str, int] = defaultdict(int)
     by_path = {s.path: s for s in pending}

@@ -20,13 +20,14 @@ from ..errors import UserError
 from .files import Content, content, kind_of, same_content, write_file
 from .inputs import collect_paths
 from .journal import differences
+from .sources import parquet
 
 __all__ = ['Shard', 'plan_shards', 'expected_rows', 'Manifest', 'MANIFEST', 'KEY_COLUMNS', 'IMAGE_COLUMNS']
 
 MANIFEST = '_manifest.json'
 _FORMAT = 'pyiqa-maclip ray manifest 1'
 #: A Parquet file's key column, the first of these it has; without one, the row number is the key.
-KEY_COLUMNS = ('__key__', 'key')
+KEY_COLUMNS = ('key',)
 #: The image of a WebDataset sample or Parquet row: the first of these members or columns it has.
 IMAGE_COLUMNS = ('jpg', 'jpeg', 'png', 'webp', 'tif', 'tiff', 'bmp', 'image')
 _TAR_SUFFIXES = ('.tar', '.tgz', '.tar.gz')
@@ -77,13 +78,13 @@ def plan_shards(inputs, extensions=None) -> list[Shard]:
 
 
 def sample_key(shard: Shard, key=None, row_number: int | None = None, file: str | None = None) -> str:
-    """A sample's key, as the local engine's sources give it: a WebDataset sample's ``__key__``, a
-    Parquet row's key column as text (else its 0-based row number), a file's absolute path.
-    (Until the sources' torch-free key functions are merged: this is the one place to swap.)"""
+    """A sample's key, as the local engine's sources give it: a WebDataset sample's ``__key__`` (Ray's
+    reader splits member names by webdataset's rule, as :func:`.sources.webdataset.sample_key`), a
+    Parquet row's key (:func:`.sources.parquet.sample_key`), a file's absolute path."""
     if shard.kind == 'webdataset':
         return str(key)
     if shard.kind == 'parquet':
-        return str(key) if key is not None else str(row_number)
+        return parquet.sample_key(key, row_number)
     return os.path.abspath(file)
 
 

@@ -20,6 +20,7 @@ from ..errors import UserError, error_text
 from .decode_bytes import bytes_pixel_count, decode_bytes
 from .engine import _score_batch
 from .images import DEFAULT_PIXEL_BUDGET, read_image
+from .sources import Sample
 from .journal import differences
 
 __all__ = ['Scorer', 'ERROR_COLUMN', 'image_tensor']
@@ -127,8 +128,10 @@ class Scorer:
                         decoded.append((index, image_tensor(cells[index], self.resize).to(self.device)))
                     except Exception as error:  # noqa: BLE001 - one bad sample is a row's error, not the task's
                         errors[index] = error_text(error)
-                for result in _score_batch(self.scorer, [i for i, _ in decoded], [image for _, image in decoded]):
-                    values[result.path], errors[result.path] = result.values, result.error
+                # Each decoded image stands for itself by its row in the batch.
+                rows = [Sample('', index) for index, _ in decoded]
+                for result in _score_batch(self.scorer, rows, [image for _, image in decoded]):
+                    values[result.key], errors[result.key] = result.values, result.error
                 del decoded
         return values, errors
 

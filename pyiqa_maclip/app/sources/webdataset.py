@@ -12,7 +12,7 @@ import mmap
 import os
 import re
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import NamedTuple
 
 from ...errors import UserError
