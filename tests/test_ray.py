@@ -221,7 +221,7 @@ def test_stage_on_a_local_ray(sources, tiny_rn, tiny_metric):
     from pyiqa_maclip.ray import Scorer
 
     images = [(sources / 'files' / f'img{i}.png').read_bytes() for i in range(4)] + [b'broken']
-    ray.init(num_cpus=2, include_dashboard=False, logging_level='WARNING')
+    ray.init(address='local', num_cpus=2, include_dashboard=False, logging_level='WARNING')
     try:
         scored = ray.data.from_items([{'id': i, 'image': b} for i, b in enumerate(images)]).map_batches(
             Scorer, fn_constructor_kwargs={'metric': 'maclip', 'backbone': str(tiny_rn)}, batch_format='pandas',
