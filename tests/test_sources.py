@@ -221,9 +221,9 @@ def test_damaged_members_and_samples_without_image_go_to_the_errors_file(same_im
     assert [(r['key'], r['shard']) for r in read_csv(tmp_path / 's.csv')] == [('ok', str(same_images / 'bad.tar'))]
     errors = {r['key']: r['error'] for r in read_csv(tmp_path / 's.errors.csv')}
     from pyiqa_maclip.app.report.collection import read_collection
-    from pyiqa_maclip.app.report.picture import _thumbnail
+    from pyiqa_maclip.app.report.thumbnails import read_thumbnail
     collection = read_collection(tmp_path / 's.csv', 4)  # the report reads the sample back through its shard
-    assert [s.key for s in collection.paths] == ['ok'] and _thumbnail(collection.paths[0]) is not None
+    assert [s.key for s in collection.paths] == ['ok'] and read_thumbnail(collection.paths[0], 64) is not None
     assert errors['broken'].startswith('OSError:') and 'runcated' in errors['broken']  # PIL: "Truncated File Read"
     assert errors['text'].startswith('ValueError: no image member')
 

@@ -16,8 +16,8 @@ __all__ = ['read_thumbnail', 'quality_map_png', 'QUALITY_MAP_PIXELS']
 QUALITY_MAP_PIXELS = 1800
 
 
-def read_thumbnail(path: str, pixels: int):
-    """A PIL RGB picture of the image at ``path`` whose longer side is at most ``pixels``, or None if it
+def read_thumbnail(path, pixels: int):
+    """A PIL RGB picture of the image at ``path`` (a file, or a sample of a shard) whose longer side is at most ``pixels``, or None if it
     cannot be read. Decoded as every command reads images (``app.images.read_image``) and subsampled
     before any conversion, so a large photo costs little."""
     from PIL import Image
