@@ -119,10 +119,16 @@ def fits_name(path: Path) -> bool:
 
 
 def shown(path: str | os.PathLike) -> str:
-    """A path on one printable line: control characters (CR, LF, tab, ...) and bytes that are not
-    UTF-8 written as Python escapes."""
-    text = os.fsencode(path).decode('utf-8', 'backslashreplace')
-    return ''.join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    """A path on one printable line, one text per name: a backslash doubled, control characters (CR,
+    LF, tab, ...) and bytes that are not UTF-8 written as Python escapes (``\\r``, ``\\xff``)."""
+    def char(c: str) -> str:
+        if c == '\\':
+            return '\\\\'
+        if '\udc80' <= c <= '\udcff':  # a byte that is not UTF-8, as surrogateescape holds it
+            return f'\\x{ord(c) - 0xDC00:02x}'
+        return c if c.isprintable() else repr(c)[1:-1]
+
+    return ''.join(map(char, os.fsencode(path).decode('utf-8', 'surrogateescape')))
 
 
 @contextmanager
