@@ -1,6 +1,6 @@
 """Scoring from WebDataset shards against scoring the same images from a folder, and listing shards.
 
-    python performance/sources.py [--images 16] [--rounds 3] [--shards 20] [--samples 1000]
+    python performance/sources.py [--images 16] [--rounds 3] [--shards 1000] [--samples 1000]
 
 a. Throughput of the engine (decoding workers under the pixel budget, batches, journal commits)
    on the same JPEG images (512x384) as files in a folder and as samples of two shards, with one
@@ -10,8 +10,8 @@ a. Throughput of the engine (decoding workers under the pixel budget, batches, j
 b. --embeddings: the scorer with and without the embedding column on the same decoded images
    (alternating rounds, medians): the embedding is the global view's feature scoring computes anyway.
 c. Listing the keys of ``--shards`` shards of ``--samples`` samples (a ``.jpg`` and a ``.json``
-   member each), as ``score`` lists them before it starts; the time per shard is extrapolated to
-   1,000 shards (linear: each shard is listed alone, from its headers).
+   member of 512 bytes each; by default 1,000 x 1,000, 2 GB of shards in the temporary folder, copies
+   of one shard), as ``score`` lists them before it starts, with the shards in the page cache.
 
 Prints a Markdown table with the machine (CPU model, cores) and load average.
 """
@@ -21,6 +21,7 @@ import argparse
 import io
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -94,39 +95,47 @@ def embedding_cost(root: Path, count: int, rounds: int) -> float:
     return statistics.median(times[True]) / statistics.median(times[False])
 
 
-def listing(root: Path, shards: int, samples: int) -> float:
-    for number in range(shards):
-        write_shard(root / f'list-{number:04d}.tar', {f'{number:04d}{k:06d}.{ext}': b'x' * 512
-                                                      for k in range(samples) for ext in ('jpg', 'json')})
-    start = time.perf_counter()
+def listing(root: Path, shards: int, samples: int) -> tuple[float, float]:
+    """Wall and CPU seconds of listing ``shards`` shards (copies of one shard, each a file of its own)."""
+    first = root / 'list-0000.tar'
+    write_shard(first, {f'{k:06d}.{ext}': b'x' * 512 for k in range(samples) for ext in ('jpg', 'json')})
+    for number in range(1, shards):
+        shutil.copyfile(first, root / f'list-{number:04d}.tar')
+    wall, cpu = time.perf_counter(), time.process_time()
     found = collect_samples([root / f'list-{{0000..{shards - 1:04d}}}.tar'])
-    seconds = time.perf_counter() - start
-    assert len(found) == shards * samples
-    return seconds
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    if len(found) != shards * samples:
+        raise SystemExit(f'listed {len(found)} samples, expected {shards * samples}')
+    return wall, cpu
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--images', type=int, default=16)
     parser.add_argument('--rounds', type=int, default=3)
-    parser.add_argument('--shards', type=int, default=20)
+    parser.add_argument('--shards', type=int, default=1000)
     parser.add_argument('--samples', type=int, default=1000)
+    parser.add_argument('--skip', nargs='*', default=[], choices=('throughput', 'listing'),
+                        help='sections not to run (throughput covers a and b)')
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
         load = os.getloadavg()[0]
-        rates = throughput(root, args.images, args.rounds)
-        embedding = embedding_cost(root, 8, args.rounds)
-        seconds = listing(root, args.shards, args.samples)
-        print(f'machine: {machine()}; load average {load:.1f} before, {os.getloadavg()[0]:.1f} after\n')
+        print(f'machine: {machine()}; load average {load:.1f} before\n')
         print('| what | figure |\n|---|---|')
-        print(f'| folder, {args.images} JPEGs 512x384, RN50-shaped MA-CLIP, 2 workers | {rates["folder"]:.2f} img/s |')
-        print(f'| the same images from 2 shards | {rates["shards"]:.2f} img/s |')
-        print(f'| shards / folder | {rates["shards"] / rates["folder"]:.3f} |')
-        print(f'| scoring 8 decoded images with --embeddings / without | {embedding:.3f} |')
-        print(f'| listing {args.shards} shards of {args.samples} samples (2 members each) | {seconds:.2f} s |')
-        extrapolated = seconds / args.shards * 1000 / args.samples * 1000
-        print(f'| extrapolated to 1,000 shards of 1,000 samples | {extrapolated:.0f} s |')
+        if 'throughput' not in args.skip:
+            rates = throughput(root, args.images, args.rounds)
+            embedding = embedding_cost(root, 8, args.rounds)
+            print(f'| folder, {args.images} JPEGs 512x384, RN50-shaped MA-CLIP, 2 workers | '
+                  f'{rates["folder"]:.2f} img/s |')
+            print(f'| the same images from 2 shards | {rates["shards"]:.2f} img/s |')
+            print(f'| shards / folder | {rates["shards"] / rates["folder"]:.3f} |')
+            print(f'| scoring 8 decoded images with --embeddings / without | {embedding:.3f} |')
+        if 'listing' not in args.skip:
+            wall, cpu = listing(root, args.shards, args.samples)
+            print(f'| listing {args.shards:,} shards of {args.samples:,} samples (2 members each) | {wall:.2f} s '
+                  f'({cpu:.2f} s CPU) |')
+        print(f'\nload average {os.getloadavg()[0]:.1f} after')
 
 
 if __name__ == '__main__':

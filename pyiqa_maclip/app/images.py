@@ -21,6 +21,7 @@ once, and that image is reported as failed: "the decoding process died (signal 9
 """
 from __future__ import annotations
 
+import io
 import os
 import signal
 import stat
@@ -195,6 +196,20 @@ def default_num_workers() -> int:
     return min(4, cpus)
 
 
+def _opened_once(index: int, path: str | Sample, resize) -> tuple[int, str | io.BytesIO | Decoded]:
+    """An image's pixel count (:func:`pixel_count`) and what a decoder reads: the file's path, or a sample's
+    bytes read here once (a worker never reads a shard or a Parquet row group again), or the error of
+    reading them."""
+    if isinstance(path, Sample) and path.locator is not None:
+        try:
+            path = sample_input(path)
+        except Exception as error:  # noqa: BLE001 - a sample without an image, a damaged shard: its error result
+            return 0, Decoded(index, None, error_text(error))
+    elif isinstance(path, Sample):
+        path = path.key
+    return pixel_count(path, resize), path
+
+
 def decoded_batches(paths: Sequence[str | Sample], *, batch_size: int = 8, num_workers: int = 0,
                     pixel_budget: int = DEFAULT_PIXEL_BUDGET, resize: tuple[int, int] | None = None,
                     resize_mode: str = 'bicubic') -> Iterator[list[Decoded]]:
@@ -209,20 +224,24 @@ def decoded_batches(paths: Sequence[str | Sample], *, batch_size: int = 8, num_w
     pool = WorkerPool(num_workers, _decode, _quiet_worker, what='the decoding process') if num_workers else None
     ahead = 2 * batch_size if pool else batch_size  # decoded ahead of the caller, at most
     waiting: deque = deque()  # (pixels, index or Decoded), in path order
-    in_flight, next_index, pixels = 0, 0, None
+    in_flight, next_index, opened = 0, 0, None
     try:
         while next_index < len(paths) or waiting:
             while next_index < len(paths) and len(waiting) < ahead:
-                if pixels is None:  # read once, however long the image waits for room
-                    pixels = pixel_count(paths[next_index], resize)
+                if opened is None:  # read once, however long the image waits for room
+                    opened = _opened_once(next_index, paths[next_index], resize)
+                pixels, readable = opened
                 if in_flight and in_flight + pixels > pixel_budget:
                     break
-                task = (next_index, paths[next_index], resize, resize_mode, pool is not None)
-                if pool:
-                    pool.submit(next_index, *task)
-                waiting.append((pixels, next_index if pool else _decode(*task)))
+                if isinstance(readable, Decoded):
+                    waiting.append((0, readable))
+                elif pool:
+                    pool.submit(next_index, next_index, readable, resize, resize_mode, True)
+                    waiting.append((pixels, next_index))
+                else:
+                    waiting.append((pixels, _decode(next_index, readable, resize, resize_mode)))
                 in_flight += pixels
-                next_index, pixels = next_index + 1, None
+                next_index, opened = next_index + 1, None
             batch = [waiting.popleft() for _ in range(min(batch_size, len(waiting)))]
             yield [_collected(pool, item) for _, item in batch]
             in_flight -= sum(held for held, _ in batch)
@@ -233,7 +252,7 @@ def decoded_batches(paths: Sequence[str | Sample], *, batch_size: int = 8, num_w
 
 def _collected(pool: WorkerPool | None, item: int | Decoded) -> Decoded:
     """A decoded image: done here already, or a worker's (the error, if the worker died on it)."""
-    if pool is None:
+    if isinstance(item, Decoded):
         return item
     try:
         return pool.result(item)

@@ -13,6 +13,8 @@ lists). Nothing here imports torch; pyarrow only when a Parquet or ``datasets`` 
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import glob
 import io
 import os
@@ -111,8 +113,22 @@ def collect_samples(inputs: Iterable[str | os.PathLike], options: SourceOptions 
     kind, expanded = input_files(inputs)
     check_options(kind, options)
     taken = {name: value for name, value in options._asdict().items() if name in KINDS[kind]}
-    samples = _module(kind).collect(expanded, **taken)
-    return list({(s.source, s.key): s for s in samples}.values())
+    with _no_cycle_collection():
+        samples = _module(kind).collect(expanded, **taken)
+        return list({(s.source, s.key): s for s in samples}.values())
+
+
+@contextlib.contextmanager
+def _no_cycle_collection():
+    """The cycle collector paused: listing makes millions of small tuples and no cycles, and the
+    collector's passes over them took a third of the time of listing a million samples."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def sample_input(sample: Sample) -> str | io.BytesIO:
