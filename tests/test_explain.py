@@ -279,8 +279,9 @@ def test_a_shard_sample_is_drawn_with_score_s_score_and_its_map_is_in_the_report
 
 
 def test_samples_that_fail_are_named_and_the_others_drawn(tiny_rn, tmp_path):
-    """A damaged member and a sample without an image fail alone, named by shard and key (exit status 1); hostile
-    keys of a Parquet file (markup, CR/LF, a '$' formula, bytes that are not UTF-8) get pictures."""
+    """A damaged member, a sample without an image and an empty shard fail alone, named by shard and key (exit
+    status 1); hostile keys of a Parquet file (markup, CR/LF, a '$' formula, bytes that are not UTF-8) get
+    pictures."""
     from test_sources import encoded, write_shard
 
     pa = pytest.importorskip('pyarrow')
@@ -288,14 +289,16 @@ def test_samples_that_fail_are_named_and_the_others_drawn(tiny_rn, tmp_path):
 
     shard = write_shard(tmp_path / 'bad.tar', {'ok.png': encoded(1), 'broken.jpg': encoded(0, 'JPEG')[:300],
                                                'text.txt': b'x'})
-    status, out, err = _explain(shard, '-o', tmp_path / 'maps', '--backbone', tiny_rn)
+    empty = write_shard(tmp_path / 'empty.tar', {})
+    status, out, err = _explain(shard, empty, '-o', tmp_path / 'maps', '--backbone', tiny_rn)
     assert status == 1 and out.split() == [str(tmp_path / 'maps/bad_ok_explain.png')]
     errors = err.splitlines()
     assert errors[0].startswith(f'pyiqa-maclip explain: {shard}, key broken: OSError')
     assert errors[1].startswith(f'pyiqa-maclip explain: {shard}, key text: ValueError: no image member')
-    assert errors[2:] == ['pyiqa-maclip explain: 1 pictures written, 2 images failed']
+    assert errors[2:] == [f'pyiqa-maclip explain: {empty}: ValueError: the shard holds no samples',
+                          'pyiqa-maclip explain: 1 pictures written, 3 images failed']
 
-    keys = ['<b>a/b\r\n$\\bad$</b>'.encode(), b'\xff\xfe']
+    keys = [b'<b>a/b\r\n$\\bad$</b>', b'\xff\xfe']
     pq.write_table(pa.table({'key': keys, 'image': [encoded(3), encoded(4)]}), tmp_path / 'p.parquet')
     status, out, err = _explain(tmp_path / 'p.parquet', '-o', tmp_path / 'pq', '--backbone', tiny_rn)
     assert (status, err) == (0, '') and len(out.splitlines()) == 2

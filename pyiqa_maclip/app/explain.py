@@ -89,11 +89,14 @@ def draw_explanation(picture: np.ndarray, qmap, size: tuple[int, int], title: st
 
 def sample_label(sample: Sample, whole: bool = True) -> str:
     """How messages (``whole``: paths in full) and titles (names only) name an image: the image file, else
-    ``<source>, key <key>``, each through :func:`~.files.shown` (one printable line)."""
+    ``<source>, key <key>`` (the source alone for what concerns a whole shard: key ``''``), each through
+    :func:`~.files.shown` (one printable line)."""
     def name(path: str) -> str:
         return shown(path if whole else Path(path).name)
 
-    return f'{name(sample.source)}, key {shown(sample.key)}' if sample.source else name(sample.key)
+    if not sample.source:
+        return name(sample.key)
+    return f'{name(sample.source)}, key {shown(sample.key)}' if sample.key else name(sample.source)
 
 
 def _stem_and_identity(sample: str | Sample) -> tuple[str, bytes]:

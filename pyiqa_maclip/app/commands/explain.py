@@ -84,8 +84,9 @@ def _samples_and_names(args: argparse.Namespace) -> tuple[list, list[Path]]:
     keys = {s.key for s in samples}
     if missing := [k for k in wanted if k not in keys]:
         examples = ', '.join(shown(s.key) for s in samples[:3])
-        raise UserError(f'--key {shown(missing[0])}: no sample of the inputs has this key (their keys look like '
-                        f'{examples}{", ..." if len(samples) > 3 else ""})')
+        raise UserError(f'{", ".join(f"--key {shown(k)}" for k in missing)}: no sample of the inputs has '
+                        f'{"this key" if len(missing) == 1 else "these keys"} (their keys look like {examples}'
+                        f'{", ..." if len(samples) > 3 else ""})')
     chosen = [i for i, s in enumerate(samples) if s.key in wanted]
     return [samples[i] for i in chosen], [names[i] for i in chosen]
 
