@@ -193,3 +193,142 @@ def test_output_names_take_linear_time():
         return best
 
     assert seconds(40_000) / seconds(2_500) < 64
+
+
+# ---------------------------------------------------------------- samples of shards, Parquet files, datasets (issue 29)
+
+from pyiqa_maclip.app.sources import Sample  # noqa: E402
+
+
+def test_sample_picture_names_are_single_safe_file_names_of_source_and_key():
+    import re
+
+    """A key may hold '/', CR/LF, bytes that are not UTF-8, markup: the name is one file name of safe characters;
+    keys written alike, case twins and one stem from two folders get a hash of the identity, whatever the order."""
+    shard, other = '/d/data-000.tar', '/e/data-000.tar'
+    samples = [Sample(shard, '000123'), Sample('/d/photos.parquet', '7'), Sample('/d/my_dataset', '0'),
+               Sample(shard, 'a/b'), Sample(shard, 'a_b'), Sample(shard, 'x\r\ny<i>&"$\\bad$\udcff'),
+               Sample(shard, 'Case'), Sample(shard, 'case'), Sample(shard, 'same'), Sample(other, 'same'),
+               Sample(shard, 'k' * 300), Sample(shard, '..'), Sample(shard, '')]
+    names = [p.name for p in output_names(samples, Path('/out'))]
+    assert names[:3] == ['data-000_000123_explain.png', 'photos_7_explain.png', 'my_dataset_0_explain.png']
+    assert names[5] == 'data-000_x__y_i_____bad___explain.png'  # x CR LF y < i > & " $ \\ bad $ \xff
+    assert names[11:] == ['data-000_.._explain.png', 'data-000__explain.png']
+    hashed = re.compile(r'(.*)-[0-9a-f]{8}_explain\.png')
+    for pair, stems in (((3, 4), ['data-000_a_b'] * 2), ((6, 7), ['data-000_Case', 'data-000_case']),
+                        ((8, 9), ['data-000_same'] * 2)):
+        assert [hashed.fullmatch(names[i])[1] for i in pair] == stems and names[pair[0]] != names[pair[1]]
+    assert len({n.casefold() for n in names}) == len(names)
+    assert all(set(n) <= set('abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-') for n in names)
+    assert names[10] == f'data-000_{"k" * 100}_explain.png'
+    assert [p.name for p in output_names(samples[::-1], Path('/out'))] == names[::-1]
+
+
+def _explain(*args) -> tuple[int, str, str]:
+    import contextlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = cli.main(['explain', *map(str, args)])
+    return status, out.getvalue(), err.getvalue()
+
+
+def test_a_shard_sample_is_drawn_with_score_s_score_and_its_map_is_in_the_report(tiny_rn, tmp_path, monkeypatch):
+    """--key draws only the named samples (names from source and key, titles showing the key); the score drawn is
+    the one score writes for that sample; report --explained finds the picture of a shard's row."""
+    import json
+    import re
+
+    from test_sources import encoded, write_shard
+
+    from pyiqa_maclip.app import explain
+
+    shard = write_shard(tmp_path / 'data-000.tar', {'00.png': encoded(0, size=(230, 250)), '00.txt': b'a caption',
+                                                    'k/01.jpg': encoded(1, 'JPEG', (240, 226)),
+                                                    '02.png': encoded(2, size=(50, 60))})
+    drawn, draw = [], explain.draw_explanation
+    monkeypatch.setattr(explain, 'draw_explanation', lambda *a: drawn.append(a) or draw(*a))
+    maps = tmp_path / 'maps'
+    status, out, err = _explain(shard, '--key', '00', '--key', 'k/01', '--key', '00', '-o', maps,
+                                '--backbone', tiny_rn)
+    assert (status, err) == (0, '')
+    assert out.split() == [str(maps / 'data-000_00_explain.png'), str(maps / 'data-000_k_01_explain.png')]
+    assert sorted(os.listdir(maps)) == ['data-000_00_explain.png', 'data-000_k_01_explain.png']
+    assert [a[3].split(': MA-CLIP')[0] for a in drawn] == ['data-000.tar, key 00', 'data-000.tar, key k/01']
+
+    scores = tmp_path / 's.csv'
+    assert cli.main(['score', str(shard), '-o', str(scores), '--backbone', str(tiny_rn), '--batch-size', '1',
+                     '--no-progress']) == 0
+    with open(scores, newline='', encoding='utf-8') as file:
+        written = {row['key']: float(row['score']) for row in __import__('csv').DictReader(file)}
+    for (_, qmap, *_), key in zip(drawn, ['00', 'k/01']):
+        # The same per-view values averaged as score_images averages them (test_maps_agree_with_scores...), and
+        # the CSV's 9 significant digits.
+        views = torch.cat([qmap.patches.score.reshape(-1), qmap.global_view.score.reshape(1)])
+        tolerance = (len(views) + 1) * UNIT_ROUNDOFF[torch.float32] * float(views.abs().max()) + 5e-9 * written[key]
+        assert float(qmap.score) == pytest.approx(written[key], abs=tolerance)
+
+    assert cli.main(['report', str(scores), '-o', str(tmp_path / 'r.html'), '--explained', str(maps)]) == 0
+    text = (tmp_path / 'r.html').read_text(encoding='utf-8')
+    data = json.loads(re.search(r'id="report-data">(.*?)</script>', text, re.DOTALL)[1])
+    rows = {key: str(i) for i, key in enumerate(data['keys'])}
+    assert sorted(data['qualityMaps']) == sorted([rows['00'], rows['k/01']])
+    assert data['qualityMaps'][rows['00']] == 'data:image/png;base64,' + __import__('base64').b64encode(
+        (maps / 'data-000_00_explain.png').read_bytes()).decode('ascii')
+
+
+def test_samples_that_fail_are_named_and_the_others_drawn(tiny_rn, tmp_path):
+    """A damaged member, a sample without an image and an empty shard fail alone, named by shard and key (exit
+    status 1); hostile keys of a Parquet file (markup, CR/LF, a '$' formula, bytes that are not UTF-8) get
+    pictures."""
+    from test_sources import encoded, write_shard
+
+    pa = pytest.importorskip('pyarrow')
+    import pyarrow.parquet as pq
+
+    shard = write_shard(tmp_path / 'bad.tar', {'ok.png': encoded(1), 'broken.jpg': encoded(0, 'JPEG')[:300],
+                                               'text.txt': b'x'})
+    empty = write_shard(tmp_path / 'empty.tar', {})
+    status, out, err = _explain(shard, empty, '-o', tmp_path / 'maps', '--backbone', tiny_rn)
+    assert status == 1 and out.split() == [str(tmp_path / 'maps/bad_ok_explain.png')]
+    errors = err.splitlines()
+    assert errors[0].startswith(f'pyiqa-maclip explain: {shard}, key broken: OSError')
+    assert errors[1].startswith(f'pyiqa-maclip explain: {shard}, key text: ValueError: no image member')
+    assert errors[2:] == [f'pyiqa-maclip explain: {empty}: ValueError: the shard holds no samples',
+                          'pyiqa-maclip explain: 1 pictures written, 3 images failed']
+
+    keys = [b'<b>a/b\r\n$\\bad$</b>', b'\xff\xfe']
+    pq.write_table(pa.table({'key': keys, 'image': [encoded(3), encoded(4)]}), tmp_path / 'p.parquet')
+    status, out, err = _explain(tmp_path / 'p.parquet', '-o', tmp_path / 'pq', '--backbone', tiny_rn)
+    assert (status, err) == (0, '') and len(out.splitlines()) == 2
+    assert sorted(os.listdir(tmp_path / 'pq')) == ['p____explain.png', 'p__b_a_b____bad___b__explain.png']
+
+
+@pytest.mark.parametrize('args, words', [
+    (['--key', 'nope\r\n'], r'--key nope\r\n: no sample of the inputs has this key (their keys look like 00, 01)'),
+    (['--key', '00', '--image-column', 'image'], '--image-column applies to parquet or hf inputs'),
+    (['photo.png', '--key', '00'], 'the inputs are of several kinds (files, webdataset)')])
+def test_mistakes_about_samples_stop_in_one_line_before_torch(tiny_rn, tmp_path, args, words):
+    import subprocess
+    import sys
+
+    from test_sources import encoded, write_shard
+
+    write_shard(tmp_path / 'data-000.tar', {'00.png': encoded(0), '01.png': encoded(1)})
+    (tmp_path / 'photo.png').write_bytes(encoded(2))
+    args = [str(tmp_path / a) if a == 'photo.png' else a for a in args]
+    run = subprocess.run([sys.executable, '-X', 'importtime', '-m', 'pyiqa_maclip', 'explain',
+                          str(tmp_path / 'data-000.tar'), *args, '-o', str(tmp_path / 'maps'), '--backbone',
+                          str(tiny_rn)], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
+                         timeout=120, check=False)
+    messages = [line for line in run.stderr.splitlines() if not line.startswith('import time:')]
+    assert run.returncode == 2 and len(messages) == 1 and words in messages[0], run.stderr[-2000:]
+    imported = {line.split('|')[-1].strip().split('.')[0] for line in run.stderr.splitlines() if '|' in line}
+    assert not {'torch', 'pyiqa'} & imported and not (tmp_path / 'maps').exists()
+
+
+def test_key_is_for_samples_of_collections(tmp_path, capsys):
+    path = _photo(tmp_path / 'in/p.png', 230, 240, 0)
+    assert cli.main(['explain', path, '--key', 'p', '-o', str(tmp_path / 'maps')]) == 2
+    assert '--key applies to samples of shards, Parquet files and datasets' in capsys.readouterr().err

@@ -15,20 +15,25 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from .files import write_figure
+from .files import shown, write_figure
+from .sources import Sample
 
-__all__ = ['SCALES', 'MAX_SIDE', 'pixel_map', 'draw_explanation', 'output_names']
+__all__ = ['SCALES', 'MAX_SIDE', 'pixel_map', 'draw_explanation', 'sample_label', 'output_names']
 
 #: Fixed colour scales (low, high) of the maps: Q_sim and the weight lie in (0, 1); Q_mag and the
 #: fused score are >= 0 and in practice below about 1.5 (see the README's "Score range").
 SCALES = {'score': (0.0, 1.5), 'q_sim': (0.0, 1.0), 'q_mag': (0.0, 1.5), 'w_mag': (0.0, 1.0)}
 MAX_SIDE = 800  # pixels of the drawn maps' longer side
+_SOURCE_SUFFIXES = ('.tar', '.parquet')  # left out of a source's name in its samples' picture names
+_UNSAFE = re.compile(r'[^A-Za-z0-9._-]')  # written _ in a key's part of a picture name
+_KEY_CHARS = 100  # of a key kept in a picture name (the whole name must fit the file system's 255 bytes)
 
 
 def pixel_map(values: np.ndarray, boxes: np.ndarray, height: int, width: int, scale: float = 1.0) -> np.ndarray:
@@ -78,24 +83,53 @@ def draw_explanation(picture: np.ndarray, qmap, size: tuple[int, int], title: st
     for axes in panels:
         axes.set_xticks([])
         axes.set_yticks([])
-    figure.suptitle(title)
+    figure.suptitle(title, parse_math=False)  # a name is text: '$' starts no formula
     return write_figure(figure, output)
 
 
-def output_names(images: Sequence[str], folder: Path) -> list[Path]:
-    """``<stem>_explain.png`` per image; images whose names would meet (the same stem from two folders,
-    or a case twin) get ``<stem>-<hash of the path>_explain.png`` instead, so no two share a name.
+def sample_label(sample: Sample, whole: bool = True) -> str:
+    """How messages (``whole``: paths in full) and titles (names only) name an image: the image file, else
+    ``<source>, key <key>`` (the source alone for what concerns a whole shard: key ``''``), each through
+    :func:`~.files.shown` (one printable line)."""
+    def name(path: str) -> str:
+        return shown(path if whole else Path(path).name)
+
+    if not sample.source:
+        return name(sample.key)
+    return f'{name(sample.source)}, key {shown(sample.key)}' if sample.key else name(sample.source)
+
+
+def _stem_and_identity(sample: str | Sample) -> tuple[str, bytes]:
+    """The readable part of a picture's name, and the bytes its hash is taken of when names meet."""
+    if isinstance(sample, str) or not sample.source:
+        path = sample if isinstance(sample, str) else sample.key
+        return Path(path).stem, os.fsencode(path)
+    source = Path(sample.source).name
+    if source.lower().endswith(_SOURCE_SUFFIXES):
+        source = source[:source.rfind('.')]
+    key = _UNSAFE.sub('_', sample.key)[:_KEY_CHARS]
+    return f'{source}_{key}', os.fsencode(sample.source) + b'\0' + os.fsencode(sample.key)
+
+
+def output_names(images: Sequence[str | Sample], folder: Path) -> list[Path]:
+    """The picture of each image: ``<stem>_explain.png`` for an image file; for a sample of a shard,
+    Parquet file or dataset (:class:`~.sources.Sample`), ``<source stem>_<key>_explain.png``, the key's
+    characters other than ``A-Z a-z 0-9 . _ -`` written ``_`` (``/``, CR, LF, bytes that are not
+    UTF-8, markup) and its first 100 kept. Images whose names would meet (the same stem from two
+    folders, a case twin, two keys written alike) get ``<stem>-<hash of the identity>_explain.png``
+    instead, so no two share a name. ``explain`` and ``report --explained`` both name pictures here.
     Counted, not compared pairwise: 40,000 paths take a fraction of a second."""
-    def name(path: str, digits: int = 0) -> str:
-        stem = Path(path).stem
+    parts = [_stem_and_identity(image) for image in images]
+
+    def name(stem: str, identity: bytes, digits: int = 0) -> str:
         if digits:
-            stem += '-' + hashlib.sha256(os.fsencode(path)).hexdigest()[:digits]
+            stem += '-' + hashlib.sha256(identity).hexdigest()[:digits]
         return f'{stem}_explain.png'
 
-    names = [name(p) for p in images]
+    names = [name(*part) for part in parts]
     for digits in (8, 16, 64):
         uses = Counter(n.casefold() for n in names)
         if len(uses) == len(names):
             break
-        names = [name(p, digits) if uses[n.casefold()] > 1 else n for p, n in zip(images, names)]
+        names = [name(*part, digits) if uses[n.casefold()] > 1 else n for part, n in zip(parts, names)]
     return [folder / n for n in names]

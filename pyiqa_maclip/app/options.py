@@ -12,8 +12,8 @@ from collections.abc import Callable
 from ..errors import UserError
 from ..names import PRECISIONS
 
-__all__ = ['integer_at_least', 'add_backbone', 'add_device', 'add_precision', 'add_loading', 'parse_options',
-           'parse_value', 'device_syntax_problem', 'check_device']
+__all__ = ['integer_at_least', 'add_backbone', 'add_device', 'add_precision', 'add_loading', 'add_source_options',
+           'source_options', 'parse_options', 'parse_value', 'device_syntax_problem', 'check_device']
 
 #: Device types torch knows (``torch.device('gpu')`` is refused by torch too).
 DEVICE_TYPES = ('cpu', 'cuda', 'mps', 'xpu', 'hpu', 'mtia', 'meta', 'xla', 'privateuseone')
@@ -56,6 +56,30 @@ def add_loading(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--pixel-budget', type=integer_at_least(1), default=128, metavar='MEGAPIXELS',
                         help='most pixels of the images in flight (decoding, waiting, scoring), whatever the batch '
                              'size and workers; a larger image is taken alone (default: 128, about 384 MB of 8-bit RGB)')
+
+
+def add_source_options(parser: argparse.ArgumentParser) -> None:
+    """How images are found in the inputs (:class:`~.sources.SourceOptions`): shared by score and explain."""
+    parser.add_argument('--extensions', default=None,
+                        help='suffixes taken from folders, e.g. jpg,png (default: every format PIL opens)')
+    parser.add_argument('--image-member', default=None, metavar='EXT',
+                        help='WebDataset: the member holding the image, e.g. png (default: the first of jpg, jpeg, '
+                             'png, webp)')
+    parser.add_argument('--image-column', default=None, metavar='NAME',
+                        help='Parquet, datasets: the column of image bytes, {bytes, path} structs or paths (default: '
+                             'image for Parquet, the Image feature for datasets)')
+    parser.add_argument('--key-column', default=None, metavar='NAME',
+                        help='Parquet, datasets: the column keying the rows (default: key if there is one, else the '
+                             'row number)')
+
+
+def source_options(args: argparse.Namespace):
+    """The :class:`~.sources.SourceOptions` of the options :func:`add_source_options` added."""
+    from .inputs import parse_extensions
+    from .sources import SourceOptions
+
+    extensions = None if args.extensions is None else parse_extensions(args.extensions.split(','))
+    return SourceOptions(extensions, args.image_member, args.image_column, args.key_column)
 
 
 def parse_value(text: str) -> str | int | float | bool:

@@ -17,7 +17,8 @@ from ...errors import UserError
 from ...names import COMPONENTS, LIST_SUFFIXES, VARIANTS
 from ...option_spec import OPTION_DEFAULTS
 from ..metric_options import check_metric_options, is_maclip_metric
-from ..options import add_device, add_loading, add_precision, check_device, integer_at_least, parse_options
+from ..options import (add_device, add_loading, add_precision, add_source_options, check_device, integer_at_least,
+                       parse_options, source_options)
 from ..ray_options import add_ray_options, check_ray_args
 
 __all__ = ['add_parser', 'run']
@@ -52,17 +53,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="MA-CLIP: most views sent through the image encoder at once (default: 16)")
     add_precision(parser, ' (MA-CLIP)')
     parser.add_argument('--half', action='store_true', help='the same as --precision fp16 (kept for earlier scripts)')
-    parser.add_argument('--extensions', default=None,
-                        help='suffixes taken from folders, e.g. jpg,png (default: every format PIL opens)')
-    parser.add_argument('--image-member', default=None, metavar='EXT',
-                        help='WebDataset: the member holding the image, e.g. png (default: the first of jpg, jpeg, '
-                             'png, webp)')
-    parser.add_argument('--image-column', default=None, metavar='NAME',
-                        help='Parquet, datasets: the column of image bytes, {bytes, path} structs or paths (default: '
-                             'image for Parquet, the Image feature for datasets)')
-    parser.add_argument('--key-column', default=None, metavar='NAME',
-                        help='Parquet, datasets: the column keying the rows (default: key if there is one, else the '
-                             'row number)')
+    add_source_options(parser)
     parser.add_argument('--embeddings', action='store_true',
                         help="MA-CLIP, Parquet output: add each image's L2-normalised CLIP embedding of its global "
                              'view (computed for the score anyway) as a float32 list column')
@@ -107,9 +98,8 @@ def _metric_options(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> int:
     from ... import weights
     from ..files import WorkFiles
-    from ..inputs import parse_extensions
     from ..outputs import PARQUET_SUFFIX, check_output_kind
-    from ..sources import SourceOptions, collect_samples, files_read
+    from ..sources import collect_samples, files_read
     from ..sources.parquet import import_pyarrow
 
     weights.check_environment()
@@ -120,7 +110,6 @@ def run(args: argparse.Namespace) -> int:
 
         return run_ray(args, options)
     check_device(args.device)
-    extensions = None if args.extensions is None else parse_extensions(args.extensions.split(','))
     if args.rank_timeout <= 0:
         raise UserError(f'--rank-timeout {args.rank_timeout:g}: expected a positive number of seconds')
     # Every process checks alike (under accelerate, one that stopped here would leave the others waiting);
@@ -130,8 +119,7 @@ def run(args: argparse.Namespace) -> int:
     check_output_kind(args.output, args.embeddings)
     if args.output.suffix.lower() == PARQUET_SUFFIX:
         import_pyarrow()
-    samples = collect_samples(args.inputs, SourceOptions(extensions, args.image_member, args.image_column,
-                                                         args.key_column))
+    samples = collect_samples(args.inputs, source_options(args))
     if not samples:
         raise UserError(f'no image files found in {", ".join(args.inputs)}')
     WorkFiles(args.output.absolute()).check(files_read(samples), args.overwrite)

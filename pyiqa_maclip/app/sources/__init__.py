@@ -94,8 +94,8 @@ def input_files(inputs: Iterable[str | os.PathLike]) -> tuple[str, list[str]]:
     expanded = [name for item in inputs for name in expand_pattern(os.fsdecode(item))]
     kinds = {kind_of_input(name) for name in expanded}
     if len(kinds) > 1:
-        raise UserError(f'the inputs are of several kinds ({", ".join(sorted(kinds))}): score one kind of '
-                        'collection per output (image files and folders, .tar shards, .parquet files, or a '
+        raise UserError(f'the inputs are of several kinds ({", ".join(sorted(kinds))}): give one kind of '
+                        'collection per run (image files and folders, .tar shards, .parquet files, or a '
                         'datasets folder)')
     return (kinds.pop() if kinds else 'files'), expanded
 
