@@ -1,7 +1,8 @@
 """``pyiqa-maclip score PATH [PATH ...] -o scores.csv [options]``: a collection into a CSV (or Parquet), resumably.
 
 PATH: image files, folders, path lists, WebDataset ``.tar`` shards (brace patterns too), Parquet
-files, or a ``datasets`` folder saved with ``save_to_disk`` (:mod:`..sources`).
+files, or a ``datasets`` folder (saved with ``save_to_disk``, or of Parquet/Arrow files as the Hub
+keeps them; :mod:`..sources`).
 
 Everything that can be checked without torch is checked first (paths, the backbone name,
 options, the output, environment variables): a mistake costs a fraction of a second.
@@ -37,7 +38,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument('inputs', nargs='+', metavar='PATH',
                         help=f'image file, folder (recursive), text file listing paths ({", ".join(LIST_SUFFIXES)}), '
                              'WebDataset .tar shard (or a pattern such as data-{000..099}.tar), .parquet file, or a '
-                             'folder saved by datasets\' save_to_disk')
+                             'datasets folder (saved by save_to_disk, or of Parquet/Arrow files as on the Hub)')
     parser.add_argument('-o', '--output', required=True, type=Path,
                         help='the file to write: scores.csv, or scores.parquet for Parquet')
     parser.add_argument('--metric', default='maclip',
@@ -61,8 +62,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help='Parquet, datasets: the column of image bytes, {bytes, path} structs or paths (default: '
                              'image for Parquet, the Image feature for datasets)')
     parser.add_argument('--key-column', default=None, metavar='NAME',
-                        help='Parquet, datasets: the column keying the rows (default: key if there is one, else the '
-                             'row number)')
+                        help='Parquet, datasets: the column keying the rows (default: for Parquet key if there is one, '
+                             'else the row number; for datasets the row index in the split)')
+    parser.add_argument('--split', default=None, metavar='NAME',
+                        help='datasets: the split to score, e.g. test (default: train if there is one, else the only '
+                             'split)')
     parser.add_argument('--embeddings', action='store_true',
                         help="MA-CLIP, Parquet output: add each image's L2-normalised CLIP embedding of its global "
                              'view (computed for the score anyway) as a float32 list column')
@@ -131,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
     if args.output.suffix.lower() == PARQUET_SUFFIX:
         import_pyarrow()
     samples = collect_samples(args.inputs, SourceOptions(extensions, args.image_member, args.image_column,
-                                                         args.key_column))
+                                                         args.key_column, args.split))
     if not samples:
         raise UserError(f'no image files found in {", ".join(args.inputs)}')
     WorkFiles(args.output.absolute()).check(files_read(samples), args.overwrite)

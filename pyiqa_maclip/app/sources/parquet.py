@@ -11,10 +11,11 @@ import os
 from collections.abc import Iterable
 
 from ...errors import UserError
+from ..files import shown
 from . import Sample
 
 __all__ = ['DEFAULT_IMAGE_COLUMN', 'DEFAULT_KEY_COLUMN', 'sample_key', 'file_name', 'import_pyarrow',
-           'image_column_problem', 'cell_image', 'collect', 'read']
+           'image_column_problem', 'cell_image', 'file_samples', 'collect', 'read']
 
 DEFAULT_IMAGE_COLUMN = 'image'
 DEFAULT_KEY_COLUMN = 'key'
@@ -67,26 +68,33 @@ def cell_image(cell, folder: str) -> bytes:
     return bytes(cell)
 
 
-def _schema_columns(path: str, image_column: str, key_column: str | None) -> tuple[str, str | None]:
+def _check_columns(path: str, image_column: str, key_column: str | None) -> list[str]:
+    """The file's column names; a :class:`UserError` unless it has ``image_column`` (of images) and ``key_column``."""
     pa = import_pyarrow()
-    schema = pa.parquet.read_schema(path)
+    try:
+        schema = pa.parquet.read_schema(path)
+    except (OSError, pa.ArrowException) as error:  # not Parquet, or cut short
+        raise UserError(f'{shown(path)} cannot be read as Parquet ({error}); expected a Parquet file') from None
     if image_column not in schema.names:
-        raise UserError(f'{path} has no column {image_column!r} (it has {", ".join(schema.names)}); name the '
+        raise UserError(f'{shown(path)} has no column {image_column!r} (it has {", ".join(schema.names)}); name the '
                         'image column with --image-column')
     if problem := image_column_problem(schema.field(image_column).type):
-        raise UserError(f'the column {image_column!r} of {path} cannot hold images: {problem}')
+        raise UserError(f'the column {image_column!r} of {shown(path)} cannot hold images: {problem}')
     if key_column is not None and key_column not in schema.names:
-        raise UserError(f'{path} has no column {key_column!r} (it has {", ".join(schema.names)}); name the key '
+        raise UserError(f'{shown(path)} has no column {key_column!r} (it has {", ".join(schema.names)}); name the key '
                         'column with --key-column, or leave it out to key rows by their number')
-    if key_column is None and DEFAULT_KEY_COLUMN in schema.names:
-        key_column = DEFAULT_KEY_COLUMN
-    return image_column, key_column
+    return schema.names
 
 
-def _file_samples(path: str, image_column: str, key_column: str | None) -> list[Sample]:
+def file_samples(path: str, image_column: str, key_column: str | None, default_key: str | None = None,
+                 first_row: int = 0) -> list[Sample]:
+    """The samples of one Parquet file, listed row group by row group: keyed by ``key_column`` (else
+    ``default_key`` if the file has it), else by row number counted from ``first_row``."""
     pa = import_pyarrow()
-    image_column, key_column = _schema_columns(path, image_column, key_column)
-    source, samples, row = file_name(path), [], 0
+    names = _check_columns(path, image_column, key_column)
+    if key_column is None and default_key in names:
+        key_column = default_key
+    source, samples, row = file_name(path), [], first_row
     parquet = pa.parquet.ParquetFile(path)
     for group in range(parquet.num_row_groups):
         rows = parquet.metadata.row_group(group).num_rows
@@ -102,8 +110,8 @@ def collect(inputs: Iterable[str], image_column: str | None = None, key_column: 
     samples = []
     for path in inputs:
         if not os.path.isfile(path):
-            raise UserError(f'{path!r} does not exist: expected a Parquet file')
-        samples += _file_samples(path, image_column or DEFAULT_IMAGE_COLUMN, key_column)
+            raise UserError(f'{shown(path)} does not exist: expected a Parquet file')
+        samples += file_samples(path, image_column or DEFAULT_IMAGE_COLUMN, key_column, DEFAULT_KEY_COLUMN)
     return samples
 
 
