@@ -87,7 +87,7 @@ def test_arrow_files_stream_and_file_format(tmp_path):
 
 def test_a_folder_without_image_feature_names_the_option(tmp_path):
     (tmp_path / 'd' / 'data').mkdir(parents=True)
-    pq.write_table(pa.table({'jpg': IMAGES[:2], 'id': [1, 2]}), tmp_path / 'd' / 'data' / 'train-00000-of-00001.parquet')
+    pq.write_table(pa.table({'jpg': IMAGES[:2], 'id': [1, 2]}), tmp_path / 'd' / 'data' / 'train-0.parquet')
     with pytest.raises(UserError, match=r'has no Image feature \(columns: unknown\); name the column holding the '
                                         'images with --image-column'):
         collect_samples([tmp_path / 'd'])
@@ -116,7 +116,8 @@ def test_which_folders_are_datasets(tmp_path):
     (tmp_path / 'deep' / 'default' / 'train').mkdir(parents=True)
     (tmp_path / 'deep' / 'default' / 'train' / '0000.parquet').write_bytes(b'')
     (tmp_path / 'carded').mkdir()
-    (tmp_path / 'carded' / 'README.md').write_text('---\nconfigs:\n- config_name: default\n  data_files: x/*/*/*.parquet\n---\n')
+    (tmp_path / 'carded' / 'README.md').write_text('---\nconfigs:\n- config_name: default\n'
+                                                   '  data_files: x/*/*/*.parquet\n---\n')
     (tmp_path / 'hidden' / '.cache').mkdir(parents=True)
     (tmp_path / 'hidden' / '.cache' / 'a.arrow').write_bytes(b'')
     kinds = {name: kind_of_input(str(tmp_path / name)) for name in ('photos', 'deep', 'carded', 'hidden')}
@@ -161,3 +162,28 @@ def test_a_hub_folder_scores_bitwise_as_the_same_files(hub, tiny_rn, tmp_path):
     assert status == 2 and '--split nope: the dataset' in stderr and len(stderr.strip().splitlines()) == 1
     status, _, stderr = score(hub / 'images', '--split', 'test', '-o', tmp_path / 'y.csv', *common)
     assert status == 2 and '--split applies to hf inputs, and these inputs are files' in stderr
+
+
+def test_odd_names_links_and_damaged_files(hub, tmp_path):
+    """A name that is not UTF-8 (pyarrow opens only UTF-8 names: Python opens the files); a line break,
+    which datasets' patterns miss, and a damaged save_to_disk folder: one line each; a folder given
+    through a link: its name kept in the sources."""
+    odd = tmp_path / b'odd\xff'.decode('utf-8', 'surrogateescape')
+    shutil.copytree(hub / 'hub', odd)
+    samples = collect_samples([odd])
+    assert [sample_input(s).getvalue() for s in samples] == IMAGES
+    assert samples[0].source == str(odd / 'data' / 'train-00000-of-00002.parquet')
+    plain = odd / 'data' / 'train-00001-of-00002.parquet'
+    assert [sample_input(s).getvalue() for s in collect_samples([plain], SourceOptions(image_column='picture'))] \
+        == IMAGES[3:]
+    shutil.copytree(hub / 'hub', tmp_path / 'line\nbreak')
+    with pytest.raises(UserError, match=r'datasets finds no parquet file of the split train in .*line\\nbreak; '
+                                        'a line break .* defeats its file patterns: rename the folder'):
+        collect_samples([tmp_path / 'line\nbreak'])
+    (tmp_path / 'link').symlink_to(hub / 'hub')
+    linked = collect_samples([tmp_path / 'link'])[0].source
+    assert linked == str(tmp_path / 'link' / 'data' / 'train-00000-of-00002.parquet')
+    dataset(range(2)).save_to_disk(str(tmp_path / 'saved'))
+    (tmp_path / 'saved' / 'state.json').write_text('{not json')
+    with pytest.raises(UserError, match=r'state.json cannot be read \(.*\); expected the file save_to_disk writes'):
+        collect_samples([tmp_path / 'saved'])

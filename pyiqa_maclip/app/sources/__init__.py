@@ -9,7 +9,8 @@ by ``(source, key)``; the engine and report read it through :func:`sample_input`
 Kinds (:data:`KINDS`), chosen per input by :func:`kind_of_input`: ``webdataset`` (``.tar``
 shards, brace patterns ``data-{000..099}.tar``), ``parquet`` (``.parquet`` files), ``hf``
 (a folder saved by ``datasets``' ``save_to_disk``, or of a dataset's Parquet/Arrow files as the Hub
-keeps them: :func:`is_dataset_folder`), and ``files`` (image files, folders, path lists). Nothing here imports torch; pyarrow only when a Parquet or ``datasets`` input is read.
+keeps them: :func:`is_dataset_folder`), and ``files`` (image files, folders, path lists). Nothing
+here imports torch; pyarrow only when a Parquet or ``datasets`` input is read.
 """
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from ...errors import UserError
 from ..files import shown
 from . import Sample
-from .parquet import cell_image, file_samples, image_column_problem, import_pyarrow, sample_key
+from .parquet import cell_image, file_samples, image_column_problem, import_pyarrow, mapped, sample_key
 
 __all__ = ['image_column_of', 'collect', 'read']
 
@@ -37,14 +37,27 @@ def _table(path: str):
         pa = import_pyarrow()
         _cache.clear()
         try:
-            _cache[path] = pa.ipc.open_stream(pa.memory_map(path)).read_all()
-        except pa.ArrowInvalid:
             try:
-                _cache[path] = pa.ipc.open_file(pa.memory_map(path)).read_all()
-            except pa.ArrowInvalid as error:
-                raise UserError(f'{shown(path)} cannot be read as an Arrow file ({error}); expected Arrow data as '
-                                'datasets writes it') from None
+                _cache[path] = pa.ipc.open_stream(mapped(path)).read_all()
+            except pa.ArrowInvalid:
+                _cache[path] = pa.ipc.open_file(mapped(path)).read_all()
+        except (OSError, pa.ArrowException) as error:
+            raise UserError(f'{shown(path)} cannot be read as an Arrow file ({error}); expected Arrow data as '
+                            'datasets writes it') from None
     return _cache[path]
+
+
+def _json(folder: str, name: str) -> dict:
+    """A ``save_to_disk`` folder's JSON file; a :class:`UserError` if it is missing or damaged."""
+    try:
+        with open(os.path.join(folder, name), encoding='utf-8') as file:
+            found = json.load(file)
+    except (OSError, ValueError) as error:
+        raise UserError(f'{shown(os.path.join(folder, name))} cannot be read ({error}); expected the file '
+                        'save_to_disk writes') from None
+    if not isinstance(found, dict):
+        raise UserError(f'{shown(os.path.join(folder, name))} holds no object; expected the file save_to_disk writes')
+    return found
 
 
 def _image_column(features: dict, where: str, image_column: str | None) -> str:
@@ -64,8 +77,7 @@ def _image_column(features: dict, where: str, image_column: str | None) -> str:
 
 def image_column_of(folder: str, image_column: str | None) -> str:
     """A ``save_to_disk`` dataset's image column: the one named, else its first ``Image`` feature."""
-    with open(os.path.join(folder, 'dataset_info.json'), encoding='utf-8') as file:
-        features = json.load(file).get('features') or {}
+    features = _json(folder, 'dataset_info.json').get('features') or {}
     return _image_column(features, f'the dataset {shown(folder)}', image_column)
 
 
@@ -86,8 +98,11 @@ def _arrow_samples(arrow: str, source: str, column: str, key_column: str | None,
 
 def _saved_samples(folder: str, image_column: str | None, key_column: str | None) -> list[Sample]:
     source, column = os.path.abspath(folder), image_column_of(folder, image_column)
-    with open(os.path.join(folder, 'state.json'), encoding='utf-8') as file:
-        arrows = [os.path.join(source, entry['filename']) for entry in json.load(file)['_data_files']]
+    try:
+        arrows = [os.path.join(source, entry['filename']) for entry in _json(folder, 'state.json')['_data_files']]
+    except (KeyError, TypeError):
+        raise UserError(f'{shown(os.path.join(folder, "state.json"))} lists no data files (_data_files); expected the '
+                        'file save_to_disk writes') from None
     samples = []
     for arrow in arrows:
         samples += _arrow_samples(arrow, source, column, key_column, len(samples))
@@ -134,14 +149,17 @@ def _resolved_data_files(folder: str) -> tuple[str, dict[str, list[str]], dict]:
         raise UserError(f'{shown(folder)} cannot be read as a dataset folder: {error}') from None
     info = module.dataset_infos.get(name)
     features = info.features.to_dict() if info is not None and info.features is not None else {}
-    return module.module_path.rsplit('.', 1)[-1], {str(split): list(paths) for split, paths in files.items()}, features
+    resolved, given = os.path.realpath(folder) + os.sep, os.path.abspath(folder) + os.sep
+    named = {str(split): [given + path[len(resolved):] if path.startswith(resolved) else path for path in paths]
+             for split, paths in files.items()}  # a folder given through a link keeps its name in the sources
+    return module.module_path.rsplit('.', 1)[-1], named, features
 
 
 def _file_features(path: str) -> dict:
     """The features ``datasets`` keeps in a data file's schema metadata (``{}`` if none)."""
     pa = import_pyarrow()
     try:
-        schema = pa.parquet.read_schema(path) if path.endswith('.parquet') else _table(path).schema
+        schema = pa.parquet.read_schema(mapped(path)) if path.endswith('.parquet') else _table(path).schema
     except (OSError, pa.ArrowException) as error:
         raise UserError(f'{shown(path)} cannot be read ({error}); expected a Parquet or Arrow data file') from None
     try:
@@ -158,6 +176,11 @@ def _data_file_samples(folder: str, image_column: str | None, key_column: str | 
                         'expected Parquet or Arrow files')
     chosen = _chosen_split(folder, list(splits), split)
     paths = [path for path in splits[chosen] if path.endswith(_DATA_MODULES[builder])]
+    if not paths:
+        odd = any(not c.isprintable() for c in os.path.abspath(folder))
+        raise UserError(f'datasets finds no {builder} file of the split {shown(chosen)} in {shown(folder)}'
+                        + ('; a line break or other control character in its name defeats its file patterns: '
+                           'rename the folder' if odd else ''))
     column = _image_column(_file_features(paths[0]) or features, f'the dataset {shown(folder)}', image_column)
     samples: list[Sample] = []
     for path in paths:
@@ -171,8 +194,10 @@ def _data_file_samples(folder: str, image_column: str | None, key_column: str | 
 def _dataset_samples(folder: str, image_column: str | None, key_column: str | None,
                      split: str | None) -> list[Sample]:
     if os.path.isfile(os.path.join(folder, 'dataset_dict.json')):  # a DatasetDict saved with save_to_disk
-        with open(os.path.join(folder, 'dataset_dict.json'), encoding='utf-8') as file:
-            splits = json.load(file)['splits']
+        splits = _json(folder, 'dataset_dict.json').get('splits')
+        if not isinstance(splits, list) or not all(isinstance(name, str) for name in splits):
+            raise UserError(f'{shown(os.path.join(folder, "dataset_dict.json"))} lists no splits; expected the file '
+                            'save_to_disk writes')
         return _saved_samples(os.path.join(folder, _chosen_split(folder, splits, split)), image_column, key_column)
     if os.path.isfile(os.path.join(folder, 'state.json')):
         if split is not None:

@@ -7,6 +7,7 @@ when a Parquet input is read (``pip install 'pyiqa-maclip[parquet]'``).
 """
 from __future__ import annotations
 
+import mmap
 import os
 from collections.abc import Iterable
 
@@ -15,7 +16,7 @@ from ..files import shown
 from . import Sample
 
 __all__ = ['DEFAULT_IMAGE_COLUMN', 'DEFAULT_KEY_COLUMN', 'sample_key', 'file_name', 'import_pyarrow',
-           'image_column_problem', 'cell_image', 'file_samples', 'collect', 'read']
+           'mapped', 'image_column_problem', 'cell_image', 'file_samples', 'collect', 'read']
 
 DEFAULT_IMAGE_COLUMN = 'image'
 DEFAULT_KEY_COLUMN = 'key'
@@ -42,6 +43,16 @@ def import_pyarrow():
     except ImportError:
         raise UserError("reading Parquet needs pyarrow: pip install 'pyiqa-maclip[parquet]'") from None
     return pyarrow
+
+
+def mapped(path: str):
+    """The file at ``path`` memory-mapped, as a pyarrow reader: opened by Python, so that any name the file
+    system allows works (pyarrow opens only names that are valid UTF-8)."""
+    pa = import_pyarrow()
+    with open(path, 'rb') as file:
+        if os.fstat(file.fileno()).st_size == 0:  # mmap refuses empty files; pyarrow names the problem
+            return pa.BufferReader(b'')
+        return pa.BufferReader(pa.py_buffer(mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)))
 
 
 def image_column_problem(field_type) -> str | None:
@@ -72,7 +83,7 @@ def _check_columns(path: str, image_column: str, key_column: str | None) -> list
     """The file's column names; a :class:`UserError` unless it has ``image_column`` (of images) and ``key_column``."""
     pa = import_pyarrow()
     try:
-        schema = pa.parquet.read_schema(path)
+        schema = pa.parquet.read_schema(mapped(path))
     except (OSError, pa.ArrowException) as error:  # not Parquet, or cut short
         raise UserError(f'{shown(path)} cannot be read as Parquet ({error}); expected a Parquet file') from None
     if image_column not in schema.names:
@@ -95,7 +106,7 @@ def file_samples(path: str, image_column: str, key_column: str | None, default_k
     if key_column is None and default_key in names:
         key_column = default_key
     source, samples, row = file_name(path), [], first_row
-    parquet = pa.parquet.ParquetFile(path)
+    parquet = pa.parquet.ParquetFile(mapped(path))
     for group in range(parquet.num_row_groups):
         rows = parquet.metadata.row_group(group).num_rows
         keys = parquet.read_row_group(group, columns=[key_column]).column(0).to_pylist() if key_column else \
@@ -122,5 +133,6 @@ def read(locator: tuple) -> bytes:
     if (path, group, column) not in _cache:
         pa = import_pyarrow()
         _cache.clear()
-        _cache[path, group, column] = pa.parquet.ParquetFile(path).read_row_group(group, columns=[column]).column(0)
+        cells = pa.parquet.ParquetFile(mapped(path)).read_row_group(group, columns=[column])
+        _cache[path, group, column] = cells.column(0)
     return cell_image(_cache[path, group, column][row].as_py(), os.path.dirname(path))
