@@ -69,8 +69,11 @@ def add_source_options(parser: argparse.ArgumentParser) -> None:
                         help='Parquet, datasets: the column of image bytes, {bytes, path} structs or paths (default: '
                              'image for Parquet, the Image feature for datasets)')
     parser.add_argument('--key-column', default=None, metavar='NAME',
-                        help='Parquet, datasets: the column keying the rows (default: key if there is one, else the '
-                             'row number)')
+                        help='Parquet, datasets: the column keying the rows (default: for Parquet key if there is one, '
+                             'else the row number; for datasets the row index in the split)')
+    parser.add_argument('--split', default=None, metavar='NAME',
+                        help='datasets: the split to score, e.g. test (default: train if there is one, else the only '
+                             'split)')
 
 
 def source_options(args: argparse.Namespace):
@@ -79,7 +82,7 @@ def source_options(args: argparse.Namespace):
     from .sources import SourceOptions
 
     extensions = None if args.extensions is None else parse_extensions(args.extensions.split(','))
-    return SourceOptions(extensions, args.image_member, args.image_column, args.key_column)
+    return SourceOptions(extensions, args.image_member, args.image_column, args.key_column, args.split)
 
 
 def parse_value(text: str) -> str | int | float | bool:

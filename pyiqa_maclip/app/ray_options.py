@@ -49,7 +49,8 @@ def check_ray_args(args: argparse.Namespace) -> None:
         raise UserError(f'--engine ray needs Ray, which is not installed: {INSTALL}')
     unused = [flag for flag, name in (('--device', 'device'), ('--num-workers', 'num_workers'),
                                       ('--retry-failed', 'retry_failed'), ('--image-member', 'image_member'),
-                                      ('--embeddings', 'embeddings')) if getattr(args, name) not in (None, False)]
+                                      ('--embeddings', 'embeddings'), ('--split', 'split'))
+              if getattr(args, name) not in (None, False)]
     if unused:
         raise UserError(f'{", ".join(unused)}: not options of --engine ray (devices follow --num-gpus-per-worker; '
                         'a shard with failed samples is finished)')

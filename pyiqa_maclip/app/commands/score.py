@@ -1,7 +1,8 @@
 """``pyiqa-maclip score PATH [PATH ...] -o scores.csv [options]``: a collection into a CSV (or Parquet), resumably.
 
 PATH: image files, folders, path lists, WebDataset ``.tar`` shards (brace patterns too), Parquet
-files, or a ``datasets`` folder saved with ``save_to_disk`` (:mod:`..sources`).
+files, or a ``datasets`` folder (saved with ``save_to_disk``, or of Parquet/Arrow files as the Hub
+keeps them; :mod:`..sources`).
 
 Everything that can be checked without torch is checked first (paths, the backbone name,
 options, the output, environment variables): a mistake costs a fraction of a second.
@@ -38,7 +39,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument('inputs', nargs='+', metavar='PATH',
                         help=f'image file, folder (recursive), text file listing paths ({", ".join(LIST_SUFFIXES)}), '
                              'WebDataset .tar shard (or a pattern such as data-{000..099}.tar), .parquet file, or a '
-                             'folder saved by datasets\' save_to_disk')
+                             'datasets folder (saved by save_to_disk, or of Parquet/Arrow files as on the Hub)')
     parser.add_argument('-o', '--output', required=True, type=Path,
                         help='the file to write: scores.csv, or scores.parquet for Parquet')
     parser.add_argument('--metric', default='maclip',

@@ -8,8 +8,9 @@ by ``(source, key)``; the engine and report read it through :func:`sample_input`
 
 Kinds (:data:`KINDS`), chosen per input by :func:`kind_of_input`: ``webdataset`` (``.tar``
 shards, brace patterns ``data-{000..099}.tar``), ``parquet`` (``.parquet`` files), ``hf``
-(a folder saved by ``datasets``' ``save_to_disk``), and ``files`` (image files, folders, path
-lists). Nothing here imports torch; pyarrow only when a Parquet or ``datasets`` input is read.
+(a folder saved by ``datasets``' ``save_to_disk``, or of a dataset's Parquet/Arrow files as the Hub
+keeps them: :func:`is_dataset_folder`), and ``files`` (image files, folders, path lists). Nothing
+here imports torch; pyarrow only when a Parquet or ``datasets`` input is read.
 """
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ from typing import NamedTuple
 
 from ...errors import UserError
 
-__all__ = ['Sample', 'KINDS', 'SourceOptions', 'expand_pattern', 'kind_of_input', 'collect_samples', 'sample_input',
-           'split_by_source', 'input_files', 'files_read', 'check_options']
+__all__ = ['Sample', 'KINDS', 'SourceOptions', 'expand_pattern', 'kind_of_input', 'is_dataset_folder',
+           'collect_samples', 'sample_input', 'split_by_source', 'input_files', 'files_read', 'check_options']
 
 
 class Sample(NamedTuple):
@@ -43,11 +44,13 @@ class SourceOptions(NamedTuple):
     image_member: str | None = None  # webdataset: the member extension holding the image
     image_column: str | None = None  # parquet, hf: the column holding the image
     key_column: str | None = None  # parquet, hf: the column keying the rows
+    split: str | None = None  # hf: the split of a dataset with several
 
 
 #: Kinds of collection, and the options each takes.
 KINDS = {'files': ('extensions',), 'webdataset': ('image_member',), 'parquet': ('image_column', 'key_column'),
-         'hf': ('image_column', 'key_column')}
+         'hf': ('image_column', 'key_column', 'split')}
+_DATA_SUFFIXES = ('.parquet', '.arrow')
 _RANGE = re.compile(r'\{(\d+)\.\.(\d+)\}')
 _LIST = re.compile(r'\{([^{}]*,[^{}]*)\}')
 
@@ -77,10 +80,59 @@ def kind_of_input(path: str) -> str:
         return 'webdataset'
     if lower.endswith('.parquet'):
         return 'parquet'
-    if os.path.isdir(path) and os.path.isfile(os.path.join(path, 'state.json')) \
-            and os.path.isfile(os.path.join(path, 'dataset_info.json')):
-        return 'hf'
-    return 'files'
+    return 'hf' if is_dataset_folder(path) else 'files'
+
+
+def _readme_lists_data(folder: str) -> bool:
+    """Whether the folder's README.md starts with a YAML header holding ``configs`` or ``dataset_info``."""
+    try:
+        with open(os.path.join(folder, 'README.md'), encoding='utf-8', errors='replace') as file:
+            lines = file.read(1 << 16).splitlines()
+    except OSError:
+        return False
+    if not lines or lines[0].strip() != '---':
+        return False
+    header = next((lines[1:i] for i in range(1, len(lines)) if lines[i].strip() == '---'), [])
+    return any(line.startswith(('configs:', 'dataset_info:')) for line in header)
+
+
+def _holds_data_files(folder: str, depth: int = 2) -> bool:
+    """Whether ``folder`` or its folders ``depth`` levels down (hidden ones skipped, as datasets skips
+    them) hold Parquet or Arrow files and no image file."""
+    from ..inputs import image_extensions
+
+    images, found, level = image_extensions(), False, [folder]
+    for _ in range(depth + 1):
+        below = []
+        for current in level:
+            try:
+                entries = list(os.scandir(current))
+            except OSError:
+                continue
+            for entry in entries:
+                if entry.name.startswith(('.', '__')):
+                    continue
+                suffix = os.path.splitext(entry.name)[1].lower()
+                if entry.is_dir():
+                    below.append(entry.path)
+                elif suffix in images:
+                    return False
+                found = found or suffix in _DATA_SUFFIXES
+        level = below
+    return found
+
+
+def is_dataset_folder(path: str) -> bool:
+    """Whether ``path`` is a folder of a ``datasets`` dataset: saved by ``save_to_disk`` (``state.json`` and
+    ``dataset_info.json``, or a ``DatasetDict``'s ``dataset_dict.json``), or its data files as the Hub keeps
+    them: a README.md whose YAML header lists ``configs`` or ``dataset_info``, or Parquet/Arrow files up to
+    two folders down (``data/``, ``train/``) and no image file (a folder of images stays one)."""
+    if not os.path.isdir(path):
+        return False
+    if os.path.isfile(os.path.join(path, 'state.json')) and os.path.isfile(os.path.join(path, 'dataset_info.json')):
+        return True
+    return os.path.isfile(os.path.join(path, 'dataset_dict.json')) or _readme_lists_data(path) \
+        or _holds_data_files(path)
 
 
 def _module(kind: str):

@@ -7,14 +7,16 @@ when a Parquet input is read (``pip install 'pyiqa-maclip[parquet]'``).
 """
 from __future__ import annotations
 
+import mmap
 import os
 from collections.abc import Iterable
 
 from ...errors import UserError
+from ..files import shown
 from . import Sample
 
 __all__ = ['DEFAULT_IMAGE_COLUMN', 'DEFAULT_KEY_COLUMN', 'sample_key', 'file_name', 'import_pyarrow',
-           'image_column_problem', 'cell_image', 'collect', 'read']
+           'mapped', 'image_column_problem', 'cell_image', 'file_samples', 'collect', 'read']
 
 DEFAULT_IMAGE_COLUMN = 'image'
 DEFAULT_KEY_COLUMN = 'key'
@@ -43,6 +45,16 @@ def import_pyarrow():
     return pyarrow
 
 
+def mapped(path: str):
+    """The file at ``path`` memory-mapped, as a pyarrow reader: opened by Python, so that any name the file
+    system allows works (pyarrow opens only names that are valid UTF-8)."""
+    pa = import_pyarrow()
+    with open(path, 'rb') as file:
+        if os.fstat(file.fileno()).st_size == 0:  # mmap refuses empty files; pyarrow names the problem
+            return pa.BufferReader(b'')
+        return pa.BufferReader(pa.py_buffer(mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)))
+
+
 def image_column_problem(field_type) -> str | None:
     """Why a column of arrow type ``field_type`` cannot hold images, or None."""
     pa = import_pyarrow()
@@ -67,27 +79,34 @@ def cell_image(cell, folder: str) -> bytes:
     return bytes(cell)
 
 
-def _schema_columns(path: str, image_column: str, key_column: str | None) -> tuple[str, str | None]:
+def _check_columns(path: str, image_column: str, key_column: str | None) -> list[str]:
+    """The file's column names; a :class:`UserError` unless it has ``image_column`` (of images) and ``key_column``."""
     pa = import_pyarrow()
-    schema = pa.parquet.read_schema(path)
+    try:
+        schema = pa.parquet.read_schema(mapped(path))
+    except (OSError, pa.ArrowException) as error:  # not Parquet, or cut short
+        raise UserError(f'{shown(path)} cannot be read as Parquet ({error}); expected a Parquet file') from None
     if image_column not in schema.names:
-        raise UserError(f'{path} has no column {image_column!r} (it has {", ".join(schema.names)}); name the '
+        raise UserError(f'{shown(path)} has no column {image_column!r} (it has {", ".join(schema.names)}); name the '
                         'image column with --image-column')
     if problem := image_column_problem(schema.field(image_column).type):
-        raise UserError(f'the column {image_column!r} of {path} cannot hold images: {problem}')
+        raise UserError(f'the column {image_column!r} of {shown(path)} cannot hold images: {problem}')
     if key_column is not None and key_column not in schema.names:
-        raise UserError(f'{path} has no column {key_column!r} (it has {", ".join(schema.names)}); name the key '
+        raise UserError(f'{shown(path)} has no column {key_column!r} (it has {", ".join(schema.names)}); name the key '
                         'column with --key-column, or leave it out to key rows by their number')
-    if key_column is None and DEFAULT_KEY_COLUMN in schema.names:
-        key_column = DEFAULT_KEY_COLUMN
-    return image_column, key_column
+    return schema.names
 
 
-def _file_samples(path: str, image_column: str, key_column: str | None) -> list[Sample]:
+def file_samples(path: str, image_column: str, key_column: str | None, default_key: str | None = None,
+                 first_row: int = 0) -> list[Sample]:
+    """The samples of one Parquet file, listed row group by row group: keyed by ``key_column`` (else
+    ``default_key`` if the file has it), else by row number counted from ``first_row``."""
     pa = import_pyarrow()
-    image_column, key_column = _schema_columns(path, image_column, key_column)
-    source, samples, row = file_name(path), [], 0
-    parquet = pa.parquet.ParquetFile(path)
+    names = _check_columns(path, image_column, key_column)
+    if key_column is None and default_key in names:
+        key_column = default_key
+    source, samples, row = file_name(path), [], first_row
+    parquet = pa.parquet.ParquetFile(mapped(path))
     for group in range(parquet.num_row_groups):
         rows = parquet.metadata.row_group(group).num_rows
         keys = parquet.read_row_group(group, columns=[key_column]).column(0).to_pylist() if key_column else \
@@ -102,8 +121,8 @@ def collect(inputs: Iterable[str], image_column: str | None = None, key_column: 
     samples = []
     for path in inputs:
         if not os.path.isfile(path):
-            raise UserError(f'{path!r} does not exist: expected a Parquet file')
-        samples += _file_samples(path, image_column or DEFAULT_IMAGE_COLUMN, key_column)
+            raise UserError(f'{shown(path)} does not exist: expected a Parquet file')
+        samples += file_samples(path, image_column or DEFAULT_IMAGE_COLUMN, key_column, DEFAULT_KEY_COLUMN)
     return samples
 
 
@@ -114,5 +133,6 @@ def read(locator: tuple) -> bytes:
     if (path, group, column) not in _cache:
         pa = import_pyarrow()
         _cache.clear()
-        _cache[path, group, column] = pa.parquet.ParquetFile(path).read_row_group(group, columns=[column]).column(0)
+        cells = pa.parquet.ParquetFile(mapped(path)).read_row_group(group, columns=[column])
+        _cache[path, group, column] = cells.column(0)
     return cell_image(_cache[path, group, column][row].as_py(), os.path.dirname(path))
