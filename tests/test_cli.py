@@ -66,6 +66,9 @@ def test_help_version_and_usage_mistakes_import_neither_torch_nor_pyiqa(args):
     (['benchmark', '--config', '{file}', '--output-dir', '{tmp}/b'], 'is not valid YAML'),
     (['explain', '{missing}', '-o', '{tmp}/x'], 'does not exist'),
     (['download', 'RN51'], "'RN51' is not an official CLIP backbone (did you mean RN50?)"),
+    (['score', '{tmp}', '-o', '{tmp}/s.csv', '--extensions', ''], "--extensions '': expected suffixes separated by"),
+    (['score', '{image}', '-o', '{tmp}/s.csv', '--key-column', 'id'],
+     '--key-column applies to Parquet files or datasets folders, and these inputs are image files and folders'),
 ])
 def test_mistakes_are_answered_before_torch_loads(tmp_path, args, words):
     """One line, exit status 2, and neither torch nor pyiqa imported (issue 20, point 2)."""

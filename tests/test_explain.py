@@ -307,8 +307,8 @@ def test_samples_that_fail_are_named_and_the_others_drawn(tiny_rn, tmp_path):
 
 @pytest.mark.parametrize('args, words', [
     (['--key', 'nope\r\n'], r'--key nope\r\n: no sample of the inputs has this key (their keys look like 00, 01)'),
-    (['--key', '00', '--image-column', 'image'], '--image-column applies to parquet or hf inputs'),
-    (['photo.png', '--key', '00'], 'the inputs are of several kinds (files, webdataset)')])
+    (['--key', '00', '--image-column', 'image'], '--image-column applies to Parquet files or datasets folders'),
+    (['photo.png', '--key', '00'], 'the inputs are of several kinds (image files and folders, WebDataset shards)')])
 def test_mistakes_about_samples_stop_in_one_line_before_torch(tiny_rn, tmp_path, args, words):
     import subprocess
     import sys

@@ -161,7 +161,7 @@ def test_a_hub_folder_scores_bitwise_as_the_same_files(hub, tiny_rn, tmp_path):
     status, _, stderr = score(hub / 'hub', '--split', 'nope', '-o', tmp_path / 'x.csv', *common)
     assert status == 2 and '--split nope: the dataset' in stderr and len(stderr.strip().splitlines()) == 1
     status, _, stderr = score(hub / 'images', '--split', 'test', '-o', tmp_path / 'y.csv', *common)
-    assert status == 2 and '--split applies to hf inputs, and these inputs are files' in stderr
+    assert status == 2 and '--split applies to datasets folders, and these inputs are image files and folders' in stderr
 
 
 def test_odd_names_links_and_damaged_files(hub, tmp_path):

@@ -134,11 +134,11 @@ def test_shards_are_split_whole_between_processes():
 
 def test_options_of_another_kind_and_mixed_inputs_are_refused(tmp_path):
     shard = write_shard(tmp_path / 'a.tar', {'1.png': encoded(1)})
-    with pytest.raises(UserError, match='--image-column applies to parquet or hf inputs, and these inputs are '
-                                        'webdataset'):
+    with pytest.raises(UserError, match='--image-column applies to Parquet files or datasets folders, and these '
+                                        'inputs are WebDataset shards'):
         collect_samples([shard], SourceOptions(image_column='img'))
     (tmp_path / 'b.png').write_bytes(encoded(2))
-    with pytest.raises(UserError, match=r'several kinds \(files, webdataset\)'):
+    with pytest.raises(UserError, match=r'several kinds \(image files and folders, WebDataset shards\)'):
         collect_samples([shard, tmp_path / 'b.png'])
 
 

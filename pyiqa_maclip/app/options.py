@@ -81,7 +81,13 @@ def source_options(args: argparse.Namespace):
     from .inputs import parse_extensions
     from .sources import SourceOptions
 
-    extensions = None if args.extensions is None else parse_extensions(args.extensions.split(','))
+    extensions = None
+    if args.extensions is not None:
+        try:
+            extensions = parse_extensions(args.extensions.split(','))
+        except UserError:
+            raise UserError(f'--extensions {args.extensions!r}: expected suffixes separated by commas, such as '
+                            'jpg,png') from None
     return SourceOptions(extensions, args.image_member, args.image_column, args.key_column, args.split)
 
 

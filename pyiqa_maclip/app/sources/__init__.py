@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 from ...errors import UserError
 
-__all__ = ['Sample', 'KINDS', 'SourceOptions', 'expand_pattern', 'kind_of_input', 'is_dataset_folder',
+__all__ = ['Sample', 'KINDS', 'KIND_NAMES', 'SourceOptions', 'expand_pattern', 'kind_of_input', 'is_dataset_folder',
            'collect_samples', 'sample_input', 'split_by_source', 'input_files', 'files_read', 'check_options']
 
 
@@ -50,6 +50,9 @@ class SourceOptions(NamedTuple):
 #: Kinds of collection, and the options each takes.
 KINDS = {'files': ('extensions',), 'webdataset': ('image_member',), 'parquet': ('image_column', 'key_column'),
          'hf': ('image_column', 'key_column', 'split')}
+#: Each kind as a person names it, in messages.
+KIND_NAMES = {'files': 'image files and folders', 'webdataset': 'WebDataset shards', 'parquet': 'Parquet files',
+              'hf': 'datasets folders'}
 _DATA_SUFFIXES = ('.parquet', '.arrow')
 _RANGE = re.compile(r'\{(\d+)\.\.(\d+)\}')
 _LIST = re.compile(r'\{([^{}]*,[^{}]*)\}')
@@ -146,9 +149,8 @@ def input_files(inputs: Iterable[str | os.PathLike]) -> tuple[str, list[str]]:
     expanded = [name for item in inputs for name in expand_pattern(os.fsdecode(item))]
     kinds = {kind_of_input(name) for name in expanded}
     if len(kinds) > 1:
-        raise UserError(f'the inputs are of several kinds ({", ".join(sorted(kinds))}): give one kind of '
-                        'collection per run (image files and folders, .tar shards, .parquet files, or a '
-                        'datasets folder)')
+        named = ', '.join(KIND_NAMES[k] for k in KINDS if k in kinds)
+        raise UserError(f'the inputs are of several kinds ({named}): give one kind of collection per run')
     return (kinds.pop() if kinds else 'files'), expanded
 
 
@@ -156,8 +158,9 @@ def check_options(kind: str, options: SourceOptions) -> None:
     """A :class:`UserError` for an option the inputs' kind does not take."""
     for name, value in options._asdict().items():
         if value is not None and name not in KINDS[kind]:
-            takers = ' or '.join(k for k, taken in KINDS.items() if name in taken)
-            raise UserError(f'--{name.replace("_", "-")} applies to {takers} inputs, and these inputs are {kind}')
+            takers = ' or '.join(KIND_NAMES[k] for k, taken in KINDS.items() if name in taken)
+            raise UserError(f'--{name.replace("_", "-")} applies to {takers}, and these inputs are '
+                            f'{KIND_NAMES[kind]}')
 
 
 def collect_samples(inputs: Iterable[str | os.PathLike], options: SourceOptions = SourceOptions()) -> list[Sample]:
