@@ -1,12 +1,15 @@
 """Scoring from WebDataset shards against scoring the same images from a folder, and listing shards.
 
-    python performance/sources.py [--images 16] [--rounds 3] [--shards 1000] [--samples 1000]
+    python performance/sources.py [--images 16] [--decode-images 400] [--rounds 3] [--shards 1000]
+                                  [--samples 1000] [--skip throughput listing]
 
 a. Throughput of the engine (decoding workers under the pixel budget, batches, journal commits)
    on the same JPEG images (512x384) as files in a folder and as samples of two shards, with one
    scorer built once (MA-CLIP on random RN50-shaped weights: real ones cannot be downloaded here,
-   and timing does not depend on the values). Rounds alternate folder and shards; the median of
-   each is kept, so their ratio compares like with like on a shared machine.
+   and timing does not depend on the values); and with a scorer that only averages pixels, so that
+   what differs between the two (reading and decoding) is all there is to time. Rounds alternate
+   folder and shards; the median of each is kept, so their ratio compares like with like on a
+   shared machine.
 b. --embeddings: the scorer with and without the embedding column on the same decoded images
    (alternating rounds, medians): the embedding is the global view's feature scoring computes anyway.
 c. Listing the keys of ``--shards`` shards of ``--samples`` samples (a ``.jpg`` and a ``.json``
@@ -54,7 +57,19 @@ def machine() -> str:
     return f'{model}, {len(os.sched_getaffinity(0))} cores, torch {torch.__version__}'
 
 
-def throughput(root: Path, count: int, rounds: int) -> dict[str, float]:
+class _PixelMean:
+    """A scorer that only averages pixels: what is left of a run's time is reading, decoding and the journal."""
+
+    columns = ('score',)
+    fingerprint = {'metric': 'pixel mean'}
+
+    def __call__(self, images):
+        return [{'score': float(image.float().mean())} for image in images]
+
+
+def _collection(root: Path, count: int) -> dict[str, list[Path]]:
+    """The same ``count`` JPEGs as files of a folder and as samples of two shards (with a .json member each)."""
+    root.mkdir(exist_ok=True)
     images = {f'{k:04d}': jpeg(k) for k in range(count)}
     (root / 'folder').mkdir()
     for key, data in images.items():
@@ -63,15 +78,19 @@ def throughput(root: Path, count: int, rounds: int) -> dict[str, float]:
     for number, keys in enumerate((list(images)[:half], list(images)[half:])):
         write_shard(root / f'data-{number:03d}.tar', {f'{k}.jpg': images[k] for k in keys} |
                     {f'{k}.json': b'{}' for k in keys})
-    inputs = {'folder': [root / 'folder'], 'shards': [root / 'data-{000..001}.tar']}
-    checkpoint = save_state_dict(make_clip('RN50'), root / 'rn50.pth')
-    recipe = Recipe(options={'backbone': str(checkpoint)})
-    scorer, device = recipe.build('cpu'), torch.device('cpu')
+    return {'folder': [root / 'folder'], 'shards': [root / 'data-{000..001}.tar']}
+
+
+def throughput(root: Path, inputs: dict[str, list[Path]], count: int, rounds: int, scorer, fingerprint: dict,
+               columns: tuple[str, ...]) -> dict[str, float]:
+    """Images per second of the engine on folder and shards, rounds alternating, medians."""
+    device = torch.device('cpu')
     times: dict[str, list[float]] = {name: [] for name in inputs}
     for round_ in range(rounds):
         for name, given in inputs.items():
             samples = collect_samples(given)
-            with Journal.create(root / f'{name}{round_}.sqlite3', recipe.fingerprint, recipe.columns) as journal:
+            journal_file = root / f'{name}-{len(times[name])}-{id(scorer)}.sqlite3'
+            with Journal.create(journal_file, fingerprint, columns) as journal:
                 start = time.perf_counter()
                 score_into(journal, samples, scorer, device, batch_size=8, num_workers=2)
                 times[name].append(time.perf_counter() - start)
@@ -113,6 +132,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--images', type=int, default=16)
     parser.add_argument('--rounds', type=int, default=3)
+    parser.add_argument('--decode-images', type=int, default=400, help='images of the pixel-mean rows')
     parser.add_argument('--shards', type=int, default=1000)
     parser.add_argument('--samples', type=int, default=1000)
     parser.add_argument('--skip', nargs='*', default=[], choices=('throughput', 'listing'),
@@ -124,12 +144,22 @@ def main() -> None:
         print(f'machine: {machine()}; load average {load:.1f} before\n')
         print('| what | figure |\n|---|---|')
         if 'throughput' not in args.skip:
-            rates = throughput(root, args.images, args.rounds)
+            plain = throughput(root, _collection(root / 'plain', args.decode_images), args.decode_images,
+                               args.rounds, _PixelMean(), _PixelMean.fingerprint, _PixelMean.columns)
+            inputs = _collection(root, args.images)
+            checkpoint = save_state_dict(make_clip('RN50'), root / 'rn50.pth')
+            recipe = Recipe(options={'backbone': str(checkpoint)})
+            rates = throughput(root, inputs, args.images, args.rounds, recipe.build('cpu'), recipe.fingerprint,
+                               recipe.columns)
             embedding = embedding_cost(root, 8, args.rounds)
             print(f'| folder, {args.images} JPEGs 512x384, RN50-shaped MA-CLIP, 2 workers | '
                   f'{rates["folder"]:.2f} img/s |')
             print(f'| the same images from 2 shards | {rates["shards"]:.2f} img/s |')
             print(f'| shards / folder | {rates["shards"] / rates["folder"]:.3f} |')
+            print(f'| reading, decoding and journal alone ({args.decode_images} JPEGs, a pixel-mean scorer): folder | '
+                  f'{plain["folder"]:.1f} img/s |')
+            print(f'| the same from 2 shards | {plain["shards"]:.1f} img/s |')
+            print(f'| shards / folder, reading and decoding alone | {plain["shards"] / plain["folder"]:.3f} |')
             print(f'| scoring 8 decoded images with --embeddings / without | {embedding:.3f} |')
         if 'listing' not in args.skip:
             wall, cpu = listing(root, args.shards, args.samples)
