@@ -6,8 +6,8 @@ files, else the absolute path of the shard or file holding it), its ``key`` with
 process reads its bytes (None for image files: the key is the path). The journal knows a sample
 by ``(source, key)``; the engine and report read it through :func:`sample_input`.
 
-Kinds (:data:`KINDS`), chosen per input by :func:`kind_of_input`: ``webdataset`` (``.tar``
-shards, brace patterns ``data-{000..099}.tar``), ``parquet`` (``.parquet`` files), ``hf``
+Kinds (:data:`KINDS`), chosen per input by :func:`kind_of_input`: ``webdataset`` (shards named
+by :data:`SHARD_SUFFIXES`, brace patterns ``data-{000..099}.tar``), ``parquet`` (``.parquet`` files), ``hf``
 (a folder saved by ``datasets``' ``save_to_disk``), and ``files`` (image files, folders, path
 lists). Nothing here imports torch; pyarrow only when a Parquet or ``datasets`` input is read.
 """
@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 from ...errors import UserError
 
-__all__ = ['Sample', 'KINDS', 'SourceOptions', 'expand_pattern', 'kind_of_input', 'collect_samples', 'sample_input',
+__all__ = ['Sample', 'KINDS', 'SHARD_SUFFIXES', 'SourceOptions', 'expand_pattern', 'kind_of_input', 'collect_samples', 'sample_input',
            'split_by_source', 'input_files', 'files_read', 'check_options']
 
 
@@ -48,6 +48,8 @@ class SourceOptions(NamedTuple):
 #: Kinds of collection, and the options each takes.
 KINDS = {'files': ('extensions',), 'webdataset': ('image_member',), 'parquet': ('image_column', 'key_column'),
          'hf': ('image_column', 'key_column')}
+#: The names of WebDataset shards: plain tar, or tar compressed with gzip (read as a stream).
+SHARD_SUFFIXES = ('.tar', '.tar.gz', '.tgz')
 _RANGE = re.compile(r'\{(\d+)\.\.(\d+)\}')
 _LIST = re.compile(r'\{([^{}]*,[^{}]*)\}')
 
@@ -73,7 +75,7 @@ def expand_pattern(pattern: str) -> list[str]:
 def kind_of_input(path: str) -> str:
     """The kind of collection ``path`` names (see the module docstring)."""
     lower = path.lower()
-    if lower.endswith('.tar'):
+    if lower.endswith(SHARD_SUFFIXES):
         return 'webdataset'
     if lower.endswith('.parquet'):
         return 'parquet'
@@ -95,8 +97,8 @@ def input_files(inputs: Iterable[str | os.PathLike]) -> tuple[str, list[str]]:
     kinds = {kind_of_input(name) for name in expanded}
     if len(kinds) > 1:
         raise UserError(f'the inputs are of several kinds ({", ".join(sorted(kinds))}): score one kind of '
-                        'collection per output (image files and folders, .tar shards, .parquet files, or a '
-                        'datasets folder)')
+                        'collection per output (image files and folders, WebDataset shards '
+                        f'({", ".join(SHARD_SUFFIXES)}), .parquet files, or a datasets folder)')
     return (kinds.pop() if kinds else 'files'), expanded
 
 
