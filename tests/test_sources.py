@@ -360,6 +360,69 @@ def test_gzip_shards_score_as_their_tars_and_a_cut_one_reports_what_it_lost(same
                                                    '(.tar, .tar.gz, .tgz)')
 
 
+@pytest.mark.slow  # kill -9 of a fresh interpreter mid-shard
+def test_kill_9_inside_a_shard_resumes_with_the_missing_samples_only(tiny_rn, tiny_metric, tmp_path):
+    """A real ``pyiqa-maclip score shard-000.tar shard-001.tar`` killed (SIGKILL, its decoding worker too)
+    once its journal holds some but not all of the first shard's samples; a leftover of an export killed
+    midway too. The rerun scores only the missing samples and ends in the uninterrupted run's CSV: keys in
+    order, values equal or, where batches ran on other threads, both within float32 rounding of float64."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from rounding import assert_within_rounding, rounding_bound
+
+    from pyiqa_maclip.app.images import as_float, read_image
+
+    # 512 x 512 JPEGs: 9 views each, some 50 ms a sample; the 30 samples of the first shard leave a wide window
+    images = {f'{k:03d}': encoded(k, 'JPEG', size=(512, 512)) for k in range(36)}
+    keys = list(images)
+    shards = [write_shard(tmp_path / f'shard-00{n}.tar', {f'{k}.jpg': images[k] for k in part})
+              for n, part in enumerate((keys[:30], keys[30:]))]
+    args = [*shards, '--backbone', tiny_rn, '--batch-size', 1, '--num-workers', 1]
+    assert score(*args, '-o', tmp_path / 'whole.csv')[0] == 0
+
+    output = tmp_path / 'killed' / 'out.csv'
+    output.parent.mkdir()
+    journal = output.with_name(f'.{output.name}.pyiqa-maclip') / 'rank0.sqlite3'
+
+    def committed() -> int:
+        with contextlib.suppress(sqlite3.OperationalError):  # not created yet
+            with contextlib.closing(sqlite3.connect(f'file:{journal}?mode=ro', uri=True, timeout=10)) as db:
+                return db.execute('SELECT COUNT(*) FROM results').fetchone()[0]
+        return 0
+
+    run = subprocess.Popen([sys.executable, '-m', 'pyiqa_maclip', 'score', *map(str, args), '-o', str(output),
+                            '--no-progress'], start_new_session=True, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while committed() < 3:
+        assert run.poll() is None, run.stderr.read().decode()
+        assert time.monotonic() < deadline, 'no rows were committed'
+        time.sleep(0.01)
+    os.killpg(run.pid, signal.SIGKILL)  # the run and its decoding worker
+    run.wait()
+    run.stderr.close()
+    done = committed()
+    assert 3 <= done < 30  # inside the first shard
+    (journal.parent / 'tmpk3j2h1g0.part').write_bytes(b'half an export')  # as SIGKILL during an export leaves
+
+    status, stdout, _ = score(*args, '-o', output)
+    assert status == 0 and f'{36 - done} processed in this run, {done} done before' in stdout
+    assert not list(journal.parent.glob('*.part'))
+    whole, resumed = read_csv(tmp_path / 'whole.csv'), read_csv(output)
+    assert [(r['key'], r['shard']) for r in resumed] == [(r['key'], r['shard']) for r in whole]
+    assert [(k, str(shards[k >= '030'])) for k in keys] == [(r['key'], r['shard']) for r in whole]
+    differing = [i for i, (a, b) in enumerate(zip(resumed, whole)) if a != b]
+    if differing:  # other threads, other sums: each within its rounding bound of the float64 value
+        rounding = rounding_bound(tiny_metric, [as_float(read_image(io.BytesIO(images[keys[i]]))) for i in differing])
+        for field in COMPONENTS:
+            for rows in (resumed, whole):
+                assert_within_rounding([float(rows[i][field]) for i in differing], rounding, field)
+
+
 def test_parquet_input_scores_as_its_files(same_images, tiny_rn, tmp_path):
     images = sorted((same_images / 'folder').iterdir())[:3]
     pq.write_table(pa.table({'image': [p.read_bytes() for p in images]}), tmp_path / 'd.parquet')
