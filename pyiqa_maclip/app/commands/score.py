@@ -37,9 +37,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                '2 bad arguments or the run could not start, 130 interrupted (run again to resume)')
     parser.add_argument('inputs', nargs='+', metavar='PATH',
                         help=f'image file, folder (recursive), text file listing paths ({", ".join(LIST_SUFFIXES)}), '
-                             f'WebDataset shard ({", ".join(SHARD_SUFFIXES)}; or a pattern such as data-{{000..099}}.tar), '
-                             '.parquet file, or a '
-                             'folder saved by datasets\' save_to_disk')
+                             f'WebDataset shard ({", ".join(SHARD_SUFFIXES)}; or a pattern such as '
+                             'data-{000..099}.tar), .parquet file, or a folder saved by datasets\' save_to_disk')
     parser.add_argument('-o', '--output', required=True, type=Path,
                         help='the file to write: scores.csv, or scores.parquet for Parquet')
     parser.add_argument('--metric', default='maclip',

@@ -24,8 +24,8 @@ from typing import NamedTuple
 
 from ...errors import UserError
 
-__all__ = ['Sample', 'KINDS', 'SHARD_SUFFIXES', 'SourceOptions', 'expand_pattern', 'kind_of_input', 'collect_samples', 'sample_input',
-           'split_by_source', 'input_files', 'files_read', 'check_options']
+__all__ = ['Sample', 'KINDS', 'SHARD_SUFFIXES', 'SourceOptions', 'expand_pattern', 'kind_of_input', 'collect_samples',
+           'sample_input', 'split_by_source', 'input_files', 'files_read', 'check_options']
 
 
 class Sample(NamedTuple):

@@ -171,8 +171,8 @@ def shard_samples(shard: str, image_member: str | None = None) -> list[Sample]:
     source = shard_name(shard)
     try:
         listed, whole, error = _members(shard)
-    except OSError as error:  # unreadable (permissions, I/O): the shard's one error row says why
-        listed, whole, error = [], 0, error
+    except OSError as unreadable:  # permissions, I/O: the shard's one error row says why
+        listed, whole, error = [], 0, unreadable
     found: dict[str, dict[str, _Member]] = {}
     for member in listed:
         if split := sample_key(member.name):
@@ -246,8 +246,8 @@ class _ForwardReader:
             return self.stream.read(size)
         except _GZIP_ERRORS as error:
             self.close()
-            self.damage = (offset, f'the gzip data of the shard {shown(os.path.basename(self.shard))} is damaged '
-                                   f'before this sample ends: {error_text(error)}')
+            self.damage = (offset, (f'the gzip data of the shard {shown(os.path.basename(self.shard))} is '
+                                    f'damaged before this sample ends: {error_text(error)}'))
             raise ValueError(self.damage[1]) from None
 
     def close(self) -> None:
