@@ -1,7 +1,7 @@
 """Scoring from WebDataset shards against scoring the same images from a folder, and listing shards.
 
     python performance/sources.py [--images 16] [--decode-images 400] [--rounds 3] [--shards 1000]
-                                  [--samples 1000] [--skip throughput listing]
+                                  [--samples 1000] [--skip throughput listing compressed]
 
 a. Throughput of the engine (decoding workers under the pixel budget, batches, journal commits)
    on the same JPEG images (512x384) as files in a folder and as samples of two shards, with one
@@ -15,12 +15,15 @@ b. --embeddings: the scorer with and without the embedding column on the same de
 c. Listing the keys of ``--shards`` shards of ``--samples`` samples (a ``.jpg`` and a ``.json``
    member of 512 bytes each; by default 1,000 x 1,000, 2 GB of shards in the temporary folder, copies
    of one shard), as ``score`` lists them before it starts, with the shards in the page cache.
+d. The same shard as ``.tar`` and ``.tar.gz`` (``--decode-images`` JPEGs 512x384 and a ``.json`` each):
+   listing, and reading and decoding with the pixel-mean scorer of a; alternating rounds, medians.
 
 Prints a Markdown table with the machine (CPU model, cores) and load average.
 """
 from __future__ import annotations
 
 import argparse
+import gzip
 import io
 import os
 import platform
@@ -97,6 +100,28 @@ def throughput(root: Path, inputs: dict[str, list[Path]], count: int, rounds: in
     return {name: count / statistics.median(values) for name, values in times.items()}
 
 
+def compressed(root: Path, count: int, rounds: int) -> dict[str, tuple[float, float]]:
+    """(listing seconds, img/s with the pixel-mean scorer) of one shard as .tar and as .tar.gz, medians of
+    alternating rounds: the reading and decoding that differ, without a model's time to hide them."""
+    images = {f'{k:04d}': jpeg(k) for k in range(count)}
+    plain = write_shard(root / 'one.tar', {f'{k}.{ext}': data if ext == 'jpg' else b'{}'
+                                           for k, data in images.items() for ext in ('jpg', 'json')})
+    (root / 'one.tar.gz').write_bytes(gzip.compress(plain.read_bytes()))
+    scorer, device = _PixelMean(), torch.device('cpu')
+    times: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in ('tar', 'tar.gz')}
+    for round_ in range(rounds):
+        for name, (listed, scored) in times.items():
+            start = time.perf_counter()
+            samples = collect_samples([root / f'one.{name}'])
+            listed.append(time.perf_counter() - start)
+            with Journal.create(root / f'gz-{name}{round_}.sqlite3', scorer.fingerprint, scorer.columns) as journal:
+                start = time.perf_counter()
+                score_into(journal, samples, scorer, device, batch_size=8, num_workers=2)
+                scored.append(time.perf_counter() - start)
+    return {name: (statistics.median(listed), count / statistics.median(scored))
+            for name, (listed, scored) in times.items()}
+
+
 def embedding_cost(root: Path, count: int, rounds: int) -> float:
     """Median time of the MA-CLIP scorer with embeddings over the median without, on the same images."""
     from pyiqa_maclip.app.images import read_image
@@ -135,7 +160,7 @@ def main() -> None:
     parser.add_argument('--decode-images', type=int, default=400, help='images of the pixel-mean rows')
     parser.add_argument('--shards', type=int, default=1000)
     parser.add_argument('--samples', type=int, default=1000)
-    parser.add_argument('--skip', nargs='*', default=[], choices=('throughput', 'listing'),
+    parser.add_argument('--skip', nargs='*', default=[], choices=('throughput', 'listing', 'compressed'),
                         help='sections not to run (throughput covers a and b)')
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
@@ -165,6 +190,13 @@ def main() -> None:
             wall, cpu = listing(root, args.shards, args.samples)
             print(f'| listing {args.shards:,} shards of {args.samples:,} samples (2 members each) | {wall:.2f} s '
                   f'({cpu:.2f} s CPU) |')
+        if 'compressed' not in args.skip:
+            figures = compressed(root, args.decode_images, args.rounds)
+            megabytes = (root / 'one.tar').stat().st_size / 1e6, (root / 'one.tar.gz').stat().st_size / 1e6
+            for name, size in zip(figures, megabytes):
+                listed, rate = figures[name]
+                print(f'| one .{name} of {args.decode_images} JPEGs ({size:.1f} MB): listing; reading and decoding '
+                      f'(pixel-mean scorer) | {listed * 1000:.1f} ms ({size / listed:.0f} MB/s); {rate:.1f} img/s |')
         print(f'\nload average {os.getloadavg()[0]:.1f} after')
 
 

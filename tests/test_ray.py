@@ -9,6 +9,7 @@ float64 computation (``pyiqa_maclip.testing.rounding_bound``, docs/collections.m
 from __future__ import annotations
 
 import contextlib
+import gzip
 import io
 import json
 import os
@@ -161,6 +162,20 @@ def test_plan_and_manifest(tmp_path):
     assert not Manifest(out, {'metric': 'maclip', 'options': {'box_lam': 0.5}}).finished(shards[0])
 
 
+def test_gzip_tars_are_planned_and_a_plain_tar_named_as_gzip_is_refused(tmp_path):
+    """Ray decompresses a .tar.gz or .tgz by its name: a gzip one is a shard (its rows counted through the
+    gzip stream); a plain tar under such a name is refused in one line before Ray starts."""
+    tar = write_tar(tmp_path / 'a.tar', {'x': png(0), 'y': png(1)})
+    (tmp_path / 'b.tgz').write_bytes(gzip.compress(tar.read_bytes()))
+    (tmp_path / 'c.tar.gz').write_bytes(tar.read_bytes())
+    (tmp_path / 'd.tar').write_bytes(gzip.compress(tar.read_bytes()))  # tarfile in Ray tells gzip by content
+    shards = plan_shards([tmp_path / 'b.tgz', tmp_path / 'd.tar'])
+    assert [(s.kind, s.output_name, expected_rows(s)) for s in shards] == [
+        ('webdataset', 'b.parquet', 2), ('webdataset', 'd.parquet', 2)]
+    with pytest.raises(UserError, match=r'c\.tar\.gz is named as gzip-compressed but holds plain tar data'):
+        plan_shards([tmp_path / 'c.tar.gz'])
+
+
 def test_without_ray_one_line_before_torch(tmp_path):
     code = ('import importlib.util, sys\n'
             'find = importlib.util.find_spec\n'
@@ -194,7 +209,9 @@ def sources(tmp_path_factory):
     for key, image in data.items():
         (files / f'{key}.png').write_bytes(image)
     write_tar(root / 's0.tar', {k: data[k] for k in ('img0', 'img1')})
-    write_tar(root / 's1.tar', {'img2': data['img2'], 'bad': b'not an image'})
+    tar = write_tar(root / 's1.tar', {'img2': data['img2'], 'bad': b'not an image'})
+    (root / 's1.tar.gz').write_bytes(gzip.compress(tar.read_bytes()))  # Ray reads it decompressed
+    tar.unlink()
     write_parquet(root / 'p.parquet', [data['img3'], data['img4']])
     (root / 'folder').mkdir()
     for key in ('img5', 'img6'):
@@ -239,7 +256,7 @@ def test_stage_on_a_local_ray(sources, tiny_rn, tiny_metric):
 @pytest.mark.ray
 def test_engine_ray_equals_the_local_engine_and_resumes(sources, tiny_rn, tiny_metric, tmp_path):
     out = tmp_path / 'out'
-    inputs = [sources / 's0.tar', sources / 's1.tar', sources / 'p.parquet', sources / 'folder']
+    inputs = [sources / 's0.tar', sources / 's1.tar.gz', sources / 'p.parquet', sources / 'folder']
     run = cli('--engine', 'ray', *inputs, '-o', out, '--backbone', tiny_rn, '--batch-size', 2, '--no-progress')
     assert run.returncode == 1, run.stderr  # one sample is broken
     assert '4 shards scored in this run, 0 done before' in run.stdout
@@ -248,8 +265,8 @@ def test_engine_ray_equals_the_local_engine_and_resumes(sources, tiny_rn, tiny_m
     rows = rows_of(out)
     folder = str(sources / 'folder')
     assert sorted(zip(rows['shard'], rows['key'])) == sorted([
-        (str(sources / 's0.tar'), 'img0'), (str(sources / 's0.tar'), 'img1'), (str(sources / 's1.tar'), 'bad'),
-        (str(sources / 's1.tar'), 'img2'), (str(sources / 'p.parquet'), '0'), (str(sources / 'p.parquet'), '1'),
+        (str(sources / 's0.tar'), 'img0'), (str(sources / 's0.tar'), 'img1'), (str(sources / 's1.tar.gz'), 'bad'),
+        (str(sources / 's1.tar.gz'), 'img2'), (str(sources / 'p.parquet'), '0'), (str(sources / 'p.parquet'), '1'),
         (folder, f'{folder}/img5.png'), (folder, f'{folder}/img6.png')])
     failed = rows[rows['error'].notna()]
     assert list(failed['key']) == ['bad'] and failed['score'].isna().all()

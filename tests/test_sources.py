@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import gzip
 import io
 import sqlite3
 import tarfile
@@ -47,6 +48,13 @@ def write_shard(path: Path, members: dict[str, bytes]) -> Path:
     return path
 
 
+def gzipped(shard: Path, name: str) -> Path:
+    """A copy of ``shard`` compressed with gzip, beside it, named ``name``."""
+    target = shard.with_name(name)
+    target.write_bytes(gzip.compress(shard.read_bytes(), mtime=0))
+    return target
+
+
 def score(*args) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -79,8 +87,8 @@ def test_brace_patterns_and_kinds(tmp_path):
     for name in ('x.tar', 'y.TAR'):
         (tmp_path / name).write_bytes(b'')
     assert expand_pattern(str(tmp_path / '*.tar')) == [str(tmp_path / 'x.tar')]
-    assert [kind_of_input(n) for n in ('a.tar', 'a.parquet', 'a.png', str(tmp_path))] == \
-        ['webdataset', 'parquet', 'files', 'files']
+    assert [kind_of_input(n) for n in ('a.tar', 'a.tar.gz', 'b.TGZ', 'a.parquet', 'a.png', 'a.gz', str(tmp_path))] == \
+        ['webdataset', 'webdataset', 'webdataset', 'parquet', 'files', 'files', 'files']
 
 
 def test_a_shard_lists_samples_with_their_member_offsets_and_names_what_is_missing(tmp_path):
@@ -123,6 +131,88 @@ def test_a_truncated_shard_keeps_what_is_whole_and_names_the_sample_cut_short(tm
     assert webdataset.read(samples[1].locator) == encoded(1, size=(64, 64))
     with pytest.raises(ValueError, match='truncated shard'):
         webdataset.read(samples[2].locator)
+
+
+def test_gzip_shards_list_and_read_as_their_tar_whatever_their_name(tmp_path):
+    """A .tar.gz or .tgz lists the same samples as its tar (offsets in the uncompressed tar) and reads
+    the same bytes, in order or not; the content decides: a plain tar named .tar.gz, gzip named .tar."""
+    members = {f'{k}.png': encoded(k) for k in range(4)} | {'3.txt': b'caption', '4.txt': b'no image'}
+    plain = write_shard(tmp_path / 'p.tar', members)
+    shards = [gzipped(plain, 'g.tar.gz'), gzipped(plain, 'g.TGZ'), gzipped(plain, 'gzip-named.tar'),
+              tmp_path / 'plain-named.tar.gz']
+    shards[3].write_bytes(plain.read_bytes())
+    expected = webdataset.shard_samples(str(plain))
+    for shard in shards:
+        samples = collect_samples([shard])
+        assert [(s.key, s.locator[2:]) for s in samples] == [(s.key, s.locator[2:]) for s in expected]
+        assert webdataset.compressed(str(shard)) == (shard.name != 'plain-named.tar.gz')
+        for sample in samples[3::-1] + samples[:4]:  # behind the stream's position: it starts over
+            assert webdataset.read(sample.locator) == members[sample.key + '.png']
+        with pytest.raises(ValueError, match='no image member'):
+            webdataset.read(samples[4].locator)
+
+
+def test_damaged_gzip_keeps_the_samples_before_the_damage_and_names_the_shard(tmp_path):
+    """Truncated gzip data: the samples before the cut are read; the one cut short and the shard's own
+    row say why. A wrong CRC (found at the end) is the shard's error row. Empty shards: one row."""
+    images = {f'{k}.png': np.random.default_rng(k).bytes(3000) for k in range(4)}  # incompressible
+    whole = gzipped(write_shard(tmp_path / 'w.tar', images), 'w.tgz').read_bytes()
+    cut = tmp_path / 'cut.tgz'
+    cut.write_bytes(whole[:len(whole) // 2])  # inside the second image's data (3.5 KB per sample)
+    samples = webdataset.shard_samples(str(cut))
+    assert [s.key for s in samples] == ['0', '1', '']
+    assert webdataset.read(samples[0].locator) == images['0.png']
+    with pytest.raises(ValueError, match=r'the shard ends inside 1\.png \(a truncated shard, or damaged gzip'):
+        webdataset.read(samples[1].locator)
+    with pytest.raises(ValueError, match=r'the shard cut\.tgz is damaged after its first 2 samples: EOFError: '
+                                         'Compressed file ended'):
+        webdataset.read(samples[2].locator)
+    crc = tmp_path / 'crc.tgz'
+    crc.write_bytes(whole[:-8] + bytes([whole[-8] ^ 1]) + whole[-7:])
+    samples = webdataset.shard_samples(str(crc))
+    assert [s.key for s in samples] == ['0', '1', '2', '3', ''] and 'CRC check failed' in samples[-1].locator[3]
+    (tmp_path / 'empty.tgz').write_bytes(b'')
+    (tmp_path / 'nothing.tgz').write_bytes(gzip.compress(b''))
+    (tmp_path / 'no-members.tgz').write_bytes(gzip.compress(bytes(10240)))
+    for name, reason in (('empty.tgz', 'the file is empty'), ('nothing.tgz', 'ReadError: empty file'),
+                         ('no-members.tgz', 'the shard holds no samples')):
+        assert [(s.key, reason in s.locator[3]) for s in webdataset.shard_samples(str(tmp_path / name))] == \
+            [('', True)]
+
+
+def test_a_damaged_gzip_stream_fails_the_reads_that_reach_the_damage_and_only_those(tmp_path):
+    """The shard changed after listing (its data damaged past the first sample): the first sample is read,
+    the others fail at once with the reason, and never a traceback."""
+    images = {f'{k}.png': np.random.default_rng(k).bytes(3000) for k in range(3)}
+    shard = gzipped(write_shard(tmp_path / 'w.tar', images), 'w.tar.gz')
+    samples = webdataset.shard_samples(str(shard))
+    data = shard.read_bytes()
+    shard.write_bytes(data[:len(data) // 2])
+    assert webdataset.read(samples[0].locator) == images['0.png']
+    for sample in samples[1:]:
+        with pytest.raises(ValueError, match=r'the gzip data of the shard w\.tar\.gz is damaged before this sample '
+                                             'ends: EOFError'):
+            webdataset.read(sample.locator)
+
+
+def test_listing_and_reading_a_gzip_shard_hold_no_more_than_a_buffer(tmp_path):
+    """A 64 MB member (zeros: a few KB compressed) is read through, never held: listing and reading the
+    sample after it stay under 2 MB of Python memory (tracemalloc, which counts zlib's output)."""
+    import tracemalloc
+
+    with tarfile.open(tmp_path / 'big.tar.gz', 'w:gz') as archive:
+        for name, data in (('0.bin', bytes(64 << 20)), ('1.png', encoded(1))):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    tracemalloc.start()
+    try:
+        samples = webdataset.shard_samples(str(tmp_path / 'big.tar.gz'))
+        assert webdataset.read(samples[1].locator) == encoded(1)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [s.key for s in samples] == ['0', '1'] and peak < 2 << 20, peak
 
 
 def test_shards_are_split_whole_between_processes():
@@ -242,6 +332,95 @@ def test_a_half_done_shard_resumes_within_the_shard_and_refuses_other_settings(s
     assert output.read_bytes() == first
     status, _, stderr = score(*args, '--option', 'box_lam=0.3')
     assert status == 2 and 'other settings' in stderr and 'box_lam was 0.5, now 0.3' in stderr
+
+
+def test_gzip_shards_score_as_their_tars_and_a_cut_one_reports_what_it_lost(same_images, tiny_rn, tmp_path):
+    """data-000.tgz and data-001.tar.gz give data-000.tar and data-001.tar's scores, value for value; a
+    .tgz cut mid-gzip scores the samples before the cut and lists the others' reasons (exit 1)."""
+    common = ['--backbone', tiny_rn, '--batch-size', 2, '--num-workers', 1]
+    tars = [same_images / 'data-000.tar', same_images / 'data-001.tar']
+    compressed = [gzipped(tars[0], 'data-000.tgz'), gzipped(tars[1], 'data-001.tar.gz')]
+    assert score(*tars, '-o', tmp_path / 'tar.csv', *common)[0] == 0
+    status, stdout, _ = score(*compressed, '-o', tmp_path / 'gz.csv', *common)
+    assert status == 0 and 'scored 6 images' in stdout
+    plain, packed = read_csv(tmp_path / 'tar.csv'), read_csv(tmp_path / 'gz.csv')
+    assert [r['shard'] for r in packed] == [str(compressed[k // 3]) for k in range(6)]
+    assert [{**r, 'shard': ''} for r in packed] == [{**r, 'shard': ''} for r in plain]
+    data = compressed[0].read_bytes()
+    cut = tmp_path / 'cut.tgz'
+    cut.write_bytes(data[:len(data) * 2 // 3])
+    status, stdout, stderr = score(cut, '-o', tmp_path / 'cut.csv', *common)
+    errors = read_csv(tmp_path / 'cut.errors.csv')
+    assert status == 1 and 'Traceback' not in stderr and errors[-1]['key'] == ''
+    assert 'the shard cut.tgz is damaged after its first' in errors[-1]['error']
+    scored = [r['key'] for r in read_csv(tmp_path / 'cut.csv')]
+    assert scored and scored == [r['key'] for r in plain[:len(scored)]] and len(scored) + len(errors) - 1 <= 3
+    status, _, stderr = score(tmp_path / 'missing.tgz', '-o', tmp_path / 'm.csv', *common)
+    assert status == 2 and stderr.strip().endswith('missing.tgz does not exist: expected a WebDataset shard '
+                                                   '(.tar, .tar.gz, .tgz)')
+
+
+@pytest.mark.slow  # kill -9 of a fresh interpreter mid-shard
+def test_kill_9_inside_a_shard_resumes_with_the_missing_samples_only(tiny_rn, tiny_metric, tmp_path):
+    """A real ``pyiqa-maclip score shard-000.tar shard-001.tar`` killed (SIGKILL, its decoding worker too)
+    once its journal holds some but not all of the first shard's samples; a leftover of an export killed
+    midway too. The rerun scores only the missing samples and ends in the uninterrupted run's CSV: keys in
+    order, values equal or, where batches ran on other threads, both within float32 rounding of float64."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from rounding import assert_within_rounding, rounding_bound
+
+    from pyiqa_maclip.app.images import as_float, read_image
+
+    # 512 x 512 JPEGs: 9 views each, some 50 ms a sample; the 30 samples of the first shard leave a wide window
+    images = {f'{k:03d}': encoded(k, 'JPEG', size=(512, 512)) for k in range(36)}
+    keys = list(images)
+    shards = [write_shard(tmp_path / f'shard-00{n}.tar', {f'{k}.jpg': images[k] for k in part})
+              for n, part in enumerate((keys[:30], keys[30:]))]
+    args = [*shards, '--backbone', tiny_rn, '--batch-size', 1, '--num-workers', 1]
+    assert score(*args, '-o', tmp_path / 'whole.csv')[0] == 0
+
+    output = tmp_path / 'killed' / 'out.csv'
+    output.parent.mkdir()
+    journal = output.with_name(f'.{output.name}.pyiqa-maclip') / 'rank0.sqlite3'
+
+    def committed() -> int:
+        with contextlib.suppress(sqlite3.OperationalError):  # not created yet
+            with contextlib.closing(sqlite3.connect(f'file:{journal}?mode=ro', uri=True, timeout=10)) as db:
+                return db.execute('SELECT COUNT(*) FROM results').fetchone()[0]
+        return 0
+
+    run = subprocess.Popen([sys.executable, '-m', 'pyiqa_maclip', 'score', *map(str, args), '-o', str(output),
+                            '--no-progress'], start_new_session=True, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while committed() < 3:
+        assert run.poll() is None, run.stderr.read().decode()
+        assert time.monotonic() < deadline, 'no rows were committed'
+        time.sleep(0.01)
+    os.killpg(run.pid, signal.SIGKILL)  # the run and its decoding worker
+    run.wait()
+    run.stderr.close()
+    done = committed()
+    assert 3 <= done < 30  # inside the first shard
+    (journal.parent / 'tmpk3j2h1g0.part').write_bytes(b'half an export')  # as SIGKILL during an export leaves
+
+    status, stdout, _ = score(*args, '-o', output)
+    assert status == 0 and f'{36 - done} processed in this run, {done} done before' in stdout
+    assert not list(journal.parent.glob('*.part'))
+    whole, resumed = read_csv(tmp_path / 'whole.csv'), read_csv(output)
+    assert [(r['key'], r['shard']) for r in resumed] == [(r['key'], r['shard']) for r in whole]
+    assert [(k, str(shards[k >= '030'])) for k in keys] == [(r['key'], r['shard']) for r in whole]
+    differing = [i for i, (a, b) in enumerate(zip(resumed, whole)) if a != b]
+    if differing:  # other threads, other sums: each within its rounding bound of the float64 value
+        rounding = rounding_bound(tiny_metric, [as_float(read_image(io.BytesIO(images[keys[i]]))) for i in differing])
+        for field in COMPONENTS:
+            for rows in (resumed, whole):
+                assert_within_rounding([float(rows[i][field]) for i in differing], rounding, field)
 
 
 def test_parquet_input_scores_as_its_files(same_images, tiny_rn, tmp_path):

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
-from .files import Content, content, kind_of, same_content, write_file
+from .files import Content, content, kind_of, same_content, shown, write_file
 from .inputs import collect_paths
 from .journal import differences
-from .sources import parquet
+from .sources import SHARD_SUFFIXES, parquet, webdataset
 
 __all__ = ['Shard', 'plan_shards', 'expected_rows', 'Manifest', 'MANIFEST', 'KEY_COLUMNS', 'IMAGE_COLUMNS']
 
@@ -30,7 +30,6 @@ _FORMAT = 'pyiqa-maclip ray manifest 1'
 KEY_COLUMNS = ('key',)
 #: The image of a WebDataset sample or Parquet row: the first of these members or columns it has.
 IMAGE_COLUMNS = ('jpg', 'jpeg', 'png', 'webp', 'tif', 'tiff', 'bmp', 'image')
-_TAR_SUFFIXES = ('.tar', '.tgz', '.tar.gz')
 _SAMPLE_NAME = re.compile(r'^((?:.*/|)[^.]+)[.]([^/]*)$')  # WebDataset's (and Ray's) key.suffix split
 
 
@@ -46,7 +45,7 @@ class Shard:
     @property
     def output_name(self) -> str:
         name = Path(self.path).name
-        for suffix in (*_TAR_SUFFIXES, '.parquet'):
+        for suffix in (*SHARD_SUFFIXES, '.parquet'):
             if name.lower().endswith(suffix):
                 return name[:-len(suffix)] + '.parquet'
         return name + '.parquet'
@@ -58,11 +57,15 @@ def _shard(item: str, extensions) -> Shard:
         return Shard('files', path, tuple(collect_paths([path], extensions)))
     if not os.path.isfile(path):
         raise UserError(f'{item!r} does not exist: expected a WebDataset tar, a Parquet file or a folder of images')
-    if path.lower().endswith(_TAR_SUFFIXES):
+    if path.lower().endswith(SHARD_SUFFIXES):
+        if not path.lower().endswith('.tar') and not webdataset.compressed(path):
+            # Ray decompresses by the name (pyarrow's codec for .gz) and fails deep in a task on plain tar data
+            raise UserError(f'{shown(item)} is named as gzip-compressed but holds plain tar data: --engine ray '
+                            'reads it under a .tar name (rename it), or score it without --engine ray')
         return Shard('webdataset', path)
     if path.lower().endswith('.parquet'):
         return Shard('parquet', path)
-    raise UserError(f'{item!r}: --engine ray reads WebDataset shards ({", ".join(_TAR_SUFFIXES)}), Parquet files '
+    raise UserError(f'{item!r}: --engine ray reads WebDataset shards ({", ".join(SHARD_SUFFIXES)}), Parquet files '
                     '(.parquet) or folders of images')
 
 

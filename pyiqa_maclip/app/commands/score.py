@@ -1,8 +1,8 @@
 """``pyiqa-maclip score PATH [PATH ...] -o scores.csv [options]``: a collection into a CSV (or Parquet), resumably.
 
-PATH: image files, folders, path lists, WebDataset ``.tar`` shards (brace patterns too), Parquet
-files, or a ``datasets`` folder (saved with ``save_to_disk``, or of Parquet/Arrow files as the Hub
-keeps them; :mod:`..sources`).
+PATH: image files, folders, path lists, WebDataset shards (``.tar``, ``.tar.gz``, ``.tgz``; brace patterns
+too), Parquet files, or a ``datasets`` folder (saved with ``save_to_disk``, or of Parquet/Arrow files as
+the Hub keeps them; :mod:`..sources`).
 
 Everything that can be checked without torch is checked first (paths, the backbone name,
 options, the output, environment variables): a mistake costs a fraction of a second.
@@ -21,6 +21,7 @@ from ..metric_options import check_metric_options, is_maclip_metric
 from ..options import (add_device, add_loading, add_precision, add_source_options, check_device, integer_at_least,
                        parse_options, source_options)
 from ..ray_options import add_ray_options, check_ray_args
+from ..sources import SHARD_SUFFIXES
 
 __all__ = ['add_parser', 'run']
 
@@ -38,8 +39,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                '2 bad arguments or the run could not start, 130 interrupted (run again to resume)')
     parser.add_argument('inputs', nargs='+', metavar='PATH',
                         help=f'image file, folder (recursive), text file listing paths ({", ".join(LIST_SUFFIXES)}), '
-                             'WebDataset .tar shard (or a pattern such as data-{000..099}.tar), .parquet file, or a '
-                             'datasets folder (saved by save_to_disk, or of Parquet/Arrow files as on the Hub)')
+                             f'WebDataset shard ({", ".join(SHARD_SUFFIXES)}; or a pattern such as '
+                             'data-{000..099}.tar), .parquet file, or a datasets folder (saved by save_to_disk, or of '
+                             'Parquet/Arrow files as on the Hub)')
     parser.add_argument('-o', '--output', required=True, type=Path,
                         help='the file to write: scores.csv, or scores.parquet for Parquet')
     parser.add_argument('--metric', default='maclip',

@@ -6,8 +6,8 @@ files, else the absolute path of the shard or file holding it), its ``key`` with
 process reads its bytes (None for image files: the key is the path). The journal knows a sample
 by ``(source, key)``; the engine and report read it through :func:`sample_input`.
 
-Kinds (:data:`KINDS`), chosen per input by :func:`kind_of_input`: ``webdataset`` (``.tar``
-shards, brace patterns ``data-{000..099}.tar``), ``parquet`` (``.parquet`` files), ``hf``
+Kinds (:data:`KINDS`), chosen per input by :func:`kind_of_input`: ``webdataset`` (shards named
+by :data:`SHARD_SUFFIXES`, brace patterns ``data-{000..099}.tar``), ``parquet`` (``.parquet`` files), ``hf``
 (a folder saved by ``datasets``' ``save_to_disk``, or of a dataset's Parquet/Arrow files as the Hub
 keeps them: :func:`is_dataset_folder`), and ``files`` (image files, folders, path lists). Nothing
 here imports torch; pyarrow only when a Parquet or ``datasets`` input is read.
@@ -25,8 +25,9 @@ from typing import NamedTuple
 
 from ...errors import UserError
 
-__all__ = ['Sample', 'KINDS', 'KIND_NAMES', 'SourceOptions', 'expand_pattern', 'kind_of_input', 'is_dataset_folder',
-           'collect_samples', 'sample_input', 'split_by_source', 'input_files', 'files_read', 'check_options']
+__all__ = ['Sample', 'KINDS', 'KIND_NAMES', 'SHARD_SUFFIXES', 'SourceOptions', 'expand_pattern', 'kind_of_input',
+           'is_dataset_folder', 'collect_samples', 'sample_input', 'split_by_source', 'input_files', 'files_read',
+           'check_options']
 
 
 class Sample(NamedTuple):
@@ -53,6 +54,8 @@ KINDS = {'files': ('extensions',), 'webdataset': ('image_member',), 'parquet': (
 #: Each kind as a person names it, in messages.
 KIND_NAMES = {'files': 'image files and folders', 'webdataset': 'WebDataset shards', 'parquet': 'Parquet files',
               'hf': 'datasets folders'}
+#: The names of WebDataset shards: plain tar, or tar compressed with gzip (read as a stream).
+SHARD_SUFFIXES = ('.tar', '.tar.gz', '.tgz')
 _DATA_SUFFIXES = ('.parquet', '.arrow')
 _RANGE = re.compile(r'\{(\d+)\.\.(\d+)\}')
 _LIST = re.compile(r'\{([^{}]*,[^{}]*)\}')
@@ -79,7 +82,7 @@ def expand_pattern(pattern: str) -> list[str]:
 def kind_of_input(path: str) -> str:
     """The kind of collection ``path`` names (see the module docstring)."""
     lower = path.lower()
-    if lower.endswith('.tar'):
+    if lower.endswith(SHARD_SUFFIXES):
         return 'webdataset'
     if lower.endswith('.parquet'):
         return 'parquet'
