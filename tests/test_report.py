@@ -6,7 +6,7 @@ from PIL import Image
 
 from pyiqa_maclip.app import cli
 from pyiqa_maclip.app.report import read_collection, read_selection, select_quantiles
-from pyiqa_maclip.app.report.collection import _paths_at
+from pyiqa_maclip.app.report import exports
 
 
 def test_quantile_selection_picks_ranks_worst_to_best():
@@ -24,13 +24,12 @@ def test_quantile_selection_picks_ranks_worst_to_best():
 
 
 def test_paths_are_read_by_row_across_chunks(tmp_path, monkeypatch):
-    import pyiqa_maclip.app.report.collection as report
-
-    monkeypatch.setattr(report, '_CHUNK', 7)
+    monkeypatch.setattr(exports, '_CHUNK', 7)
     csv = tmp_path / 'scores.csv'
     pd.DataFrame({'path': [f'/p/{i}\r,"x".png' for i in range(30)], 'score': np.arange(30.0)}).to_csv(
         csv, index=False, lineterminator='\r\n')
-    assert _paths_at(csv, np.array([29, 0, 13])) == ['/p/29\r,"x".png', '/p/0\r,"x".png', '/p/13\r,"x".png']
+    assert exports.rows_at(csv, np.array([29, 0, 13]), ['path']) == [('/p/29\r,"x".png',), ('/p/0\r,"x".png',),
+                                                                     ('/p/13\r,"x".png',)]
 
 
 def test_report_picture_and_errors(tmp_path, capsys):

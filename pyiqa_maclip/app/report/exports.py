@@ -1,0 +1,174 @@
+"""A run's exports read without its journal: ``scores.csv`` or ``scores.parquet`` and ``scores.errors.csv``.
+
+Rows are named by a ``path`` column (image files) or by ``key`` and ``shard`` columns (samples of
+shards, Parquet files and datasets), as :func:`~..journal.display_path` writes names. A CSV is read
+as text (in chunks where a million rows would cost memory), a Parquet file with pyarrow, imported
+only for it. A sample's image is found again by listing its shard with the default options
+(:class:`Shards`): a run made with other ``--image-member`` / ``--key-column`` / ``--split``, or a
+shard moved since, leaves its rows without a picture.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ...errors import UserError, one_line
+from ..files import shown
+from ..sources import Sample
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ['NAMES', 'is_parquet', 'header', 'read', 'chunks', 'names_in', 'identity', 'rows_at', 'Shards']
+
+#: The columns naming a row: an image file's path, or a sample's key and shard.
+NAMES = (('path',), ('key', 'shard'))
+_CHUNK = 100_000
+_WRITTEN_BY = 'the scores written by pyiqa-maclip score (CSV or Parquet)'
+
+
+def is_parquet(file: Path) -> bool:
+    from ..outputs import PARQUET_SUFFIX
+
+    return file.suffix.lower() == PARQUET_SUFFIX
+
+
+def _parquet(file: Path):
+    """The pyarrow ParquetFile of ``file``; a :class:`UserError` if it is not one."""
+    from ..sources.parquet import import_pyarrow, mapped
+
+    pa = import_pyarrow()
+    try:
+        return pa.parquet.ParquetFile(mapped(os.fspath(file)))
+    except (OSError, pa.ArrowException) as error:
+        raise UserError(f'{shown(file)} is not a readable Parquet file ({one_line(error)}): expected '
+                        f'{_WRITTEN_BY}') from None
+
+
+def _flat_columns(parquet) -> list[str]:
+    """The columns a report reads: all but nested ones (the embedding list)."""
+    schema = parquet.schema_arrow
+    return [field.name for field in schema if not field.type.num_fields]
+
+
+def _frame(batch) -> pd.DataFrame:
+    """A pyarrow batch as pandas, text columns' nulls as ''."""
+    frame = batch.to_pandas()
+    for column in frame.columns:
+        if frame[column].dtype == object:
+            frame[column] = frame[column].fillna('')
+    return frame
+
+
+def _refused(file: Path, error: Exception) -> UserError:
+    return UserError(f'{shown(file)} is not a readable CSV ({one_line(error)}): expected {_WRITTEN_BY}')
+
+
+def header(file: Path) -> list[str]:
+    """The column names of a scores file (a Parquet file's nested columns left out)."""
+    import pandas as pd
+
+    if is_parquet(file):
+        return _flat_columns(_parquet(file))
+    try:
+        return list(pd.read_csv(file, nrows=0).columns)
+    except (OSError, ValueError, pd.errors.ParserError) as error:
+        raise _refused(file, error) from None
+
+
+def read(file: Path, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """The ``columns`` of a scores file whole (default: every column of :func:`header`): a CSV's as text,
+    a Parquet file's with their types."""
+    import pandas as pd
+
+    if is_parquet(file):
+        parquet = _parquet(file)
+        return _frame(parquet.read(columns=list(columns or _flat_columns(parquet))))
+    try:
+        return pd.read_csv(file, usecols=columns, dtype=str, keep_default_na=False)
+    except (OSError, ValueError, pd.errors.ParserError) as error:
+        raise _refused(file, error) from None
+
+
+def chunks(file: Path, columns: Sequence[str], size: int | None = None) -> Iterator[pd.DataFrame]:
+    """The ``columns`` of a scores file, ``size`` rows at a time (default 100,000), as :func:`read` gives them."""
+    import pandas as pd
+
+    size = size or _CHUNK
+    if is_parquet(file):
+        yield from map(_frame, _parquet(file).iter_batches(batch_size=size, columns=list(columns)))
+        return
+    try:
+        yield from pd.read_csv(file, usecols=list(columns), dtype=str, keep_default_na=False, chunksize=size)
+    except (OSError, ValueError, pd.errors.ParserError) as error:
+        raise _refused(file, error) from None
+
+
+def names_in(file: Path, columns: Sequence[str]) -> tuple[str, ...]:
+    """The columns naming the rows of ``file`` (one of :data:`NAMES`); a :class:`UserError` if it has neither."""
+    found = next((names for names in NAMES if set(names) <= set(columns)), None)
+    if found is None:
+        raise UserError(f'{shown(file)} has no path column, nor key and shard columns (columns: '
+                        f'{", ".join(map(str, columns))}): expected {_WRITTEN_BY}')
+    return found
+
+
+def _decoded(text: str) -> str:
+    """The name :func:`~..journal.display_path` wrote as ``text``; the text itself if it is not in that form
+    (a CSV made by hand)."""
+    from ..journal import decode_path_text
+
+    try:
+        return decode_path_text(text)
+    except UserError:
+        return text
+
+
+def identity(*names: str) -> str | Sample:
+    """What a row's name columns name: the image file of a ``path`` text (the text itself if such a file
+    exists: a CSV from elsewhere), or the sample of ``key, shard`` texts (without a locator)."""
+    if len(names) == 1:
+        return names[0] if os.path.lexists(names[0]) else _decoded(names[0])
+    key, shard = names
+    return Sample(shard if os.path.lexists(shard) else _decoded(shard), _decoded(key))
+
+
+def rows_at(file: Path, rows: Sequence[int], columns: Sequence[str]) -> list[tuple]:
+    """The ``columns`` values of the given data rows (0 = the first), in that order, read in chunks."""
+    wanted, start = {int(r): None for r in rows}, 0
+    for chunk in chunks(file, columns):
+        for row in [r for r in wanted if start <= r < start + len(chunk)]:
+            wanted[row] = tuple(chunk[c].iloc[row - start] for c in columns)
+        start += len(chunk)
+    return [wanted[int(r)] for r in rows]
+
+
+class Shards:
+    """Samples found again in their shards, each shard listed once (with the default options, no torch)
+    when a picture of one of its samples is first asked for."""
+
+    def __init__(self) -> None:
+        self._listed: dict[str, dict[str, Sample]] = {}
+
+    def _samples(self, shard: str) -> dict[str, Sample]:
+        from ..sources import collect_samples, kind_of_input
+
+        if shard not in self._listed:
+            found = []
+            # Only a shard, Parquet file or dataset: a name that became a folder of images is not walked.
+            if kind_of_input(shard) != 'files':
+                try:
+                    found = collect_samples([shard])
+                except (UserError, OSError, ValueError):  # moved, damaged, or not of this kind any more
+                    pass
+            self._listed[shard] = {s.key: s for s in found if s.source == os.path.abspath(shard)}
+        return self._listed[shard]
+
+    def __call__(self, image: str | Sample) -> str | Sample:
+        """``image`` as :func:`~.thumbnails.read_thumbnail` reads it: a sample without a locator gets its
+        shard's (it stays without one if its key is not found there)."""
+        if isinstance(image, str) or not image.source or image.locator is not None:
+            return image
+        return self._samples(image.source).get(image.key, image)
