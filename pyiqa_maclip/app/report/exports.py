@@ -4,8 +4,9 @@ Rows are named by a ``path`` column (image files) or by ``key`` and ``shard`` co
 shards, Parquet files and datasets), as :func:`~..journal.display_path` writes names. A CSV is read
 as text (in chunks where a million rows would cost memory), a Parquet file with pyarrow, imported
 only for it. A sample's image is found again by listing its shard with the default options
-(:class:`Shards`): a run made with other ``--image-member`` / ``--key-column`` / ``--split``, or a
-shard moved since, leaves its rows without a picture.
+(:class:`Shards`): the image the run read if it used them. A key not found there (a run with
+``--key-column``, a shard moved or deleted since) leaves its row without a picture; a run with
+``--image-member`` or ``--image-column`` may be shown the default member's or column's image.
 """
 from __future__ import annotations
 
@@ -157,8 +158,10 @@ class Shards:
 
         if shard not in self._listed:
             found = []
-            # Only a shard, Parquet file or dataset: a name that became a folder of images is not walked.
-            if kind_of_input(shard) != 'files':
+            # Only what score records as a source: a shard, a Parquet or data file, a saved dataset's folder
+            # (its state.json); any other folder named there is not walked.
+            saved = os.path.isfile(os.path.join(shard, 'state.json'))
+            if saved or (os.path.isfile(shard) and kind_of_input(shard) in ('webdataset', 'parquet')):
                 try:
                     found = collect_samples([shard])
                 except (UserError, OSError, ValueError):  # moved, damaged, or not of this kind any more
