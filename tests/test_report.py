@@ -251,3 +251,14 @@ def test_damaged_or_foreign_scores_are_refused_in_one_line(tmp_path, capsys, nam
         assert cli.main(['report', str(tmp_path / name), '-o', str(tmp_path / output), '--higher-is-better']) == 2
         err = capsys.readouterr().err
         assert err.count('\n') == 1 and words in err, err
+
+
+def test_a_damaged_errors_file_is_named_in_one_line(shard_run, capsys):
+    (shard_run / 'scores.errors.csv').write_bytes(b'key,shard,oops\r\n')
+    assert cli.main(['report', str(shard_run / 'scores.csv'), '-o', str(shard_run / 'r.png')]) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and 'scores.errors.csv has no error column' in err
+    (shard_run / 'scores.errors.csv').write_bytes(b'\xff\xfe\x00junk')
+    assert cli.main(['report', str(shard_run / 'scores.parquet'), '-o', str(shard_run / 'r.html')]) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and 'scores.errors.csv is not a readable CSV' in err

@@ -141,12 +141,12 @@ def _failures(scores_file: Path) -> pd.DataFrame:
     errors = WorkFiles(scores_file.absolute()).errors
     if not errors.is_file():
         return pd.DataFrame({'key': [], 'error': []}, dtype=str)
-    columns = exports.header(errors)
-    names = exports.names_in(errors, columns)
+    columns = exports.header(errors, exports.ERRORS_WRITTEN_BY)
+    names = exports.names_in(errors, columns, exports.ERRORS_WRITTEN_BY)
     if 'error' not in columns:
-        raise UserError(f'{shown(errors)} has no error column (columns: {", ".join(columns)}): expected the errors '
-                        'file written by pyiqa-maclip score')
-    failed = exports.read(errors, [*names, 'error'])
+        raise UserError(f'{shown(errors)} has no error column (columns: {", ".join(columns)}): expected '
+                        f'{exports.ERRORS_WRITTEN_BY}')
+    failed = exports.read(errors, [*names, 'error'], exports.ERRORS_WRITTEN_BY)
     keys = failed['path'] if len(names) == 1 else [label(s.source, s.key) for s in map(
         exports.identity, failed['key'], failed['shard'])]
     return pd.DataFrame({'key': keys, 'error': failed['error']}, dtype=str)

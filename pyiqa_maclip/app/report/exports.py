@@ -10,7 +10,9 @@ only for it. A sample's image is found again by listing its shard with the defau
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,12 +24,13 @@ from ..sources import Sample
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ['NAMES', 'is_parquet', 'header', 'read', 'chunks', 'names_in', 'identity', 'rows_at', 'Shards']
+__all__ = ['NAMES', 'ERRORS_WRITTEN_BY', 'is_parquet', 'header', 'read', 'chunks', 'names_in', 'identity', 'rows_at', 'Shards']
 
 #: The columns naming a row: an image file's path, or a sample's key and shard.
 NAMES = (('path',), ('key', 'shard'))
 _CHUNK = 100_000
 _WRITTEN_BY = 'the scores written by pyiqa-maclip score (CSV or Parquet)'
+ERRORS_WRITTEN_BY = 'the errors file written by pyiqa-maclip score'
 
 
 def is_parquet(file: Path) -> bool:
@@ -36,22 +39,26 @@ def is_parquet(file: Path) -> bool:
     return file.suffix.lower() == PARQUET_SUFFIX
 
 
+@contextlib.contextmanager
+def _reading(file: Path, expected: str) -> Iterator[None]:
+    """Whatever stops a scores or errors file being read, as a :class:`UserError` naming it."""
+    kind = 'Parquet file' if is_parquet(file) else 'CSV'
+    arrow = sys.modules.get('pyarrow')  # imported only if a Parquet file is read
+    try:
+        yield
+    except (OSError, ValueError, *((arrow.ArrowException,) if arrow else ())) as error:
+        raise UserError(f'{shown(file)} is not a readable {kind} ({one_line(error)}): expected {expected}') from None
+
+
 def _parquet(file: Path):
-    """The pyarrow ParquetFile of ``file``; a :class:`UserError` if it is not one."""
     from ..sources.parquet import import_pyarrow, mapped
 
-    pa = import_pyarrow()
-    try:
-        return pa.parquet.ParquetFile(mapped(os.fspath(file)))
-    except (OSError, pa.ArrowException) as error:
-        raise UserError(f'{shown(file)} is not a readable Parquet file ({one_line(error)}): expected '
-                        f'{_WRITTEN_BY}') from None
+    return import_pyarrow().parquet.ParquetFile(mapped(os.fspath(file)))
 
 
 def _flat_columns(parquet) -> list[str]:
     """The columns a report reads: all but nested ones (the embedding list)."""
-    schema = parquet.schema_arrow
-    return [field.name for field in schema if not field.type.num_fields]
+    return [field.name for field in parquet.schema_arrow if not field.type.num_fields]
 
 
 def _frame(batch) -> pd.DataFrame:
@@ -63,56 +70,45 @@ def _frame(batch) -> pd.DataFrame:
     return frame
 
 
-def _refused(file: Path, error: Exception) -> UserError:
-    return UserError(f'{shown(file)} is not a readable CSV ({one_line(error)}): expected {_WRITTEN_BY}')
-
-
-def header(file: Path) -> list[str]:
-    """The column names of a scores file (a Parquet file's nested columns left out)."""
+def header(file: Path, expected: str = _WRITTEN_BY) -> list[str]:
+    """The column names of a scores file (a Parquet file's nested columns left out); ``expected`` ends the
+    message of a file that cannot be read."""
     import pandas as pd
 
-    if is_parquet(file):
-        return _flat_columns(_parquet(file))
-    try:
-        return list(pd.read_csv(file, nrows=0).columns)
-    except (OSError, ValueError, pd.errors.ParserError) as error:
-        raise _refused(file, error) from None
+    with _reading(file, expected):
+        return _flat_columns(_parquet(file)) if is_parquet(file) else list(pd.read_csv(file, nrows=0).columns)
 
 
-def read(file: Path, columns: Sequence[str] | None = None) -> pd.DataFrame:
+def read(file: Path, columns: Sequence[str] | None = None, expected: str = _WRITTEN_BY) -> pd.DataFrame:
     """The ``columns`` of a scores file whole (default: every column of :func:`header`): a CSV's as text,
     a Parquet file's with their types."""
     import pandas as pd
 
-    if is_parquet(file):
+    with _reading(file, expected):
+        if not is_parquet(file):
+            return pd.read_csv(file, usecols=columns, dtype=str, keep_default_na=False)
         parquet = _parquet(file)
         return _frame(parquet.read(columns=list(columns or _flat_columns(parquet))))
-    try:
-        return pd.read_csv(file, usecols=columns, dtype=str, keep_default_na=False)
-    except (OSError, ValueError, pd.errors.ParserError) as error:
-        raise _refused(file, error) from None
 
 
 def chunks(file: Path, columns: Sequence[str], size: int | None = None) -> Iterator[pd.DataFrame]:
     """The ``columns`` of a scores file, ``size`` rows at a time (default 100,000), as :func:`read` gives them."""
     import pandas as pd
 
-    size = size or _CHUNK
-    if is_parquet(file):
-        yield from map(_frame, _parquet(file).iter_batches(batch_size=size, columns=list(columns)))
-        return
-    try:
-        yield from pd.read_csv(file, usecols=list(columns), dtype=str, keep_default_na=False, chunksize=size)
-    except (OSError, ValueError, pd.errors.ParserError) as error:
-        raise _refused(file, error) from None
+    with _reading(file, _WRITTEN_BY):
+        if is_parquet(file):
+            yield from map(_frame, _parquet(file).iter_batches(batch_size=size or _CHUNK, columns=list(columns)))
+        else:
+            yield from pd.read_csv(file, usecols=list(columns), dtype=str, keep_default_na=False,
+                                   chunksize=size or _CHUNK)
 
 
-def names_in(file: Path, columns: Sequence[str]) -> tuple[str, ...]:
+def names_in(file: Path, columns: Sequence[str], expected: str = _WRITTEN_BY) -> tuple[str, ...]:
     """The columns naming the rows of ``file`` (one of :data:`NAMES`); a :class:`UserError` if it has neither."""
     found = next((names for names in NAMES if set(names) <= set(columns)), None)
     if found is None:
         raise UserError(f'{shown(file)} has no path column, nor key and shard columns (columns: '
-                        f'{", ".join(map(str, columns))}): expected {_WRITTEN_BY}')
+                        f'{", ".join(map(str, columns))}): expected {expected}')
     return found
 
 
