@@ -1,5 +1,5 @@
-"""``pyiqa-maclip report SCORES.csv|SCORES.parquet -o REPORT.png|REPORT.html``: a scored collection shown to choose a threshold
-(see :mod:`pyiqa_maclip.app.report`)."""
+"""``pyiqa-maclip report SCORES.csv|SCORES.parquet -o REPORT.png|REPORT.html``: a scored collection shown to
+choose a threshold (see :mod:`pyiqa_maclip.app.report`)."""
 from __future__ import annotations
 
 import argparse
@@ -27,8 +27,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     'worst to best by the metric\'s direction. An HTML page (one offline file): every score, a '
                     'threshold to move with the counts kept and dropped, galleries, components, failures, downloads '
                     'of each side and the select command that applies the threshold. Scores, paths, failures and '
-                    'the metric come from the run\'s journal when it is beside the scores, else from the scores file (CSV or '
-                    'Parquet) and the errors file beside it; the images of a run on shards are found again by '
+                    'the metric come from the run\'s journal when it is beside the scores, else from the scores file '
+                    '(CSV or Parquet) and the errors file beside it; the images of a run on shards are found again by '
                     'listing their shard.',
         epilog='exit status: 0 the report was written, 2 a mistake (no such CSV, no score column, no direction, '
                'an output in the way)')

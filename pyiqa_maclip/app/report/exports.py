@@ -24,7 +24,8 @@ from ..sources import Sample
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ['NAMES', 'ERRORS_WRITTEN_BY', 'is_parquet', 'header', 'read', 'chunks', 'names_in', 'identity', 'rows_at', 'Shards']
+__all__ = ['NAMES', 'ERRORS_WRITTEN_BY', 'is_parquet', 'header', 'read', 'chunks', 'names_in', 'identity', 'rows_at',
+           'Shards']
 
 #: The columns naming a row: an image file's path, or a sample's key and shard.
 NAMES = (('path',), ('key', 'shard'))
