@@ -6,7 +6,7 @@ from PIL import Image
 
 from pyiqa_maclip.app import cli
 from pyiqa_maclip.app.report import read_collection, read_selection, select_quantiles
-from pyiqa_maclip.app.report.collection import _paths_at
+from pyiqa_maclip.app.report import exports
 
 
 def test_quantile_selection_picks_ranks_worst_to_best():
@@ -24,13 +24,12 @@ def test_quantile_selection_picks_ranks_worst_to_best():
 
 
 def test_paths_are_read_by_row_across_chunks(tmp_path, monkeypatch):
-    import pyiqa_maclip.app.report.collection as report
-
-    monkeypatch.setattr(report, '_CHUNK', 7)
+    monkeypatch.setattr(exports, '_CHUNK', 7)
     csv = tmp_path / 'scores.csv'
     pd.DataFrame({'path': [f'/p/{i}\r,"x".png' for i in range(30)], 'score': np.arange(30.0)}).to_csv(
         csv, index=False, lineterminator='\r\n')
-    assert _paths_at(csv, np.array([29, 0, 13])) == ['/p/29\r,"x".png', '/p/0\r,"x".png', '/p/13\r,"x".png']
+    assert exports.rows_at(csv, np.array([29, 0, 13]), ['path']) == [('/p/29\r,"x".png',), ('/p/0\r,"x".png',),
+                                                                     ('/p/13\r,"x".png',)]
 
 
 def test_report_picture_and_errors(tmp_path, capsys):
@@ -135,3 +134,131 @@ def test_the_journal_is_read_when_it_is_there(tmp_path, capsys):
         assert journal.metric == 'piqe' and journal.lower_better
     found = read_collection(csv, 5)
     assert found.paths == ['/b.png', '/a.png'] and found.failed == 1 and found.metric == 'piqe'
+
+
+# ---------------------------------------------------------------- a run on shards, without its journal (issue 29)
+
+_ODD = 'odd\r\n<b>&\udcff'  # CR, LF, markup and a byte that is not UTF-8, in a member's name
+_ODD_TEXT = 'odd\r\n<b>&\\xff'  # the same key as the scores file writes it
+
+
+@pytest.fixture
+def shard_run(tmp_path):
+    """Two shards and, written by hand as ``score`` writes them, the scores of a run on them (CSV and Parquet,
+    one key no longer in its shard) and its errors file; no work folder, so no journal."""
+    from test_sources import encoded, write_shard
+
+    first = write_shard(tmp_path / 'data-000.tar', {'a.png': encoded(1), 'b.jpg': encoded(2, 'JPEG'),
+                                                   f'{_ODD}.png': encoded(3)})
+    second = write_shard(tmp_path / 'data-001.tar', {'c.png': encoded(4)})
+    rows = [('a', first, '0.5'), ('b', first, '0.7'), (_ODD_TEXT, first, '0.2'), ('gone', first, '0.9'),
+            ('c', second, '0.4'), ('d', second, 'nan')]
+    frame = pd.DataFrame({'key': [r[0] for r in rows], 'shard': [str(r[1]) for r in rows],
+                          'score': [float(r[2]) for r in rows], 'metric': 'maclip', 'lower_better': False})
+    frame.to_csv(tmp_path / 'scores.csv', index=False, lineterminator='\r\n')
+    frame.to_parquet(tmp_path / 'scores.parquet', index=False)  # the errors file is beside both
+    pd.DataFrame({'key': ['bad\r<i>'], 'shard': [str(second)], 'error': ['OSError: broken']}).to_csv(
+        tmp_path / 'scores.errors.csv', index=False, lineterminator='\r\n')
+    return tmp_path
+
+
+def _page_data(page):
+    import json
+    import re
+
+    return json.loads(re.search(r'id="report-data">(.*?)</script>', page.read_text(encoding='utf-8'), re.S)[1])
+
+
+def test_a_shard_run_csv_is_reported_without_its_journal(shard_run, capsys):
+    csv = shard_run / 'scores.csv'
+    assert not any(p.name.endswith('.pyiqa-maclip') for p in shard_run.iterdir())
+    expected = pd.read_csv(csv, keep_default_na=False)
+    scored = int(np.isfinite(pd.to_numeric(expected['score'], errors='coerce')).sum())
+    failed = len(pd.read_csv(shard_run / 'scores.errors.csv'))
+    assert cli.main(['report', str(csv), '-o', str(shard_run / 'r.html')]) == 0
+    out = capsys.readouterr().out
+    assert f'{scored} scores, 4 thumbnails' in out and f'{failed} failed files' in out
+    assert '1 images unreadable' in out  # 'gone' is not in its shard any more
+    data = _page_data(shard_run / 'r.html')
+    first, second = shard_run / 'data-000.tar', shard_run / 'data-001.tar'
+    assert data['keys'] == [f'{first}, key a', f'{first}, key b', f'{first}, key odd\\r\\n<b>&\\xff',
+                            f'{first}, key gone', f'{second}, key c', f'{second}, key d']
+    assert sorted(map(int, data['thumbnails'])) == [0, 1, 2, 4]  # every row whose key is in its shard
+    assert data['failed'] == [[f'{second}, key bad\\r<i>', 'OSError: broken']]
+    assert '<b>' not in (shard_run / 'r.html').read_text(encoding='utf-8').split('report-data')[1]  # markup is text
+
+
+def test_a_shard_run_parquet_is_reported_without_its_journal(shard_run, capsys):
+    from pyiqa_maclip.app.sources import Sample
+
+    parquet = shard_run / 'scores.parquet'
+    scored = int(np.isfinite(pd.read_parquet(parquet)['score']).sum())
+    assert cli.main(['report', str(parquet), '-o', str(shard_run / 'r.png'), '--thumbnails', '24']) == 0
+    out = capsys.readouterr().out
+    assert f'{scored} scores, {scored} thumbnails from worst to best by maclip score' in out
+    assert '1 failed files' in out and '1 unscored rows' in out and '1 images unreadable' in out
+    with Image.open(shard_run / 'r.png') as picture:
+        assert picture.format == 'PNG' and picture.size[0] >= 1200
+    found = read_collection(parquet, 24)
+    assert [s.key for s in found.paths] == [_ODD, 'c', 'a', 'b', 'gone']  # worst to best
+    assert found.paths[-1] == Sample(str(shard_run / 'data-000.tar'), 'gone')  # not found: no locator
+    assert all(s.locator is not None for s in found.paths[:-1])
+    assert cli.main(['report', str(parquet), '-o', str(shard_run / 'r.html')]) == 0
+    assert _page_data(shard_run / 'r.html')['keys'][2] == f'{shard_run / "data-000.tar"}, key odd\\r\\n<b>&\\xff'
+
+
+def test_each_shard_is_listed_once_and_only_for_pictures(shard_run, capsys, monkeypatch):
+    import pyiqa_maclip.app.sources as sources
+
+    listed, collect = [], sources.collect_samples
+    monkeypatch.setattr(sources, 'collect_samples', lambda inputs, *a: listed.append(list(inputs)) or collect(inputs))
+    assert cli.main(['report', str(shard_run / 'scores.csv'), '-o', str(shard_run / 'r.html')]) == 0
+    assert sorted(listed) == [[str(shard_run / 'data-000.tar')], [str(shard_run / 'data-001.tar')]]
+    listed.clear()
+    assert cli.main(['report', str(shard_run / 'scores.csv'), '-o', str(shard_run / 'r.png'), '--thumbnails', '1']) == 0
+    assert listed == [[str(shard_run / 'data-000.tar')]]  # the worst row's shard only
+
+
+def test_a_moved_shard_gives_a_page_without_pictures(shard_run, capsys):
+    (shard_run / 'moved').mkdir()
+    for name in ('data-000.tar', 'data-001.tar'):
+        (shard_run / name).rename(shard_run / 'moved' / name)
+    assert cli.main(['report', str(shard_run / 'scores.parquet'), '-o', str(shard_run / 'r.html')]) == 0
+    out = capsys.readouterr().out
+    assert '5 scores, 0 thumbnails' in out and '5 images unreadable (shown without a picture)' in out
+    assert _page_data(shard_run / 'r.html')['thumbnails'] == {}
+
+
+def test_parquet_needs_pyarrow_only_when_given(shard_run, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, 'pyarrow', None)  # as if not installed
+    assert cli.main(['report', str(shard_run / 'scores.csv'), '-o', str(shard_run / 'r.png')]) == 0
+    capsys.readouterr()
+    assert cli.main(['report', str(shard_run / 'scores.parquet'), '-o', str(shard_run / 'r2.png')]) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and "pip install 'pyiqa-maclip[parquet]'" in err
+
+
+@pytest.mark.parametrize('name, content, words', [
+    ('s.parquet', b'PAR1 not really', 'is not a readable Parquet file'),
+    ('s.csv', b'', 'is not a readable CSV'),
+    ('s.csv', b'name,score\r\nx,0.5\r\n', 'has no path column, nor key and shard columns'),
+])
+def test_damaged_or_foreign_scores_are_refused_in_one_line(tmp_path, capsys, name, content, words):
+    (tmp_path / name).write_bytes(content)
+    for output in ('r.png', 'r.html'):
+        assert cli.main(['report', str(tmp_path / name), '-o', str(tmp_path / output), '--higher-is-better']) == 2
+        err = capsys.readouterr().err
+        assert err.count('\n') == 1 and words in err, err
+
+
+def test_a_damaged_errors_file_is_named_in_one_line(shard_run, capsys):
+    (shard_run / 'scores.errors.csv').write_bytes(b'key,shard,oops\r\n')
+    assert cli.main(['report', str(shard_run / 'scores.csv'), '-o', str(shard_run / 'r.png')]) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and 'scores.errors.csv has no error column' in err
+    (shard_run / 'scores.errors.csv').write_bytes(b'\xff\xfe\x00junk')
+    assert cli.main(['report', str(shard_run / 'scores.parquet'), '-o', str(shard_run / 'r.html')]) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and 'scores.errors.csv is not a readable CSV' in err

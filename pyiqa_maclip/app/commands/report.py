@@ -1,5 +1,5 @@
-"""``pyiqa-maclip report SCORES.csv -o REPORT.png|REPORT.html``: a scored collection shown to choose a threshold
-(see :mod:`pyiqa_maclip.app.report`)."""
+"""``pyiqa-maclip report SCORES.csv|SCORES.parquet -o REPORT.png|REPORT.html``: a scored collection shown to
+choose a threshold (see :mod:`pyiqa_maclip.app.report`)."""
 from __future__ import annotations
 
 import argparse
@@ -27,10 +27,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     'worst to best by the metric\'s direction. An HTML page (one offline file): every score, a '
                     'threshold to move with the counts kept and dropped, galleries, components, failures, downloads '
                     'of each side and the select command that applies the threshold. Scores, paths, failures and '
-                    'the metric come from the run\'s journal when it is beside the CSV, else from the CSV.',
+                    'the metric come from the run\'s journal when it is beside the scores, else from the scores file '
+                    '(CSV or Parquet) and the errors file beside it; the images of a run on shards are found again by '
+                    'listing their shard.',
         epilog='exit status: 0 the report was written, 2 a mistake (no such CSV, no score column, no direction, '
                'an output in the way)')
-    parser.add_argument('scores', metavar='SCORES.csv', type=Path, help='the CSV written by pyiqa-maclip score')
+    parser.add_argument('scores', metavar='SCORES', type=Path,
+                        help='the scores written by pyiqa-maclip score: scores.csv or scores.parquet')
     parser.add_argument('-o', '--output', required=True,
                         help='the report to write: report.html is the HTML page, any other name a PNG; a folder '
                              '(existing, or ending in /) gets report.png, or report.html with --format html')
@@ -71,8 +74,8 @@ def report_file(output: str, file_format: str = 'png') -> Path:
 def _check(args: argparse.Namespace, file_format: str, output: Path) -> None:
     """The mistakes seen before anything is read."""
     if not args.scores.is_file():
-        raise UserError(f'{shown(args.scores)} does not exist or is not a file: expected the CSV written by '
-                        'pyiqa-maclip score')
+        raise UserError(f'{shown(args.scores)} does not exist or is not a file: expected the scores written by '
+                        'pyiqa-maclip score (CSV or Parquet)')
     if args.explained is not None and file_format != 'html':
         raise UserError('--explained is for the HTML page: write -o report.html')
     if args.explained is not None and not args.explained.is_dir():
@@ -88,10 +91,15 @@ def _write_png(args: argparse.Namespace, output: Path, count: int) -> str:
 
     collection = read_collection(args.scores, count, args.lower_better)
     output.parent.mkdir(parents=True, exist_ok=True)
-    draw_report(collection, shown(args.scores.name), output)
-    unscored = f', {collection.unscored} unscored rows' if collection.unscored else ''
+    unreadable = draw_report(collection, shown(args.scores.name), output)
+    notes = [f'{collection.unscored} unscored rows' if collection.unscored else '', _unreadable(unreadable)]
     return (f'{len(collection.scores)} scores, {len(collection.paths)} thumbnails from worst to best by '
-            f'{axis_label(collection.metric, collection.lower_better)}, {collection.failed} failed files{unscored}')
+            f'{axis_label(collection.metric, collection.lower_better)}, {collection.failed} failed files'
+            + ''.join(f', {note}' for note in notes if note))
+
+
+def _unreadable(count: int) -> str:
+    return f'{count} images unreadable (shown without a picture)' if count else ''
 
 
 def _write_html(args: argparse.Namespace, output: Path, count: int) -> str:
@@ -107,7 +115,7 @@ def _write_html(args: argparse.Namespace, output: Path, count: int) -> str:
     scored = int(np.isfinite(table.rows['score'].to_numpy(dtype=float)).sum())
     unscored = len(table.rows) - scored
     notes = [f'{unscored} unscored rows' if unscored else '',
-             f'{pictures.unreadable} images unreadable (shown without a picture)' if pictures.unreadable else '',
+             _unreadable(pictures.unreadable),
              f'{pictures.quality_maps} quality maps' if args.explained is not None else '',
              f'{pictures.maps_left_out} more quality maps left out (a page holds 240)' if pictures.maps_left_out else '']
     return (f'{scored} scores, {pictures.thumbnails} thumbnails across the range by '

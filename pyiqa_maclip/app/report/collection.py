@@ -1,11 +1,13 @@
 """What a report shows: the finite scores, the rows at evenly spaced quantiles from worst to best, failures.
 
 The metric's direction decides what "worst" is. A run's journal (``score`` keeps it beside the
-CSV) gives scores, paths, failures and the metric; without one, the CSV's ``score`` column is
-read whole and its ``path`` column in chunks (a million rows take seconds), and the direction
-comes from its ``metric`` / ``lower_better`` columns or from the caller. Rows whose score is
-empty, NaN or infinite are counted as unscored. The HTML page shows every row (:func:`read_table`:
-scores, components, failures with their reasons), from the same sources.
+output) gives scores, paths or samples, failures and the metric; without one, the scores file
+(CSV or Parquet, rows named by ``path`` or by ``key`` and ``shard``: :mod:`.exports`) is read:
+its ``score`` column whole, its names in chunks (a million rows take seconds), the direction
+from its ``metric`` / ``lower_better`` columns or from the caller, failures from the errors
+file beside it. Rows whose score is empty, NaN or infinite are counted as unscored. The HTML
+page shows every row (:func:`read_table`: scores, components, failures with their reasons), from
+the same sources; rows are named by :func:`label` whichever the source.
 """
 from __future__ import annotations
 
@@ -16,17 +18,19 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from ...errors import UserError, one_line
+from ...errors import UserError
+from ..files import shown
+from ..sources import Sample
+from . import exports
 
 if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ['MARKED_QUANTILES', 'Selection', 'Collection', 'Table', 'select_quantiles', 'read_selection',
-           'read_collection', 'read_table', 'count_rows']
+           'read_collection', 'read_table', 'label']
 
 #: Quantiles of the scores marked on the histogram.
 MARKED_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
-_CHUNK = 100_000
 _DIRECTION_FLAGS = '--higher-is-better or --lower-is-better'
 
 
@@ -56,11 +60,16 @@ class Collection:
 class Table:
     """Every row of a scored collection, as the HTML page shows it."""
 
-    rows: pd.DataFrame  # key (the path as the CSV writes it), score (NaN where unscored), components
-    file_of: Callable[[int], str]  # the file of a row, by its position
+    rows: pd.DataFrame  # key (:func:`label`), score (NaN where unscored), components
+    file_of: Callable[[int], str | Sample]  # the file or sample of a row, by its position
     failed: pd.DataFrame  # key, error
-    metric: str  # '' when the CSV does not say
+    metric: str  # '' when the scores do not say
     lower_better: bool
+    image_of: Callable[[int], str | Sample] | None = None  # what a thumbnail reads, if not file_of's
+
+    def image(self, row: int) -> str | Sample:
+        """What the thumbnail of a row reads (:func:`~.thumbnails.read_thumbnail`)."""
+        return (self.image_of or self.file_of)(row)
 
 
 def select_quantiles(scores: np.ndarray, count: int, lower_better: bool = False) -> Selection:
@@ -90,86 +99,79 @@ def _collection(scores: np.ndarray, count: int, paths_at, failed: int, metric: s
                       len(scores) - len(finite), metric, lower_better)
 
 
-def _csv_path(text: str) -> str:
-    """The file a CSV's ``path`` text names: the text itself if such a file exists (a CSV from elsewhere), else
-    the path :func:`~..journal.display_path` wrote as that text."""
-    from ..journal import decode_path_text
-
-    if os.path.lexists(text):
-        return text
-    try:
-        return decode_path_text(text)
-    except UserError:
-        return text
-
-
-def _paths_at(csv_file: Path, rows: np.ndarray) -> list[str]:
-    """The files named by the ``path`` of the given data rows, reading the column in chunks."""
-    import pandas as pd
-
-    wanted = {int(r): None for r in rows}
-    start = 0
-    for chunk in pd.read_csv(csv_file, usecols=['path'], dtype={'path': str}, keep_default_na=False,
-                             chunksize=_CHUNK):
-        for row in [r for r in wanted if start <= r < start + len(chunk)]:
-            wanted[row] = chunk['path'].iloc[row - start]
-        start += len(chunk)
-    return [_csv_path(wanted[int(r)]) for r in rows]
-
-
-def count_rows(csv_file: Path) -> int:
-    """Data rows of a CSV with a ``path`` column; 0 if there is no such file."""
-    import pandas as pd
-
-    if not csv_file.is_file():
-        return 0
-    return sum(len(chunk) for chunk in pd.read_csv(csv_file, usecols=['path'], dtype=str, keep_default_na=False,
-                                                   chunksize=_CHUNK))
-
-
 def _check_agrees(source: Path, metric: str, known: bool, given: bool | None) -> None:
     """A :class:`UserError` if the direction the user gave contradicts the one ``source`` records."""
     if given is not None and given != known:
-        raise UserError(f'{source} was made by {metric}, for which {"lower" if known else "higher"} is better: '
-                        f'drop {_DIRECTION_FLAGS}')
+        raise UserError(f'{shown(source)} was made by {metric}, for which {"lower" if known else "higher"} is '
+                        f'better: drop {_DIRECTION_FLAGS}')
 
 
-def _csv_direction(csv_file: Path, header: list[str], lower_better: bool | None) -> tuple[str, bool]:
-    """The metric and its direction, from the CSV's first ``metric``/``lower_better`` values, else ``lower_better``."""
-    import pandas as pd
-
+def _direction(scores_file: Path, header: list[str], lower_better: bool | None) -> tuple[str, bool]:
+    """The metric and its direction, from the first ``metric``/``lower_better`` values, else ``lower_better``."""
     if {'metric', 'lower_better'} <= set(header):
-        first = pd.read_csv(csv_file, usecols=['metric', 'lower_better'], dtype=str, keep_default_na=False, nrows=1)
-        if len(first):
-            metric, stored = first['metric'].iloc[0], first['lower_better'].iloc[0].strip().lower()
+        first = next(exports.chunks(scores_file, ['metric', 'lower_better'], 1), None)
+        if first is not None and len(first):
+            metric, stored = str(first['metric'].iloc[0]), str(first['lower_better'].iloc[0]).strip().lower()
             if stored not in ('true', 'false'):
-                raise UserError(f'{csv_file}: lower_better is {stored!r}: expected True or False')
-            _check_agrees(csv_file, metric, stored == 'true', lower_better)
+                raise UserError(f'{shown(scores_file)}: lower_better is {stored!r}: expected True or False')
+            _check_agrees(scores_file, metric, stored == 'true', lower_better)
             return metric, stored == 'true'
     if lower_better is None:
-        raise UserError(f'{csv_file} does not say which metric made it (no metric and lower_better columns): pass '
-                        f'{_DIRECTION_FLAGS}')
+        raise UserError(f'{shown(scores_file)} does not say which metric made it (no metric and lower_better '
+                        f'columns): pass {_DIRECTION_FLAGS}')
     return '', lower_better
 
 
-def read_selection(csv_file: str | os.PathLike, count: int, lower_better: bool | None = None) -> Collection:
-    """The collection of a scores CSV (and its ``.errors.csv``); ``lower_better`` for a CSV without the
-    ``metric``/``lower_better`` columns."""
+def label(source: str, key: str) -> str:
+    """How a report names a row: an image file by its path as the CSV writes it; a sample as
+    ``<shard>, key <key>`` (:func:`~..explain.sample_label`, through :func:`~..files.shown`)."""
+    from ..explain import sample_label
+    from ..journal import display_path
+
+    return sample_label(Sample(source, key)) if source else display_path(os.fsencode(key))
+
+
+def _failures(scores_file: Path) -> pd.DataFrame:
+    """``key, error`` of the ``.errors.csv`` beside ``scores_file`` (none if it is not there), keys labelled
+    as :func:`label` does."""
     import pandas as pd
 
     from ..files import WorkFiles
 
-    csv_file = Path(csv_file)
-    try:
-        header = list(pd.read_csv(csv_file, nrows=0).columns)
-        column = pd.read_csv(csv_file, usecols=['score'], dtype={'score': str}, keep_default_na=False)['score']
-    except (OSError, ValueError, pd.errors.ParserError) as error:
-        raise UserError(f'{csv_file} is not a scores CSV with a score column: {one_line(error)}') from None
-    metric, lower_better = _csv_direction(csv_file, header, lower_better)
-    scores = pd.to_numeric(column, errors='coerce').to_numpy(dtype=float)
-    failed = count_rows(WorkFiles(csv_file.absolute()).errors)
-    return _collection(scores, count, lambda rows: _paths_at(csv_file, rows), failed, metric, lower_better,
-                       str(csv_file))
+    errors = WorkFiles(scores_file.absolute()).errors
+    if not errors.is_file():
+        return pd.DataFrame({'key': [], 'error': []}, dtype=str)
+    columns = exports.header(errors, exports.ERRORS_WRITTEN_BY)
+    names = exports.names_in(errors, columns, exports.ERRORS_WRITTEN_BY)
+    if 'error' not in columns:
+        raise UserError(f'{shown(errors)} has no error column (columns: {", ".join(columns)}): expected '
+                        f'{exports.ERRORS_WRITTEN_BY}')
+    failed = exports.read(errors, [*names, 'error'], exports.ERRORS_WRITTEN_BY)
+    keys = failed['path'] if len(names) == 1 else [label(s.source, s.key) for s in map(
+        exports.identity, failed['key'], failed['shard'])]
+    return pd.DataFrame({'key': keys, 'error': failed['error']}, dtype=str)
+
+
+def read_selection(scores_file: str | os.PathLike, count: int, lower_better: bool | None = None) -> Collection:
+    """The collection of a scores file (CSV or Parquet) and its ``.errors.csv``; ``lower_better`` for one
+    without the ``metric``/``lower_better`` columns. Samples get their shard's locator (:class:`~.exports.Shards`)."""
+    import pandas as pd
+
+    scores_file = Path(scores_file)
+    header = exports.header(scores_file)
+    if 'score' not in header:
+        raise UserError(f'{shown(scores_file)} has no score column (columns: {", ".join(header)}): expected the '
+                        'scores written by pyiqa-maclip score')
+    names = exports.names_in(scores_file, header)
+    metric, lower_better = _direction(scores_file, header, lower_better)
+    scores = pd.to_numeric(exports.read(scores_file, ['score'])['score'], errors='coerce').to_numpy(dtype=float)
+    shards = exports.Shards()
+
+    def paths_at(rows):
+        return [shards(exports.identity(*found)) for found in exports.rows_at(scores_file, rows, names)]
+
+    return _collection(scores, count, paths_at, len(_failures(scores_file)), metric, lower_better,
+                       shown(scores_file))
 
 
 def _as_written(value: float) -> float:
@@ -179,16 +181,16 @@ def _as_written(value: float) -> float:
 
 
 def _journal_table(journal_file: Path) -> Table:
-    """Every result of a run's journal, in the order stored, its numbers as the CSV writes them; keys are the
-    paths (or, for shards, the samples' keys) as the CSV writes them."""
+    """Every result of a run's journal, in the order stored, its numbers as the CSV writes them; keys are
+    :func:`label`'s."""
     import pandas as pd
 
-    from ..journal import Journal, display_path
+    from ..journal import Journal
 
     with Journal(journal_file) as journal:
         columns, rows, paths, failed = journal.columns, [], [], []
         for result in journal.results():
-            key = display_path(os.fsencode(result.key))
+            key = label(result.source, result.key)
             if result.error is not None:
                 failed.append((key, result.error))
                 continue
@@ -208,69 +210,57 @@ def _read_journal(journal_file: Path, count: int) -> Collection:
                        table.lower_better, str(journal_file))
 
 
-def _run_journal(csv_file: Path) -> Path | None:
-    """The journal of the run that wrote ``csv_file``, if it is there."""
+def _run_journal(scores_file: Path) -> Path | None:
+    """The journal of the run that wrote ``scores_file``, if it is there."""
     from ..files import WorkFiles
 
-    journal_file = WorkFiles(csv_file.absolute()).journal(0)
+    journal_file = WorkFiles(scores_file.absolute()).journal(0)
     return journal_file if journal_file.is_file() else None
 
 
-def read_collection(csv_file: str | os.PathLike, count: int, lower_better: bool | None = None) -> Collection:
-    """The collection scored into ``csv_file``: from the run's journal if it is there (its metric decides the
-    direction; a contradicting ``lower_better`` is refused), else from the CSV (see :func:`read_selection`)."""
-    csv_file = Path(csv_file)
-    journal_file = _run_journal(csv_file)
+def read_collection(scores_file: str | os.PathLike, count: int, lower_better: bool | None = None) -> Collection:
+    """The collection scored into ``scores_file``: from the run's journal if it is there (its metric decides the
+    direction; a contradicting ``lower_better`` is refused), else from the file (see :func:`read_selection`)."""
+    scores_file = Path(scores_file)
+    journal_file = _run_journal(scores_file)
     if journal_file is None:
-        return read_selection(csv_file, count, lower_better)
+        return read_selection(scores_file, count, lower_better)
     collection = _read_journal(journal_file, count)
-    _check_agrees(csv_file, collection.metric, collection.lower_better, lower_better)
+    _check_agrees(scores_file, collection.metric, collection.lower_better, lower_better)
     return collection
 
 
-def _csv_failures(csv_file: Path):
-    """``key, error`` of the ``.errors.csv`` beside ``csv_file`` (none if it is not there)."""
+def _file_table(scores_file: Path, lower_better: bool | None) -> Table:
+    """Every row of a scores file: keys as :func:`label` names them, numeric columns as score and components."""
     import pandas as pd
 
-    from ..files import WorkFiles
-
-    errors = WorkFiles(csv_file.absolute()).errors
-    if not errors.is_file():
-        return pd.DataFrame({'key': [], 'error': []}, dtype=str)
-    try:
-        failed = pd.read_csv(errors, usecols=['path', 'error'], dtype=str, keep_default_na=False)
-    except (OSError, ValueError, pd.errors.ParserError) as error:
-        raise UserError(f'{errors} is not an errors CSV with path and error columns: {one_line(error)}') from None
-    return failed.rename(columns={'path': 'key'})
-
-
-def _csv_table(csv_file: Path, lower_better: bool | None) -> Table:
-    """Every row of a scores CSV: its text as keys, its numeric columns as score and components."""
-    import pandas as pd
-
-    try:
-        table = pd.read_csv(csv_file, dtype=str, keep_default_na=False)
-    except (OSError, ValueError, pd.errors.ParserError) as error:
-        raise UserError(f'{csv_file} is not a readable CSV: {one_line(error)}') from None
-    for column in ('path', 'score'):
-        if column not in table.columns:
-            raise UserError(f'{csv_file} has no {column} column (columns: {", ".join(table.columns)}): expected the '
-                            'CSV written by pyiqa-maclip score')
-    metric, lower_better = _csv_direction(csv_file, list(table.columns), lower_better)
+    table = exports.read(scores_file)
+    names = exports.names_in(scores_file, list(table.columns))
+    if 'score' not in table.columns:
+        raise UserError(f'{shown(scores_file)} has no score column (columns: {", ".join(table.columns)}): expected '
+                        'the scores written by pyiqa-maclip score')
+    metric, lower_better = _direction(scores_file, list(table.columns), lower_better)
     numbers = {c: pd.to_numeric(table[c], errors='coerce') for c in table.columns
-               if c not in ('path', 'metric', 'lower_better')}
+               if c not in (*names, 'metric', 'lower_better')}
     components = {c: v for c, v in numbers.items() if c == 'score' or v.notna().any()}  # text columns left out
-    rows = pd.DataFrame({'key': table['path'], **components})
-    return Table(rows, lambda row: _csv_path(rows['key'].iloc[row]), _csv_failures(csv_file), metric, lower_better)
+    if len(names) == 1:
+        keys, file_of = table['path'], lambda row: exports.identity(table['path'].iloc[row])
+    else:
+        samples = list(map(exports.identity, table['key'], table['shard']))
+        keys, file_of = [label(s.source, s.key) for s in samples], samples.__getitem__
+    shards = exports.Shards()
+    rows = pd.DataFrame({'key': keys, **components}).astype({'key': str})
+    return Table(rows, file_of, _failures(scores_file), metric, lower_better, lambda row: shards(file_of(row)))
 
 
-def read_table(csv_file: str | os.PathLike, lower_better: bool | None = None) -> Table:
-    """Every row of the collection scored into ``csv_file`` (for the HTML page): from the run's journal if it
-    is there, else from the CSV and its ``.errors.csv``; the direction as :func:`read_collection` finds it."""
-    csv_file = Path(csv_file)
-    journal_file = _run_journal(csv_file)
+def read_table(scores_file: str | os.PathLike, lower_better: bool | None = None) -> Table:
+    """Every row of the collection scored into ``scores_file`` (for the HTML page): from the run's journal if
+    it is there, else from the file (CSV or Parquet) and its ``.errors.csv``; the direction as
+    :func:`read_collection` finds it."""
+    scores_file = Path(scores_file)
+    journal_file = _run_journal(scores_file)
     if journal_file is None:
-        return _csv_table(csv_file, lower_better)
+        return _file_table(scores_file, lower_better)
     table = _journal_table(journal_file)
-    _check_agrees(csv_file, table.metric, table.lower_better, lower_better)
+    _check_agrees(scores_file, table.metric, table.lower_better, lower_better)
     return table

@@ -213,7 +213,7 @@ def _thumbnails(table: Table, count: int) -> tuple[dict[int, bytes], int]:
     """JPEG thumbnails of the rows :func:`choose_thumbnail_rows` picks (only those images are read), and how
     many of them could not be read."""
     rows = choose_thumbnail_rows(table.rows['score'].to_numpy(dtype=float), table.lower_better, count)
-    pictures = {row: read_thumbnail(table.file_of(row), THUMBNAIL_PIXELS) for row in rows}
+    pictures = {row: read_thumbnail(table.image(row), THUMBNAIL_PIXELS) for row in rows}
     readable = {row: thumbnail_jpeg(picture) for row, picture in pictures.items() if picture is not None}
     return readable, len(pictures) - len(readable)
 

@@ -52,12 +52,13 @@ def _histogram(axes, collection: Collection, title: str) -> None:
                    'quantiles of the scores (dashed)', fontsize=13, pad=42)
 
 
-def draw_report(collection: Collection, title: str, output: Path, columns: int = 6) -> Path:
-    """Histogram with quantile marks over a grid of thumbnails, worst first; saved as a PNG (width >= 1200 px)."""
+def draw_report(collection: Collection, title: str, output: Path, columns: int = 6) -> int:
+    """Histogram with quantile marks over a grid of thumbnails, worst first; saved as a PNG (width >= 1200 px).
+    Returns how many thumbnails could not be read (drawn as "cannot read")."""
     from matplotlib.figure import Figure
 
     selection, paths = collection.selection, collection.paths
-    rows = math.ceil(len(paths) / columns)
+    rows, unreadable = math.ceil(len(paths) / columns), 0
     figure = Figure(figsize=(columns * _CELL, 4.2 + (_CELL + 0.4) * rows), dpi=_DPI, layout='constrained')
     grid = figure.add_gridspec(1 + rows, columns, height_ratios=[4.2] + [_CELL + 0.4] * rows)
     _histogram(figure.add_subplot(grid[0, :]), collection, title)
@@ -65,6 +66,7 @@ def draw_report(collection: Collection, title: str, output: Path, columns: int =
         axes = figure.add_subplot(grid[1 + i // columns, i % columns])
         picture = read_thumbnail(path, _THUMBNAIL)
         if picture is None:
+            unreadable += 1
             axes.text(0.5, 0.5, 'cannot read', ha='center', va='center', fontsize=11)
         else:
             axes.imshow(np.asarray(picture))
@@ -72,4 +74,5 @@ def draw_report(collection: Collection, title: str, output: Path, columns: int =
         axes.set_xlabel(_short(shown(Path(path).name if isinstance(path, str) else path.key)), fontsize=10)
         axes.set_xticks([])
         axes.set_yticks([])
-    return write_figure(figure, output)
+    write_figure(figure, output)
+    return unreadable

@@ -18,12 +18,16 @@ QUALITY_MAP_PIXELS = 1800
 
 def read_thumbnail(path, pixels: int):
     """A PIL RGB picture of the image at ``path`` (a file, or a sample of a shard) whose longer side is at most ``pixels``, or None if it
-    cannot be read. Decoded as every command reads images (``app.images.read_image``) and subsampled
-    before any conversion, so a large photo costs little."""
+    cannot be read (a sample without a locator: not found again in its shard). Decoded as every command
+    reads images (``app.images.read_image``) and subsampled before any conversion, so a large photo costs
+    little."""
     from PIL import Image
 
     from ..images import as_float, read_image
+    from ..sources import Sample
 
+    if isinstance(path, Sample) and path.source and path.locator is None:
+        return None  # its key is no path: never opened as one
     try:
         image = read_image(path)
         step = max(1, max(image.shape[-2:]) // (4 * pixels))
