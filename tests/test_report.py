@@ -229,6 +229,25 @@ def test_a_moved_shard_gives_a_page_without_pictures(shard_run, capsys):
     assert _page_data(shard_run / 'r.html')['thumbnails'] == {}
 
 
+def test_without_the_journal_no_picture_is_guessed(tmp_path, capsys):
+    """A sample holding two images (the run may have read either, by --image-member) and a Parquet file's row
+    (its image column is not in the exports) are shown without a picture, never with one that may be another
+    image; a sample holding one image next to its caption is pictured."""
+    from test_sources import encoded, write_shard
+
+    shard = write_shard(tmp_path / 'two.tar', {'k.jpg': encoded(1, 'JPEG'), 'k.png': encoded(2),
+                                               'one.png': encoded(3), 'one.txt': b'a caption'})
+    table = tmp_path / 'rows.parquet'
+    pd.DataFrame({'key': ['r'], 'image': [encoded(4)]}).to_parquet(table, index=False)
+    frame = pd.DataFrame({'key': ['k', 'one', '0'], 'shard': [str(shard), str(shard), str(table)],
+                          'score': [0.4, 0.6, 0.5], 'metric': 'maclip', 'lower_better': False})
+    frame.to_csv(tmp_path / 'scores.csv', index=False)
+    assert cli.main(['report', str(tmp_path / 'scores.csv'), '-o', str(tmp_path / 'r.html')]) == 0
+    assert '3 scores, 1 thumbnails' in capsys.readouterr().out
+    data = _page_data(tmp_path / 'r.html')
+    assert list(data['thumbnails']) == ['1']  # the row of 'one'
+
+
 def test_parquet_needs_pyarrow_only_when_given(shard_run, capsys, monkeypatch):
     import sys
 

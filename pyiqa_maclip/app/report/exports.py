@@ -3,10 +3,11 @@
 Rows are named by a ``path`` column (image files) or by ``key`` and ``shard`` columns (samples of
 shards, Parquet files and datasets), as :func:`~..journal.display_path` writes names. A CSV is read
 as text (in chunks where a million rows would cost memory), a Parquet file with pyarrow, imported
-only for it. A sample's image is found again by listing its shard with the default options
-(:class:`Shards`): the image the run read if it used them. A key not found there (a run with
-``--key-column``, a shard moved or deleted since) leaves its row without a picture; a run with
-``--image-member`` or ``--image-column`` may be shown the default member's or column's image.
+only for it. A WebDataset sample's image is found again by listing its shard (:class:`Shards`) when
+the sample holds a single image member, so that no ``--image-member`` could have chosen another.
+Other rows are shown without a picture: samples holding several images, samples of Parquet files
+and datasets (the exports do not record the image column, nor where a data file's rows start in
+its split), and shards moved or deleted since.
 """
 from __future__ import annotations
 
@@ -151,19 +152,20 @@ class Shards:
         self._listed: dict[str, dict[str, Sample]] = {}
 
     def _samples(self, shard: str) -> dict[str, Sample]:
-        from ..sources import collect_samples, kind_of_input
+        from ..sources import collect_samples, kind_of_input, webdataset
 
         if shard not in self._listed:
-            found = []
-            # Only what score records as a source: a shard, a Parquet or data file, a saved dataset's folder
-            # (its state.json); any other folder named there is not walked.
-            saved = os.path.isfile(os.path.join(shard, 'state.json'))
-            if saved or (os.path.isfile(shard) and kind_of_input(shard) in ('webdataset', 'parquet')):
+            found, unambiguous = [], set()
+            # Only WebDataset shards: which column of a Parquet file held the image, or where a data file's
+            # rows start in its dataset's split, is not in the exports; and any other path named there is
+            # not walked.
+            if os.path.isfile(shard) and kind_of_input(shard) == 'webdataset':
                 try:
-                    found = collect_samples([shard])
+                    found, unambiguous = collect_samples([shard]), webdataset.keys_with_one_image(shard)
                 except (UserError, OSError, ValueError):  # moved, damaged, or not of this kind any more
                     pass
-            self._listed[shard] = {s.key: s for s in found if s.source == os.path.abspath(shard)}
+            self._listed[shard] = {s.key: s for s in found
+                                   if s.source == os.path.abspath(shard) and s.key in unambiguous}
         return self._listed[shard]
 
     def __call__(self, image: str | Sample) -> str | Sample:

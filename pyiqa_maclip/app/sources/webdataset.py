@@ -26,7 +26,7 @@ from ...errors import UserError, error_text
 from ..files import shown
 from . import SHARD_SUFFIXES, Sample
 
-__all__ = ['IMAGE_MEMBERS', 'sample_key', 'shard_name', 'compressed', 'shard_samples', 'collect', 'read']
+__all__ = ['IMAGE_MEMBERS', 'keys_with_one_image', 'sample_key', 'shard_name', 'compressed', 'shard_samples', 'collect', 'read']
 
 #: The image member of a sample, when ``--image-member`` names none: the first of these present.
 IMAGE_MEMBERS = ('jpg', 'jpeg', 'png', 'webp')
@@ -165,10 +165,9 @@ class _Salvaging:
         return data
 
 
-def shard_samples(shard: str, image_member: str | None = None) -> list[Sample]:
-    """The samples of one shard, in shard order, each with its image's offset and size (or the reason
-    it has none)."""
-    source = shard_name(shard)
+def _grouped(shard: str) -> tuple[dict[str, dict[str, _Member]], int, BaseException | None]:
+    """The members of ``shard`` by sample key and extension (the first of each), the size of the tar, and
+    the error that cut the listing short (None)."""
     try:
         listed, whole, error = _members(shard)
     except OSError as unreadable:  # permissions, I/O: the shard's one error row says why
@@ -180,6 +179,14 @@ def shard_samples(shard: str, image_member: str | None = None) -> list[Sample]:
                 found[split[0]] = {split[1]: member}
             else:
                 members.setdefault(split[1], member)
+    return found, whole, error
+
+
+def shard_samples(shard: str, image_member: str | None = None) -> list[Sample]:
+    """The samples of one shard, in shard order, each with its image's offset and size (or the reason
+    it has none)."""
+    source = shard_name(shard)
+    found, whole, error = _grouped(shard)
     wanted = (image_member.lower().lstrip('.'),) if image_member else IMAGE_MEMBERS
     samples = []
     for key, members in found.items():
@@ -196,11 +203,21 @@ def shard_samples(shard: str, image_member: str | None = None) -> list[Sample]:
         else:
             samples.append(Sample(source, key, ('webdataset', source, member.offset_data, member.size)))
     if error is not None or not samples:
+        where = f'after its first {len(found)} samples' if found else 'before its first sample'
         problem = 'the shard holds no samples' if error is None else \
-            f'the shard {shown(os.path.basename(shard))} is damaged after its first {len(found)} samples: ' \
-            f'{error_text(error)}'
+            f'the shard {shown(os.path.basename(shard))} is damaged {where}: {error_text(error)}'
         samples.append(Sample(source, '', ('webdataset', source, None, problem)))
     return samples
+
+
+def keys_with_one_image(shard: str) -> set[str]:
+    """The keys of the samples holding exactly one member with an image file's extension (any format PIL
+    opens): whichever ``--image-member`` a run gave, that member is the image it read."""
+    from ..inputs import image_extensions
+
+    images = {extension.lstrip('.') for extension in image_extensions()}
+    found = _grouped(shard)[0]
+    return {key for key, members in found.items() if sum(e in images for e in members) == 1}
 
 
 def collect(inputs: Iterable[str], image_member: str | None = None) -> list[Sample]:
