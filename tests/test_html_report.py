@@ -175,6 +175,30 @@ def test_select_keeps_the_rows_the_threshold_keeps(tmp_path, capsys):
     assert len(pd.read_csv(band)) == table['score'].between(0.4, 0.6).sum()
 
 
+def test_select_keeps_a_parquet_scores_files_rows_whole(tmp_path, capsys):
+    """A scores.parquet (as -o scores.parquet --embeddings writes it) gives kept.parquet: the rows pandas keeps,
+    every column with its type, the embedding lists included; a CSV output for it is refused in one line."""
+    pa = pytest.importorskip('pyarrow')
+    import pyarrow.parquet as pq
+
+    scores = [0.2, 0.7, float('nan'), 0.5, 0.9]
+    table = pa.table({'key': ['a', 'b\r\n<c>', 'c', 'd', 'e'], 'shard': ['/s/0.tar'] * 5, 'score': scores,
+                      'metric': ['maclip'] * 5, 'lower_better': [False] * 5,
+                      'embedding': pa.array([[float(i), 1.0] for i in range(5)], pa.list_(pa.float32(), 2))})
+    pq.write_table(table, tmp_path / 'scores.parquet')
+    assert cli.main(['select', str(tmp_path / 'scores.parquet'), '--min-score', '0.5',
+                     '-o', str(tmp_path / 'kept.parquet')]) == 0
+    assert '3 of 5 rows kept (1 without a finite score, never kept)' in capsys.readouterr().out
+    kept = pq.read_table(tmp_path / 'kept.parquet')
+    assert kept.schema == table.schema
+    assert kept.column('key').to_pylist() == ['b\r\n<c>', 'd', 'e']
+    assert kept.column('embedding').to_pylist() == [[1.0, 1.0], [3.0, 1.0], [4.0, 1.0]]
+    assert cli.main(['select', str(tmp_path / 'scores.parquet'), '--min-score', '0.5',
+                     '-o', str(tmp_path / 'kept.csv')]) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and 'expected an output such as kept.parquet' in err
+
+
 def test_select_refuses_mistakes_in_one_line(tmp_path, capsys):
     path, _ = _scores_csv(tmp_path, lower_better=True)
     output = tmp_path / 'kept.csv'
@@ -182,7 +206,7 @@ def test_select_refuses_mistakes_in_one_line(tmp_path, capsys):
     for args, message in (([], 'no threshold'),
                           (['--min-score', '0.6', '--max-score', '0.4'], 'no score passes both'),
                           (['--min-score', '0.5'], 'pass --overwrite'),
-                          (['--min-score', '0.5', '-o', str(path), '--overwrite'], 'is the scores CSV itself')):
+                          (['--min-score', '0.5', '-o', str(path), '--overwrite'], 'is the scores file itself')):
         assert cli.main(['select', str(path), '-o', str(output), *args]) == 2
         err = capsys.readouterr().err
         assert err.count('\n') == 1 and message in err

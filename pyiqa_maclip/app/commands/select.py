@@ -1,5 +1,6 @@
-"""``pyiqa-maclip select SCORES.csv --min-score T -o kept.csv``: the rows of a scores CSV that a threshold
-keeps, in the same CSV form (the command the HTML report shows for its threshold)."""
+"""``pyiqa-maclip select SCORES.csv --min-score T -o kept.csv``: the rows of a scores file that a threshold
+keeps, in the same form (the command the HTML report shows for its threshold). A ``scores.parquet``
+gives ``kept.parquet``, every column kept (the embeddings too)."""
 from __future__ import annotations
 
 import argparse
@@ -7,8 +8,9 @@ import math
 import sys
 from pathlib import Path
 
-from ...errors import UserError, one_line
+from ...errors import UserError
 from ..files import check_replaceable, shown
+from ..report.exports import is_parquet
 
 __all__ = ['add_parser', 'run']
 
@@ -25,17 +27,20 @@ def _score(text: str) -> float:
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        'select', help='the rows of a scores CSV a threshold keeps',
-        description='Write the rows of a CSV written by `pyiqa-maclip score` whose score passes the threshold: '
+        'select', help='the rows of a scores CSV (or Parquet file) a threshold keeps',
+        description='Write the rows of a CSV (or Parquet file) written by `pyiqa-maclip score` whose score passes '
+                    'the threshold, in the same form: '
                     '--min-score T keeps score >= T (a higher-is-better metric such as MA-CLIP), --max-score T '
                     'keeps score <= T (a lower-is-better one); both keep the band between. A score equal to the '
                     'threshold is kept; rows without a finite score never are. Rows keep their order and text.',
         epilog='exit status: 0 the rows were written, 2 a mistake (no such CSV, no score column, no threshold, '
                'an output in the way)')
-    parser.add_argument('scores', metavar='SCORES.csv', type=Path, help='the CSV written by pyiqa-maclip score')
+    parser.add_argument('scores', metavar='SCORES.csv', type=Path,
+                        help='the CSV (or .parquet) written by pyiqa-maclip score')
     parser.add_argument('--min-score', type=_score, metavar='T', help='keep the rows with score >= T')
     parser.add_argument('--max-score', type=_score, metavar='T', help='keep the rows with score <= T')
-    parser.add_argument('-o', '--output', required=True, type=Path, help='the CSV to write, e.g. kept.csv')
+    parser.add_argument('-o', '--output', required=True, type=Path,
+                        help='the file to write, of the scores file\'s kind: kept.csv, or kept.parquet')
     parser.add_argument('--overwrite', action='store_true', help='replace the output if it exists')
     return parser
 
@@ -50,29 +55,40 @@ def _check(args: argparse.Namespace) -> None:
         raise UserError(f'{shown(args.scores)} does not exist or is not a file: expected the CSV written by '
                         'pyiqa-maclip score')
     if args.output.exists() and args.output.samefile(args.scores):
-        raise UserError(f'-o {shown(args.output)} is the scores CSV itself: choose another output')
+        raise UserError(f'-o {shown(args.output)} is the scores file itself: choose another output')
+    if is_parquet(args.output) != is_parquet(args.scores):
+        wanted = 'kept.parquet' if is_parquet(args.scores) else 'kept.csv'
+        raise UserError(f'-o {shown(args.output)}: the rows are written in the form of {shown(args.scores.name)}; '
+                        f'expected an output such as {wanted}')
     check_replaceable(args.output, args.overwrite)
 
 
-def _read(csv_file: Path):
-    """The CSV as text (every cell as written) and its scores as floats (NaN where not a number)."""
-    import pandas as pd
+def _read(scores_file: Path):
+    """The scores file as text (every cell as written; the whole pyarrow table of a Parquet file, whose
+    rows are written back as they are) and its scores as floats (NaN where not a number)."""
+    from ..report import exports
 
+    columns = exports.header(scores_file)
+    if 'score' not in columns:
+        raise UserError(f'{shown(scores_file)} has no score column (columns: {", ".join(columns)}): expected '
+                        'the scores written by pyiqa-maclip score')
+    table = exports.read(scores_file)
+    whole = exports.read_arrow(scores_file) if is_parquet(scores_file) else table
+    return table, whole, table['score'].map(_number).to_numpy(dtype=float)
+
+
+def _number(value) -> float:
     try:
-        table = pd.read_csv(csv_file, dtype=str, keep_default_na=False)
-    except (OSError, ValueError, pd.errors.ParserError) as error:
-        raise UserError(f'{shown(csv_file)} is not a readable CSV: {one_line(error)}') from None
-    if 'score' not in table.columns:
-        raise UserError(f'{shown(csv_file)} has no score column (columns: {", ".join(table.columns)}): expected '
-                        'the CSV written by pyiqa-maclip score')
-    return table, pd.to_numeric(table['score'], errors='coerce').to_numpy(dtype=float)
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def _warn_direction(table, args: argparse.Namespace) -> None:
     """A warning when the only bound given keeps the worst rows of the metric the CSV names."""
     if 'lower_better' not in table.columns or (args.min_score is not None and args.max_score is not None):
         return
-    directions = set(table['lower_better'].str.lower())
+    directions = set(table['lower_better'].astype(str).str.lower())
     if directions == {'true'} and args.min_score is not None:
         print('pyiqa-maclip select: warning: the CSV\'s metric is lower-is-better, so --min-score keeps its worst '
               'rows; --max-score keeps the best', file=sys.stderr)
@@ -86,10 +102,11 @@ def run(args: argparse.Namespace) -> int:
 
     from ..files import check_writable_folder
     from ..journal import write_csv
+    from ..report import exports
 
     _check(args)
     check_writable_folder(args.output.parent, f'the output {shown(args.output)}')
-    table, scores = _read(args.scores)
+    table, whole, scores = _read(args.scores)
     _warn_direction(table, args)
     kept = np.isfinite(scores)
     unscored = int(len(scores) - kept.sum())
@@ -98,7 +115,13 @@ def run(args: argparse.Namespace) -> int:
     if args.max_score is not None:
         kept &= scores <= args.max_score
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    write_csv(table[kept].itertuples(index=False, name=None), list(table.columns), args.output)
+    if is_parquet(args.scores):
+        from ..files import write_file
+
+        with write_file(args.output, 'wb') as file:
+            exports.pyarrow_parquet().write_table(whole.filter(kept), file)
+    else:
+        write_csv(table[kept].itertuples(index=False, name=None), list(table.columns), args.output)
     print(f'{shown(args.output)}: {int(kept.sum())} of {len(scores)} rows kept'
           + (f' ({unscored} without a finite score, never kept)' if unscored else ''))
     return 0

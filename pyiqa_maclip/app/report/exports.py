@@ -25,8 +25,8 @@ from ..sources import Sample
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ['NAMES', 'ERRORS_WRITTEN_BY', 'is_parquet', 'header', 'read', 'chunks', 'names_in', 'identity', 'rows_at',
-           'Shards']
+__all__ = ['NAMES', 'ERRORS_WRITTEN_BY', 'is_parquet', 'header', 'read', 'read_arrow', 'pyarrow_parquet', 'chunks',
+           'names_in', 'identity', 'rows_at', 'Shards']
 
 #: The columns naming a row: an image file's path, or a sample's key and shard.
 NAMES = (('path',), ('key', 'shard'))
@@ -91,6 +91,19 @@ def read(file: Path, columns: Sequence[str] | None = None, expected: str = _WRIT
             return pd.read_csv(file, usecols=columns, dtype=str, keep_default_na=False)
         parquet = _parquet(file)
         return _frame(parquet.read(columns=list(columns or _flat_columns(parquet))))
+
+
+def read_arrow(file: Path, expected: str = _WRITTEN_BY):
+    """A Parquet scores file whole as a pyarrow table, nested columns (the embeddings) included."""
+    with _reading(file, expected):
+        return _parquet(file).read()
+
+
+def pyarrow_parquet():
+    """pyarrow's Parquet module (one line naming the extra to install if pyarrow is missing)."""
+    from ..sources.parquet import import_pyarrow
+
+    return import_pyarrow().parquet
 
 
 def chunks(file: Path, columns: Sequence[str], size: int | None = None) -> Iterator[pd.DataFrame]:

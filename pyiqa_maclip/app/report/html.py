@@ -147,6 +147,7 @@ def _page_data(table, *, metric: str, lower_better: bool, thumbnails: Mapping[in
                   and np.issubdtype(table[c].dtype, np.number)]
     return {
         'title': title, 'metric': metric, 'lowerBetter': bool(lower_better), 'scoresFile': shlex.quote(scores_file),
+        'keptFile': 'kept.parquet' if scores_file.lower().endswith('.parquet') else 'kept.csv',
         'keys': [str(k) for k in table['key']], 'scores': _numbers(scores),
         'components': {str(c): _numbers(table[c]) for c in components},
         'quantiles': {f'{q:.0%}': float(np.quantile(finite, q)) for q in MARKED_QUANTILES} if len(finite) else {},

@@ -205,7 +205,7 @@
   }
   function selectCommand() {
     const option = data.lowerBetter ? '--max-score' : '--min-score';
-    return `pyiqa-maclip select ${data.scoresFile} ${option} ${String(state.threshold)} -o kept.csv`;
+    return `pyiqa-maclip select ${data.scoresFile} ${option} ${String(state.threshold)} -o ${data.keptFile}`;
   }
   function setThreshold(value) {
     const t = Number(value);
