@@ -516,3 +516,16 @@ def test_two_processes_split_by_shard_and_give_the_single_process_output(same_im
                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
     assert run.returncode == 0 and 'on 2 processes' in run.stderr, run.stderr
     assert pq.read_table(tmp_path / 'two.parquet').equals(pq.read_table(tmp_path / 'single.parquet'))
+
+
+def test_reading_order_follows_each_source_forward():
+    """Thumbnails of a compressed shard are read in shard order (each read goes forward through one stream)."""
+    from pyiqa_maclip.app.sources import reading_order
+
+    samples = [Sample('/b.tgz', 'x', ('webdataset', '/b.tgz', 4096, 10)), 'photo.png',
+               Sample('/a.tar', 'y', ('webdataset', '/a.tar', 2048, 10)),
+               Sample('/b.tgz', 'z', ('webdataset', '/b.tgz', 512, 10)),
+               Sample('/b.tgz', '', ('webdataset', '/b.tgz', None, 'the shard holds no samples')),
+               Sample('/p.parquet', '3', ('parquet', '/p.parquet', 1, 0, 'image')),
+               Sample('/p.parquet', '1', ('parquet', '/p.parquet', 0, 1, 'image'))]
+    assert reading_order(samples) == [1, 2, 4, 3, 0, 6, 5]

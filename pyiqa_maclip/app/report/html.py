@@ -35,7 +35,7 @@ import numpy as np
 from ...errors import UserError
 from ..files import write_file
 from .collection import MARKED_QUANTILES, Table  # the PNG report marks the same quantiles
-from .thumbnails import quality_map_png, read_thumbnail
+from .thumbnails import quality_map_png, read_thumbnails
 
 __all__ = ['MAX_THUMBNAILS', 'DEFAULT_THUMBNAILS', 'THUMBNAIL_PIXELS', 'Pictures', 'choose_thumbnail_rows',
            'thumbnail_jpeg', 'write_html_report', 'write_table_report']
@@ -214,7 +214,7 @@ def _thumbnails(table: Table, count: int) -> tuple[dict[int, bytes], int]:
     """JPEG thumbnails of the rows :func:`choose_thumbnail_rows` picks (only those images are read), and how
     many of them could not be read."""
     rows = choose_thumbnail_rows(table.rows['score'].to_numpy(dtype=float), table.lower_better, count)
-    pictures = {row: read_thumbnail(table.image(row), THUMBNAIL_PIXELS) for row in rows}
+    pictures = dict(zip(rows, read_thumbnails([table.image(row) for row in rows], THUMBNAIL_PIXELS)))
     readable = {row: thumbnail_jpeg(picture) for row, picture in pictures.items() if picture is not None}
     return readable, len(pictures) - len(readable)
 

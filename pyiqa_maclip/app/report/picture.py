@@ -13,7 +13,7 @@ import numpy as np
 
 from ..files import shown, write_figure
 from .collection import MARKED_QUANTILES, Collection
-from .thumbnails import read_thumbnail
+from .thumbnails import read_thumbnails
 
 __all__ = ['draw_report', 'axis_label']
 
@@ -62,9 +62,9 @@ def draw_report(collection: Collection, title: str, output: Path, columns: int =
     figure = Figure(figsize=(columns * _CELL, 4.2 + (_CELL + 0.4) * rows), dpi=_DPI, layout='constrained')
     grid = figure.add_gridspec(1 + rows, columns, height_ratios=[4.2] + [_CELL + 0.4] * rows)
     _histogram(figure.add_subplot(grid[0, :]), collection, title)
-    for i, (path, q, score) in enumerate(zip(paths, selection.quantiles, selection.scores)):
+    pictures = read_thumbnails(paths, _THUMBNAIL)
+    for i, (path, picture, q, score) in enumerate(zip(paths, pictures, selection.quantiles, selection.scores)):
         axes = figure.add_subplot(grid[1 + i // columns, i % columns])
-        picture = read_thumbnail(path, _THUMBNAIL)
         if picture is None:
             unreadable += 1
             axes.text(0.5, 0.5, 'cannot read', ha='center', va='center', fontsize=11)

@@ -6,19 +6,20 @@ either; an image that cannot be read is ``None`` (shown as missing), never an er
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ['read_thumbnail', 'quality_map_png', 'QUALITY_MAP_PIXELS']
+__all__ = ['read_thumbnail', 'read_thumbnails', 'quality_map_png', 'QUALITY_MAP_PIXELS']
 
 #: The longer side of an ``explain`` picture as a report holds it, in pixels (``explain`` draws 1,800).
 QUALITY_MAP_PIXELS = 1800
 
 
 def read_thumbnail(path, pixels: int):
-    """A PIL RGB picture of the image at ``path`` (a file, or a sample of a shard) whose longer side is at most ``pixels``, or None if it
-    cannot be read (a sample without a locator: not found again in its shard). Decoded as every command
+    """A PIL RGB picture of the image at ``path`` (a file, or a sample of a shard) whose longer side is at
+    most ``pixels``, or None if it cannot be read (a sample without a locator: not found again in its shard). Decoded as every command
     reads images (``app.images.read_image``) and subsampled before any conversion, so a large photo costs
     little."""
     from PIL import Image
@@ -57,3 +58,14 @@ def quality_map_png(path: Path, pixels: int = QUALITY_MAP_PIXELS) -> bytes | Non
     buffer = io.BytesIO()
     picture.save(buffer, format='PNG', optimize=True)
     return buffer.getvalue()
+
+
+def read_thumbnails(paths: Sequence, pixels: int) -> list:
+    """:func:`read_thumbnail` of each of ``paths``, read in the order their shards hold them (a compressed
+    shard is read forward once, not from its start for each picture), given back in the order of ``paths``."""
+    from ..sources import reading_order
+
+    pictures: list = [None] * len(paths)
+    for index in reading_order(paths):
+        pictures[index] = read_thumbnail(paths[index], pixels)
+    return pictures

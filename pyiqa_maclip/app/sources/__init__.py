@@ -27,7 +27,7 @@ from ...errors import UserError
 
 __all__ = ['Sample', 'KINDS', 'KIND_NAMES', 'SHARD_SUFFIXES', 'SourceOptions', 'expand_pattern', 'kind_of_input',
            'is_dataset_folder', 'collect_samples', 'sample_input', 'split_by_source', 'input_files', 'files_read',
-           'check_options']
+           'reading_order', 'check_options']
 
 
 class Sample(NamedTuple):
@@ -194,6 +194,18 @@ def sample_input(sample: Sample) -> str | io.BytesIO:
     if sample.locator is None:
         return sample.key
     return io.BytesIO(_module(sample.locator[0]).read(sample.locator))
+
+
+def reading_order(samples: Sequence[Sample | str]) -> list[int]:
+    """The positions of ``samples`` (or paths) in the order their sources hold them: by source, then by
+    place in it (a shard member's offset, a Parquet row group and row), image files as given."""
+    def place(index: int) -> tuple:
+        sample = samples[index]
+        if isinstance(sample, str) or sample.locator is None:
+            return '', index
+        return sample.source, *(x if isinstance(x, int) else -1 for x in sample.locator[2:-1] or (index,))
+
+    return sorted(range(len(samples)), key=place)
 
 
 def files_read(samples: Sequence[Sample]) -> list[str]:

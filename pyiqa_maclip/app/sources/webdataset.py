@@ -26,7 +26,8 @@ from ...errors import UserError, error_text
 from ..files import shown
 from . import SHARD_SUFFIXES, Sample
 
-__all__ = ['IMAGE_MEMBERS', 'keys_with_one_image', 'sample_key', 'shard_name', 'compressed', 'shard_samples', 'collect', 'read']
+__all__ = ['IMAGE_MEMBERS', 'keys_with_one_image', 'sample_key', 'shard_name', 'compressed', 'shard_samples', 'collect',
+           'read']
 
 #: The image member of a sample, when ``--image-member`` names none: the first of these present.
 IMAGE_MEMBERS = ('jpg', 'jpeg', 'png', 'webp')
