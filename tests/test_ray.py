@@ -174,6 +174,11 @@ def test_gzip_tars_are_planned_and_a_plain_tar_named_as_gzip_is_refused(tmp_path
         ('webdataset', 'b.parquet', 2), ('webdataset', 'd.parquet', 2)]
     with pytest.raises(UserError, match=r'c\.tar\.gz is named as gzip-compressed but holds plain tar data'):
         plan_shards([tmp_path / 'c.tar.gz'])
+    (tmp_path / 'saved').mkdir()  # a datasets folder (save_to_disk) is no folder of images to Ray
+    for name in ('state.json', 'dataset_info.json'):
+        (tmp_path / 'saved' / name).write_text('{}')
+    with pytest.raises(UserError, match=r'saved is a datasets folder: --engine ray reads WebDataset shards'):
+        plan_shards([tmp_path / 'saved'])
 
 
 def test_without_ray_one_line_before_torch(tmp_path):

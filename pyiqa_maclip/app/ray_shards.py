@@ -20,7 +20,7 @@ from ..errors import UserError
 from .files import Content, content, kind_of, same_content, shown, write_file
 from .inputs import collect_paths
 from .journal import differences
-from .sources import SHARD_SUFFIXES, parquet, webdataset
+from .sources import SHARD_SUFFIXES, kind_of_input, parquet, webdataset
 
 __all__ = ['Shard', 'plan_shards', 'expected_rows', 'Manifest', 'MANIFEST', 'KEY_COLUMNS', 'IMAGE_COLUMNS']
 
@@ -53,6 +53,9 @@ class Shard:
 
 def _shard(item: str, extensions) -> Shard:
     path = os.path.abspath(item)
+    if os.path.isdir(path) and kind_of_input(path) == 'hf':
+        raise UserError(f'{shown(item)} is a datasets folder: --engine ray reads WebDataset shards, Parquet files '
+                        'and folders of images; score it without --engine ray')
     if os.path.isdir(path):
         return Shard('files', path, tuple(collect_paths([path], extensions)))
     if not os.path.isfile(path):
