@@ -7,9 +7,9 @@ a. Throughput of the engine (decoding workers under the pixel budget, batches, j
    on the same JPEG images (512x384) as files in a folder and as samples of two shards, with one
    scorer built once (MA-CLIP on random RN50-shaped weights: real ones cannot be downloaded here,
    and timing does not depend on the values); and with a scorer that only averages pixels, so that
-   what differs between the two (reading and decoding) is all there is to time. Rounds alternate
-   folder and shards; the median of each is kept, so their ratio compares like with like on a
-   shared machine.
+   what differs between the two (reading and decoding) is all there is to time. Each round runs
+   folder and shards back to back, in turn first; the ratio is the median of the rounds' ratios
+   (with their range), so a shared machine's changing speed meets both alike.
 b. --embeddings: the scorer with and without the embedding column on the same decoded images
    (alternating rounds, medians): the embedding is the global view's feature scoring computes anyway.
 c. Listing the keys of ``--shards`` shards of ``--samples`` samples (a ``.jpg`` and a ``.json``
@@ -85,19 +85,26 @@ def _collection(root: Path, count: int) -> dict[str, list[Path]]:
 
 
 def throughput(root: Path, inputs: dict[str, list[Path]], count: int, rounds: int, scorer, fingerprint: dict,
-               columns: tuple[str, ...]) -> dict[str, float]:
-    """Images per second of the engine on folder and shards, rounds alternating, medians."""
+               columns: tuple[str, ...]) -> tuple[dict[str, float], list[float]]:
+    """Images per second of the engine on folder and shards (medians), and the ratio shards / folder of
+    each round. Rounds run the two back to back, in turn first (ABBA), so that a change of the machine's
+    speed meets both alike."""
     device = torch.device('cpu')
     times: dict[str, list[float]] = {name: [] for name in inputs}
     for round_ in range(rounds):
-        for name, given in inputs.items():
-            samples = collect_samples(given)
+        for name in (list(inputs) if round_ % 2 == 0 else list(inputs)[::-1]):
+            samples = collect_samples(inputs[name])
             journal_file = root / f'{name}-{len(times[name])}-{id(scorer)}.sqlite3'
             with Journal.create(journal_file, fingerprint, columns) as journal:
                 start = time.perf_counter()
                 score_into(journal, samples, scorer, device, batch_size=8, num_workers=2)
                 times[name].append(time.perf_counter() - start)
-    return {name: count / statistics.median(values) for name, values in times.items()}
+    ratios = [folder / shards for folder, shards in zip(times['folder'], times['shards'])]
+    return {name: count / statistics.median(values) for name, values in times.items()}, ratios
+
+
+def _ratio(ratios: list[float]) -> str:
+    return f'{statistics.median(ratios):.3f} (rounds {min(ratios):.2f}-{max(ratios):.2f})'
 
 
 def compressed(root: Path, count: int, rounds: int) -> dict[str, tuple[float, float]]:
@@ -169,22 +176,22 @@ def main() -> None:
         print(f'machine: {machine()}; load average {load:.1f} before\n')
         print('| what | figure |\n|---|---|')
         if 'throughput' not in args.skip:
-            plain = throughput(root, _collection(root / 'plain', args.decode_images), args.decode_images,
-                               args.rounds, _PixelMean(), _PixelMean.fingerprint, _PixelMean.columns)
+            plain, plain_ratios = throughput(root, _collection(root / 'plain', args.decode_images), args.decode_images,
+                                             args.rounds, _PixelMean(), _PixelMean.fingerprint, _PixelMean.columns)
             inputs = _collection(root, args.images)
             checkpoint = save_state_dict(make_clip('RN50'), root / 'rn50.pth')
             recipe = Recipe(options={'backbone': str(checkpoint)})
-            rates = throughput(root, inputs, args.images, args.rounds, recipe.build('cpu'), recipe.fingerprint,
-                               recipe.columns)
+            rates, ratios = throughput(root, inputs, args.images, args.rounds, recipe.build('cpu'), recipe.fingerprint,
+                                       recipe.columns)
             embedding = embedding_cost(root, 8, args.rounds)
             print(f'| folder, {args.images} JPEGs 512x384, RN50-shaped MA-CLIP, 2 workers | '
                   f'{rates["folder"]:.2f} img/s |')
             print(f'| the same images from 2 shards | {rates["shards"]:.2f} img/s |')
-            print(f'| shards / folder | {rates["shards"] / rates["folder"]:.3f} |')
+            print(f'| shards / folder, median of the rounds\' ratios | {_ratio(ratios)} |')
             print(f'| reading, decoding and journal alone ({args.decode_images} JPEGs, a pixel-mean scorer): folder | '
                   f'{plain["folder"]:.1f} img/s |')
             print(f'| the same from 2 shards | {plain["shards"]:.1f} img/s |')
-            print(f'| shards / folder, reading and decoding alone | {plain["shards"] / plain["folder"]:.3f} |')
+            print(f'| shards / folder, reading and decoding alone | {_ratio(plain_ratios)} |')
             print(f'| scoring 8 decoded images with --embeddings / without | {embedding:.3f} |')
         if 'listing' not in args.skip:
             wall, cpu = listing(root, args.shards, args.samples)
