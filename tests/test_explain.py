@@ -222,6 +222,9 @@ def test_sample_picture_names_are_single_safe_file_names_of_source_and_key():
     assert all(set(n) <= set('abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-') for n in names)
     assert names[10] == f'data-000_{"k" * 100}_explain.png'
     assert [p.name for p in output_names(samples[::-1], Path('/out'))] == names[::-1]
+    compressed = [Sample('/d/web-001.tar.gz', 'k'), Sample('/d/web-002.TGZ', 'k'), Sample('/d/part.arrow', '3')]
+    assert [p.name for p in output_names(compressed, Path('/out'))] == [
+        'web-001_k_explain.png', 'web-002_k_explain.png', 'part_3_explain.png']
 
 
 def _explain(*args) -> tuple[int, str, str]:

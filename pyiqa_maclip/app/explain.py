@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .files import shown, write_figure
-from .sources import Sample
+from .sources import SHARD_SUFFIXES, Sample
 
 __all__ = ['SCALES', 'MAX_SIDE', 'pixel_map', 'draw_explanation', 'sample_label', 'output_names']
 
@@ -31,7 +31,7 @@ __all__ = ['SCALES', 'MAX_SIDE', 'pixel_map', 'draw_explanation', 'sample_label'
 #: fused score are >= 0 and in practice below about 1.5 (see the README's "Score range").
 SCALES = {'score': (0.0, 1.5), 'q_sim': (0.0, 1.0), 'q_mag': (0.0, 1.5), 'w_mag': (0.0, 1.0)}
 MAX_SIDE = 800  # pixels of the drawn maps' longer side
-_SOURCE_SUFFIXES = ('.tar', '.parquet')  # left out of a source's name in its samples' picture names
+_SOURCE_SUFFIXES = (*SHARD_SUFFIXES, '.parquet', '.arrow')  # left out of a source's name in picture names
 _UNSAFE = re.compile(r'[^A-Za-z0-9._-]')  # written _ in a key's part of a picture name
 _KEY_CHARS = 100  # of a key kept in a picture name (the whole name must fit the file system's 255 bytes)
 
@@ -105,8 +105,8 @@ def _stem_and_identity(sample: str | Sample) -> tuple[str, bytes]:
         path = sample if isinstance(sample, str) else sample.key
         return Path(path).stem, os.fsencode(path)
     source = Path(sample.source).name
-    if source.lower().endswith(_SOURCE_SUFFIXES):
-        source = source[:source.rfind('.')]
+    suffix = next((s for s in _SOURCE_SUFFIXES if source.lower().endswith(s)), '')
+    source = source[:len(source) - len(suffix)]
     key = _UNSAFE.sub('_', sample.key)[:_KEY_CHARS]
     return f'{source}_{key}', os.fsencode(sample.source) + b'\0' + os.fsencode(sample.key)
 
