@@ -529,3 +529,16 @@ def test_reading_order_follows_each_source_forward():
                Sample('/p.parquet', '3', ('parquet', '/p.parquet', 1, 0, 'image')),
                Sample('/p.parquet', '1', ('parquet', '/p.parquet', 0, 1, 'image'))]
     assert reading_order(samples) == [1, 2, 4, 3, 0, 6, 5]
+
+
+def test_a_key_naming_two_rows_is_refused_and_an_input_given_twice_is_read_once(tmp_path):
+    """The journal knows a sample by (source, key): a key column holding one value twice would make two images one
+    (the second silently dropped), so it is refused in one line; the same file named twice is listed once."""
+    pa = pytest.importorskip('pyarrow')
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({'id': ['a', 'b', 'a'], 'image': [encoded(1), encoded(2), encoded(3)]}),
+                   tmp_path / 'dup.parquet')
+    with pytest.raises(UserError, match=r"dup\.parquet: the key a names two rows; keys must be unique in a file"):
+        collect_samples([tmp_path / 'dup.parquet'], SourceOptions(key_column='id'))
+    assert [s.key for s in collect_samples([tmp_path / 'dup.parquet'] * 2)] == ['0', '1', '2']

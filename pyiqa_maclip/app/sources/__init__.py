@@ -24,6 +24,7 @@ from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 from ...errors import UserError
+from ..files import shown
 
 __all__ = ['Sample', 'KINDS', 'KIND_NAMES', 'SHARD_SUFFIXES', 'SourceOptions', 'expand_pattern', 'kind_of_input',
            'is_dataset_folder', 'collect_samples', 'sample_input', 'split_by_source', 'input_files', 'files_read',
@@ -172,8 +173,20 @@ def collect_samples(inputs: Iterable[str | os.PathLike], options: SourceOptions 
     check_options(kind, options)
     taken = {name: value for name, value in options._asdict().items() if name in KINDS[kind]}
     with _no_cycle_collection():
-        samples = _module(kind).collect(expanded, **taken)
-        return list({(s.source, s.key): s for s in samples}.values())
+        return _each_once(_module(kind).collect(expanded, **taken))
+
+
+def _each_once(samples: Iterable[Sample]) -> list[Sample]:
+    """``samples`` without repeats (an input given twice); a :class:`UserError` if one key of a source names
+    two different images (a key column holding a value twice), which the journal could not tell apart."""
+    unique: dict[tuple[str, str], Sample] = {}
+    for sample in samples:
+        seen = unique.setdefault((sample.source, sample.key), sample)
+        if seen.locator != sample.locator:
+            raise UserError(f'{shown(sample.source)}: the key {shown(sample.key)} names two rows; keys must be '
+                            'unique in a file: name a column of unique values with --key-column, or leave it out '
+                            'to key rows by their number')
+    return list(unique.values())
 
 
 @contextlib.contextmanager
