@@ -1,7 +1,7 @@
 """Scoring from WebDataset shards against scoring the same images from a folder, and listing shards.
 
     python performance/sources.py [--images 16] [--decode-images 400] [--rounds 3] [--shards 1000]
-                                  [--samples 1000] [--skip throughput listing compressed]
+                                  [--samples 1000] [--skip throughput listing cold compressed]
 
 a. Throughput of the engine (decoding workers under the pixel budget, batches, journal commits)
    on the same JPEG images (512x384) as files in a folder and as samples of two shards, with one
@@ -15,7 +15,9 @@ b. --embeddings: the scorer with and without the embedding column on the same de
 c. Listing the keys of ``--shards`` shards of ``--samples`` samples (a ``.jpg`` and a ``.json``
    member of 512 bytes each; by default 1,000 x 1,000, 2 GB of shards in the temporary folder, copies
    of one shard), as ``score`` lists them before it starts, with the shards in the page cache.
-d. The same shard as ``.tar`` and ``.tar.gz`` (``--decode-images`` JPEGs 512x384 and a ``.json`` each):
+d. Listing 10 shards of 1,000 samples of 100 kB from storage (evicted from the page cache first):
+   seconds and megabytes read.
+e. The same shard as ``.tar`` and ``.tar.gz`` (``--decode-images`` JPEGs 512x384 and a ``.json`` each):
    listing, and reading and decoding with the pixel-mean scorer of a; alternating rounds, medians.
 
 Prints a Markdown table with the machine (CPU model, cores) and load average.
@@ -160,6 +162,34 @@ def listing(root: Path, shards: int, samples: int) -> tuple[float, float]:
     return wall, cpu
 
 
+def cold_listing(root: Path, shards: int, samples: int) -> tuple[float, float, float]:
+    """(seconds, MB read from disk, MB of shards) of listing ``shards`` shards of ``samples`` samples of 100 kB
+    each, evicted from the page cache first (``posix_fadvise``: no privilege needed). Read-ahead would read the
+    members' data around each header; the listing asks for none."""
+    blob = os.urandom(100_000)
+    first = write_shard(root / 'cold-000.tar', {f'{k:06d}.{ext}': blob if ext == 'jpg' else b'{}'
+                                                for k in range(samples) for ext in ('jpg', 'json')})
+    names = [first] + [root / f'cold-{n:03d}.tar' for n in range(1, shards)]
+    for name in names[1:]:
+        shutil.copyfile(first, name)
+    os.sync()
+    for name in names:
+        descriptor = os.open(name, os.O_RDONLY)
+        os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(descriptor)
+    before, start = _bytes_read(), time.perf_counter()
+    collect_samples(names)
+    return time.perf_counter() - start, (_bytes_read() - before) / 1e6, shards * first.stat().st_size / 1e6
+
+
+def _bytes_read() -> int:
+    """Bytes this process has had read from storage (Linux's /proc/self/io)."""
+    for line in Path('/proc/self/io').read_text().splitlines():
+        if line.startswith('read_bytes:'):
+            return int(line.split()[1])
+    return 0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--images', type=int, default=16)
@@ -167,7 +197,7 @@ def main() -> None:
     parser.add_argument('--decode-images', type=int, default=400, help='images of the pixel-mean rows')
     parser.add_argument('--shards', type=int, default=1000)
     parser.add_argument('--samples', type=int, default=1000)
-    parser.add_argument('--skip', nargs='*', default=[], choices=('throughput', 'listing', 'compressed'),
+    parser.add_argument('--skip', nargs='*', default=[], choices=('throughput', 'listing', 'cold', 'compressed'),
                         help='sections not to run (throughput covers a and b)')
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
@@ -197,6 +227,10 @@ def main() -> None:
             wall, cpu = listing(root, args.shards, args.samples)
             print(f'| listing {args.shards:,} shards of {args.samples:,} samples (2 members each) | {wall:.2f} s '
                   f'({cpu:.2f} s CPU) |')
+        if 'cold' not in args.skip:
+            seconds, read, size = cold_listing(root, 10, 1000)
+            print(f'| listing 10 shards of 1,000 samples of 100 kB ({size:,.0f} MB) out of the page cache | '
+                  f'{seconds:.2f} s, {read:,.0f} MB read from disk |')
         if 'compressed' not in args.skip:
             figures = compressed(root, args.decode_images, args.rounds)
             megabytes = (root / 'one.tar').stat().st_size / 1e6, (root / 'one.tar.gz').stat().st_size / 1e6

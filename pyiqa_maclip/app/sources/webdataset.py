@@ -115,6 +115,8 @@ def _members(shard: str) -> tuple[list[_Member], int, BaseException | None]:
         length = os.fstat(file.fileno()).st_size
         if length:
             with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as archive:
+                if hasattr(mmap, 'MADV_RANDOM'):  # no read-ahead: from disk, only the headers' pages are read
+                    archive.madvise(mmap.MADV_RANDOM)
                 scanned = _scanned(archive, length)
             if scanned is not None:
                 return scanned, length, None
