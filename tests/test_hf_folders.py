@@ -97,6 +97,20 @@ def test_a_folder_without_image_feature_names_the_option(tmp_path):
         collect_samples([tmp_path / 'd'], SourceOptions(image_column='id'))
 
 
+def test_a_row_without_key_is_refused_in_datasets_too(tmp_path):
+    """The row named by its index in the split (the second file's first row is row 2)."""
+    (tmp_path / 'd' / 'data').mkdir(parents=True)
+    for number, names in enumerate((['a', 'b'], [None, 'd'])):
+        pq.write_table(pa.table({'jpg': IMAGES[:2], 'id': names}), tmp_path / 'd' / 'data' / f'train-{number}.parquet')
+    with pytest.raises(UserError, match="train-1.parquet: the key column 'id' has no value in row 2; every row"):
+        collect_samples([tmp_path / 'd'], SourceOptions(image_column='jpg', key_column='id'))
+    saved = datasets.Dataset.from_dict({'picture': [{'bytes': b, 'path': None} for b in IMAGES[:2]],
+                                        'name': ['x', None]}, features=dataset(range(0)).features)
+    saved.save_to_disk(str(tmp_path / 'saved'))
+    with pytest.raises(UserError, match=r"data-00000-of-00001\.arrow: the key column 'name' has no value in row 1"):
+        collect_samples([tmp_path / 'saved'], SourceOptions(key_column='name'))
+
+
 def test_saved_dataset_dict_splits(tmp_path):
     datasets.DatasetDict({'train': dataset(range(3)), 'test': dataset(range(3, 5))}).save_to_disk(str(tmp_path / 'dd'))
     test = collect_samples([tmp_path / 'dd'], SourceOptions(split='test'))

@@ -257,6 +257,28 @@ def test_parquet_images_as_bytes_structs_or_paths_keyed_by_column_or_row(tmp_pat
         collect_samples([tmp_path / 'd.parquet'], SourceOptions(key_column='nope'))
 
 
+def test_a_row_without_key_is_refused_and_columns_are_judged_by_their_types(tmp_path):
+    """A null in the key column, keyed by its row number, could take another row's key: refused in one line naming
+    the row. A struct's bytes must be binary (bytes(10**12) of an int is a terabyte); dictionary-encoded bytes are
+    bytes."""
+    images = [encoded(k) for k in range(3)]
+    pq.write_table(pa.table({'key': ['1', None, 'c'], 'image': images}), tmp_path / 'k.parquet', row_group_size=2)
+    with pytest.raises(UserError, match=r"k\.parquet: the key column 'key' has no value in row 1; every row needs a "
+                                        'key: name a column with a value in every row with --key-column'):
+        collect_samples([tmp_path / 'k.parquet'])
+    pq.write_table(pa.table({'id': ['a', 'b', None], 'image': images}), tmp_path / 'late.parquet', row_group_size=2)
+    with pytest.raises(UserError, match="the key column 'id' has no value in row 2"):  # counted across row groups
+        collect_samples([tmp_path / 'late.parquet'], SourceOptions(key_column='id'))
+    pq.write_table(pa.table({'image': [{'bytes': 10 ** 12, 'path': 'x.png'}]}), tmp_path / 'int.parquet')
+    with pytest.raises(UserError, match=r'cannot hold images: it is struct<bytes: int64, path: string>; expected'):
+        collect_samples([tmp_path / 'int.parquet'])
+    pq.write_table(pa.table({'image': [{'bytes': b'x', 'path': 5}]}), tmp_path / 'intpath.parquet')
+    with pytest.raises(UserError, match='cannot hold images: it is struct<bytes: binary, path: int64>'):
+        collect_samples([tmp_path / 'intpath.parquet'])
+    pq.write_table(pa.table({'image': pa.array(images + images[:1]).dictionary_encode()}), tmp_path / 'dict.parquet')
+    assert [parquet_source.read(s.locator) for s in collect_samples([tmp_path / 'dict.parquet'])] == images + images[:1]
+
+
 def test_a_saved_dataset_is_read_by_its_image_feature(tmp_path):
     datasets = pytest.importorskip('datasets')
     images = [encoded(k) for k in range(3)]

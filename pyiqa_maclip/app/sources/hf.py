@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from ...errors import UserError
 from ..files import shown
 from . import Sample
-from .parquet import cell_image, file_samples, image_column_problem, import_pyarrow, mapped, sample_key
+from .parquet import cell_image, file_samples, image_column_problem, import_pyarrow, key_values, mapped, sample_key
 
 __all__ = ['image_column_of', 'collect', 'read']
 
@@ -91,7 +91,8 @@ def _arrow_samples(arrow: str, source: str, column: str, key_column: str | None,
     if key_column is not None and key_column not in table.schema.names:
         raise UserError(f'{shown(arrow)} has no column {key_column!r} (it has {", ".join(table.schema.names)}); '
                         'name the key column with --key-column, or leave it out to key rows by their index')
-    keys = table.column(key_column).to_pylist() if key_column else [None] * table.num_rows
+    keys = key_values(table.column(key_column), shown(arrow), key_column, first_row) if key_column else \
+        [None] * table.num_rows
     return [Sample(source, sample_key(value, first_row + row), ('hf', arrow, row, column))
             for row, value in enumerate(keys)]
 

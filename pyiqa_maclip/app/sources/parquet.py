@@ -15,7 +15,7 @@ from ...errors import UserError
 from ..files import shown
 from . import Sample
 
-__all__ = ['DEFAULT_IMAGE_COLUMN', 'DEFAULT_KEY_COLUMN', 'sample_key', 'file_name', 'import_pyarrow',
+__all__ = ['DEFAULT_IMAGE_COLUMN', 'DEFAULT_KEY_COLUMN', 'sample_key', 'key_values', 'file_name', 'import_pyarrow',
            'mapped', 'image_column_problem', 'cell_image', 'file_samples', 'collect', 'read']
 
 DEFAULT_IMAGE_COLUMN = 'image'
@@ -29,6 +29,16 @@ def sample_key(value, row: int) -> str:
     if value is None:
         return str(row)
     return value.decode('utf-8', 'surrogateescape') if isinstance(value, bytes) else str(value)
+
+
+def key_values(column, where: str, key_column: str, first_row: int) -> list:
+    """The values of a key column (an arrow array), or a :class:`UserError` naming the first row without one:
+    such a row keyed by its number could take the key another row holds, and a key would mean two things."""
+    values = column.to_pylist()
+    if column.null_count:
+        raise UserError(f'{where}: the key column {key_column!r} has no value in row {first_row + values.index(None)}; '
+                        'every row needs a key: name a column with a value in every row with --key-column')
+    return values
 
 
 def file_name(path: str | os.PathLike) -> str:
@@ -55,15 +65,34 @@ def mapped(path: str):
         return pa.BufferReader(pa.py_buffer(mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)))
 
 
+def _is_of(field_type, *kinds: str) -> bool:
+    """Whether ``field_type`` is of one of pyarrow's ``kinds`` ('binary': ``pa.types.is_binary``; the view
+    types only where this pyarrow has them)."""
+    types = import_pyarrow().types
+    return any(getattr(types, f'is_{kind}', lambda _: False)(field_type) for kind in kinds)
+
+
+def _is_binary(field_type) -> bool:
+    return _is_of(field_type, 'binary', 'large_binary', 'binary_view', 'fixed_size_binary')
+
+
+def _is_text(field_type) -> bool:
+    return _is_of(field_type, 'string', 'large_string', 'string_view')
+
+
 def image_column_problem(field_type) -> str | None:
-    """Why a column of arrow type ``field_type`` cannot hold images, or None."""
+    """Why a column of arrow type ``field_type`` cannot hold images, or None: it must hold bytes, paths, or
+    structs of bytes (binary) and, if any, a path (text); dictionary-encoded too."""
     pa = import_pyarrow()
-    if pa.types.is_binary(field_type) or pa.types.is_large_binary(field_type) or pa.types.is_string(field_type) \
-            or pa.types.is_large_string(field_type):
+    value_type = field_type.value_type if pa.types.is_dictionary(field_type) else field_type
+    if _is_binary(value_type) or _is_text(value_type):
         return None
-    if pa.types.is_struct(field_type) and field_type.get_field_index('bytes') >= 0:
+    if pa.types.is_struct(value_type) and value_type.get_field_index('bytes') >= 0 \
+            and _is_binary(value_type.field('bytes').type) \
+            and (value_type.get_field_index('path') < 0 or _is_text(value_type.field('path').type)):
         return None
-    return f'it is {field_type}; expected image bytes (binary), a struct with bytes (as datasets writes) or paths'
+    return (f'it is {field_type}; expected image bytes (binary), paths (text), or structs of bytes (binary) and path '
+            '(text) as datasets writes them')
 
 
 def cell_image(cell, folder: str) -> bytes:
@@ -109,8 +138,8 @@ def file_samples(path: str, image_column: str, key_column: str | None, default_k
     parquet = pa.parquet.ParquetFile(mapped(path))
     for group in range(parquet.num_row_groups):
         rows = parquet.metadata.row_group(group).num_rows
-        keys = parquet.read_row_group(group, columns=[key_column]).column(0).to_pylist() if key_column else \
-            [None] * rows
+        keys = key_values(parquet.read_row_group(group, columns=[key_column]).column(0), shown(path), key_column, row) \
+            if key_column else [None] * rows
         samples += [Sample(source, sample_key(value, row + i), ('parquet', source, group, i, image_column))
                     for i, value in enumerate(keys)]
         row += rows
