@@ -46,7 +46,7 @@ def test_help_version_and_usage_mistakes_import_neither_torch_nor_pyiqa(args):
 @pytest.mark.slow  # fresh interpreters
 @pytest.mark.parametrize('args, words', [
     (['score', '{missing}', '-o', '{tmp}/s.csv'], "does not exist: expected an image file, a folder or a text file"),
-    (['score', '{empty}', '-o', '{tmp}/s.csv'], 'no image files found in'),
+    (['score', '{empty}', '-o', '{tmp}/s.csv'], 'no images found in'),
     (['score', '{image}', '-o', '{tmp}/s.csv', '--backbone', 'vit-b/32'], 'did you mean ViT-B/32?'),
     (['score', '{image}', '-o', '{tmp}'], 'is a folder'),
     (['score', '{image}', '-o', '{file}/s.csv'], 'cannot create the folder'),

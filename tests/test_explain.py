@@ -335,3 +335,28 @@ def test_key_is_for_samples_of_collections(tmp_path, capsys):
     path = _photo(tmp_path / 'in/p.png', 230, 240, 0)
     assert cli.main(['explain', path, '--key', 'p', '-o', str(tmp_path / 'maps')]) == 2
     assert '--key applies to samples of shards, Parquet files and datasets' in capsys.readouterr().err
+
+
+def test_key_is_taken_as_score_writes_it_or_as_it_is(tmp_path):
+    """score writes a key's non-UTF-8 byte as \\xNN and doubles a backslash: --key takes that text (the help's
+    promise), and the key itself too (typed with the shell's $'\\xff'). No torch: only the listing runs."""
+    from test_sources import encoded
+
+    from pyiqa_maclip.app.commands.explain import _samples_and_names
+    from pyiqa_maclip.errors import UserError
+
+    pa = pytest.importorskip('pyarrow')
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({'key': [b'\xff', b'a\\b', b'plain'], 'image': [encoded(k) for k in range(3)]}),
+                   tmp_path / 'p.parquet')
+
+    def chosen(*keys):
+        args = cli.build_parser().parse_args(['explain', str(tmp_path / 'p.parquet'), '-o', str(tmp_path / 'maps'),
+                                              *(a for k in keys for a in ('--key', k))])
+        return [s.key for s in _samples_and_names(args)[0]]
+
+    assert chosen('\\xff', 'a\\\\b') == ['\udcff', 'a\\b']  # as the CSV's key column shows them
+    assert chosen('\udcff', 'a\\b', 'plain') == ['\udcff', 'a\\b', 'plain']  # the keys themselves
+    with pytest.raises(UserError, match=r'--key \\\\xfe: no sample'):
+        chosen('\\xfe')

@@ -80,14 +80,18 @@ def _samples_and_names(args: argparse.Namespace) -> tuple[list, list[Path]]:
         return samples, names
     if not samples[0].source:
         raise UserError('--key applies to samples of shards, Parquet files and datasets; name image files as PATHs')
+    from ..journal import display_path
+
     wanted = dict.fromkeys(args.key)
-    keys = {s.key for s in samples}
+    # a key as score writes it (a byte that is not UTF-8 as \xNN, a backslash doubled), or as it is
+    written = [display_path(os.fsencode(s.key)) for s in samples]
+    keys = {*written, *(s.key for s in samples)}
     if missing := [k for k in wanted if k not in keys]:
         examples = ', '.join(shown(s.key) for s in samples[:3])
         raise UserError(f'{", ".join(f"--key {shown(k)}" for k in missing)}: no sample of the inputs has '
                         f'{"this key" if len(missing) == 1 else "these keys"} (their keys look like {examples}'
                         f'{", ..." if len(samples) > 3 else ""})')
-    chosen = [i for i, s in enumerate(samples) if s.key in wanted]
+    chosen = [i for i, s in enumerate(samples) if s.key in wanted or written[i] in wanted]
     return [samples[i] for i in chosen], [names[i] for i in chosen]
 
 

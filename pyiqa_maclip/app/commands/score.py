@@ -100,7 +100,7 @@ def _metric_options(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from ... import weights
-    from ..files import WorkFiles
+    from ..files import WorkFiles, shown
     from ..outputs import PARQUET_SUFFIX, check_output_kind
     from ..sources import collect_samples, files_read
     from ..sources.parquet import import_pyarrow
@@ -124,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
         import_pyarrow()
     samples = collect_samples(args.inputs, source_options(args))
     if not samples:
-        raise UserError(f'no image files found in {", ".join(args.inputs)}')
+        raise UserError(f'no images found in {", ".join(map(shown, args.inputs))}: expected image files, or '
+                        'shards, Parquet files or datasets holding at least one sample')
     WorkFiles(args.output.absolute()).check(files_read(samples), args.overwrite)
 
     # Now torch and pyiqa.
