@@ -275,6 +275,8 @@ def test_a_row_without_key_is_refused_and_columns_are_judged_by_their_types(tmp_
     pq.write_table(pa.table({'image': [{'bytes': b'x', 'path': 5}]}), tmp_path / 'intpath.parquet')
     with pytest.raises(UserError, match='cannot hold images: it is struct<bytes: binary, path: int64>'):
         collect_samples([tmp_path / 'intpath.parquet'])
+    pq.write_table(pa.table({'image': [{'bytes': images[0], 'path': None}]}), tmp_path / 'nullpath.parquet')
+    assert [parquet_source.read(s.locator) for s in collect_samples([tmp_path / 'nullpath.parquet'])] == images[:1]
     pq.write_table(pa.table({'image': pa.array(images + images[:1]).dictionary_encode()}), tmp_path / 'dict.parquet')
     assert [parquet_source.read(s.locator) for s in collect_samples([tmp_path / 'dict.parquet'])] == images + images[:1]
 

@@ -87,10 +87,11 @@ def image_column_problem(field_type) -> str | None:
     value_type = field_type.value_type if pa.types.is_dictionary(field_type) else field_type
     if _is_binary(value_type) or _is_text(value_type):
         return None
-    if pa.types.is_struct(value_type) and value_type.get_field_index('bytes') >= 0 \
-            and _is_binary(value_type.field('bytes').type) \
-            and (value_type.get_field_index('path') < 0 or _is_text(value_type.field('path').type)):
-        return None
+    if pa.types.is_struct(value_type) and value_type.get_field_index('bytes') >= 0:
+        fields = {field.name: field.type for field in value_type}  # a field of nulls only is of type null
+        if (_is_binary(fields['bytes']) or pa.types.is_null(fields['bytes'])) \
+                and (_is_text(fields.get('path', pa.null())) or pa.types.is_null(fields.get('path', pa.null()))):
+            return None
     return (f'it is {field_type}; expected image bytes (binary), paths (text), or structs of bytes (binary) and path '
             '(text) as datasets writes them')
 
