@@ -51,7 +51,8 @@ def import_pyarrow():
         import pyarrow
         import pyarrow.parquet  # noqa: F401
     except ImportError:
-        raise UserError("reading Parquet needs pyarrow: pip install 'pyiqa-maclip[parquet]'") from None
+        # also when writing scores.parquet, or reading a datasets folder of Arrow files
+        raise UserError("Parquet and Arrow files need pyarrow: pip install 'pyiqa-maclip[parquet]'") from None
     return pyarrow
 
 
