@@ -458,6 +458,19 @@ def test_parquet_input_scores_as_its_files(same_images, tiny_rn, tmp_path):
     assert [r['score'] for r in rows] == [r['score'] for r in files]
 
 
+def test_another_image_column_on_rerun_is_refused_as_other_settings(same_images, tiny_rn, tmp_path):
+    """A row's key stays its key whatever column holds its image: a rerun reading another column would count
+    every row as done with the other column's scores. What chose the images is part of the fingerprint."""
+    images = [p.read_bytes() for p in sorted((same_images / 'folder').iterdir())[:2]]
+    pq.write_table(pa.table({'image': images, 'thumb': images[::-1]}), tmp_path / 'd.parquet')
+    common = ['-o', tmp_path / 's.csv', '--backbone', tiny_rn, '--num-workers', 0]
+    assert score(tmp_path / 'd.parquet', *common)[0] == 0
+    status, _, stderr = score(tmp_path / 'd.parquet', '--image-column', 'thumb', *common)
+    assert status == 2 and "images.image_column was 'image', now 'thumb'; start afresh with --overwrite" in stderr
+    status, stdout, _ = score(tmp_path / 'd.parquet', '--image-column', 'image', *common)  # the default, named
+    assert status == 0 and '0 processed in this run, 2 done before' in stdout
+
+
 # ---------------------------------------------------------------- embeddings
 
 def test_embeddings_are_the_global_views_normalised_clip_features_at_no_extra_encoder_pass(

@@ -67,6 +67,7 @@ class Recipe:
     metric: str = 'maclip'
     options: dict = field(default_factory=dict)
     embeddings: bool = False  # MA-CLIP only: also each image's CLIP embedding (EMBEDDING_COLUMN)
+    images: dict = field(default_factory=dict)  # what chose the images of samples (sources.image_choice)
 
     def __post_init__(self) -> None:
         from pyiqa.default_model_configs import DEFAULT_CONFIGS
@@ -110,12 +111,13 @@ class Recipe:
     @cached_property
     def fingerprint(self) -> dict:
         """What determines the numbers: for MA-CLIP every option (defaults filled in) and the weights'
-        SHA-256; for another metric its name, options and pyiqa's version."""
+        SHA-256; for another metric its name, options and pyiqa's version; and what chose samples' images."""
         import pyiqa
 
+        images = {'images': self.images} if self.images else {}  # a run on image files: its fingerprint unchanged
         if not self.is_maclip:
             return {'metric': self.metric, 'options': _json_ready(self.options), 'pyiqa': pyiqa.__version__,
-                    'pyiqa_maclip': __version__}
+                    'pyiqa_maclip': __version__, **images}
         from ..arch import MACLIP
 
         defaults = {name: p.default for name, p in inspect.signature(MACLIP).parameters.items()
@@ -123,7 +125,7 @@ class Recipe:
         settings = _maclip_values({**defaults, **self.config['metric_opts'], **self.options})
         embeddings = {'embeddings': True} if self.embeddings else {}  # a run's fingerprint without them is unchanged
         return {'metric': 'maclip', 'checkpoint_sha256': self.checkpoint.sha256, 'options': _json_ready(settings),
-                'pyiqa_maclip': __version__, **embeddings}
+                'pyiqa_maclip': __version__, **embeddings, **images}
 
     def build(self, device: torch.device | str) -> Scorer:
         """The scorer, on ``device``."""

@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     from ... import weights
     from ..files import WorkFiles, shown
     from ..outputs import PARQUET_SUFFIX, check_output_kind
-    from ..sources import collect_samples, files_read
+    from ..sources import collect_samples, files_read, image_choice
     from ..sources.parquet import import_pyarrow
 
     weights.check_environment()
@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     check_output_kind(args.output, args.embeddings)
     if args.output.suffix.lower() == PARQUET_SUFFIX:
         import_pyarrow()
-    samples = collect_samples(args.inputs, source_options(args))
+    samples = collect_samples(args.inputs, reading := source_options(args))
     if not samples:
         raise UserError(f'no images found in {", ".join(map(shown, args.inputs))}: expected image files, or '
                         'shards, Parquet files or datasets holding at least one sample')
@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     from ..engine import score_collection
     from ..scorers import Recipe
 
-    recipe = Recipe(args.metric, options, embeddings=args.embeddings)
+    recipe = Recipe(args.metric, options, embeddings=args.embeddings, images=image_choice(samples, reading))
     if not recipe.is_maclip and {'backbone', 'chunk_size', 'precision'} & set(options):
         raise UserError(f'--backbone, --chunk-size, --precision and --half are options of MA-CLIP metrics, not of '
                         f'{args.metric}; give its own options with --option KEY=VALUE')

@@ -28,7 +28,7 @@ from ..files import shown
 
 __all__ = ['Sample', 'KINDS', 'KIND_NAMES', 'SHARD_SUFFIXES', 'SourceOptions', 'expand_pattern', 'kind_of_input',
            'is_dataset_folder', 'collect_samples', 'sample_input', 'split_by_source', 'input_files', 'files_read',
-           'reading_order', 'check_options']
+           'reading_order', 'check_options', 'image_choice']
 
 
 class Sample(NamedTuple):
@@ -224,6 +224,14 @@ def reading_order(samples: Sequence[Sample | str]) -> list[int]:
 def files_read(samples: Sequence[Sample]) -> list[str]:
     """The files a run reads: the image files, or the shards, Parquet files and datasets of the samples."""
     return list(dict.fromkeys(s.source or s.key for s in samples))
+
+
+def image_choice(samples: Sequence[Sample], options: SourceOptions) -> dict:
+    """What chose the samples' images, for a run's fingerprint (the same key would name another image if it
+    changed): the image columns read (Parquet files, datasets), ``--image-member`` as given; ``{}`` for files."""
+    columns = sorted({s.locator[-1] for s in samples if s.locator and s.locator[0] in ('parquet', 'hf')})
+    choice = {'image_column': columns[0] if len(columns) == 1 else columns} if columns else {}
+    return choice | ({'image_member': options.image_member} if options.image_member is not None else {})
 
 
 def split_by_source(pending: Sequence[Sample], rank: int, processes: int) -> list[Sample]:
