@@ -275,7 +275,7 @@ def test_a_shard_sample_is_drawn_with_score_s_score_and_its_map_is_in_the_report
     assert cli.main(['report', str(scores), '-o', str(tmp_path / 'r.html'), '--explained', str(maps)]) == 0
     text = (tmp_path / 'r.html').read_text(encoding='utf-8')
     data = json.loads(re.search(r'id="report-data">(.*?)</script>', text, re.DOTALL)[1])
-    rows = {key: str(i) for i, key in enumerate(data['keys'])}
+    rows = {key.rpartition(', key ')[2]: str(i) for i, key in enumerate(data['keys'])}  # '<shard>, key <key>'
     assert sorted(data['qualityMaps']) == sorted([rows['00'], rows['k/01']])
     assert data['qualityMaps'][rows['00']] == 'data:image/png;base64,' + __import__('base64').b64encode(
         (maps / 'data-000_00_explain.png').read_bytes()).decode('ascii')

@@ -228,10 +228,12 @@ def files_read(samples: Sequence[Sample]) -> list[str]:
 
 def image_choice(samples: Sequence[Sample], options: SourceOptions) -> dict:
     """What chose the samples' images, for a run's fingerprint (the same key would name another image if it
-    changed): the image columns read (Parquet files, datasets), ``--image-member`` as given; ``{}`` for files."""
+    changed): the image columns read (Parquet files, datasets), ``--image-member`` as read (``.PNG`` is ``png``);
+    ``{}`` for files."""
     columns = sorted({s.locator[-1] for s in samples if s.locator and s.locator[0] in ('parquet', 'hf')})
     choice = {'image_column': columns[0] if len(columns) == 1 else columns} if columns else {}
-    return choice | ({'image_member': options.image_member} if options.image_member is not None else {})
+    member = options.image_member
+    return choice | ({'image_member': member.lower().lstrip('.')} if member is not None else {})
 
 
 def split_by_source(pending: Sequence[Sample], rank: int, processes: int) -> list[Sample]:
