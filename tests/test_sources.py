@@ -91,6 +91,15 @@ def test_brace_patterns_and_kinds(tmp_path):
         ['webdataset', 'webdataset', 'webdataset', 'parquet', 'files', 'files', 'files']
 
 
+def test_a_file_whose_name_looks_like_a_pattern_is_that_file(tmp_path):
+    """Braces and wildcards in an existing name are characters of the name, as in a quoted shell word."""
+    for name in ('x{a,b}.tar', 'y{1..2}.tar', 'z[1]*.tar', 'xa.tar'):
+        (tmp_path / name).write_bytes(b'')
+    for name in ('x{a,b}.tar', 'y{1..2}.tar', 'z[1]*.tar'):
+        assert expand_pattern(str(tmp_path / name)) == [str(tmp_path / name)]
+    assert expand_pattern(str(tmp_path / 'x{a,c}.tar')) == [str(tmp_path / 'xa.tar'), str(tmp_path / 'xc.tar')]
+
+
 def test_a_shard_lists_samples_with_their_member_offsets_and_names_what_is_missing(tmp_path):
     png, jpg = encoded(1), encoded(2, 'JPEG')
     shard = write_shard(tmp_path / 'd.tar', {'s/1.png': png, 's/1.json': b'{}', 's/2.jpg': jpg, 's/2.png': png,

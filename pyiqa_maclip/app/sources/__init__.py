@@ -64,7 +64,9 @@ _LIST = re.compile(r'\{([^{}]*,[^{}]*)\}')
 
 def expand_pattern(pattern: str) -> list[str]:
     """``data-{000..002}.tar`` -> ``data-000.tar``, ``data-001.tar``, ``data-002.tar`` (zero padding kept);
-    ``{a,b}`` lists too; then shell wildcards (``*.tar``) if the name holds any and no file has that name."""
+    ``{a,b}`` lists too; then shell wildcards (``*.tar``). A name a file has is that file, whatever it holds."""
+    if os.path.lexists(pattern):
+        return [pattern]
     found = [m for m in (_RANGE.search(pattern), _LIST.search(pattern)) if m]
     if found:
         match = min(found, key=lambda m: m.start())  # the leftmost brace first, as the shell does
@@ -75,7 +77,7 @@ def expand_pattern(pattern: str) -> list[str]:
             first, last, width = int(match[1]), int(match[2]), len(match[1])
             items = [f'{n:0{width}d}' for n in range(first, last + 1)]
         return [name for item in items for name in expand_pattern(head + item + tail)]
-    if glob.has_magic(pattern) and not os.path.lexists(pattern):
+    if glob.has_magic(pattern):
         return sorted(glob.glob(pattern)) or [pattern]
     return [pattern]
 
