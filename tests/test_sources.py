@@ -10,6 +10,7 @@ import contextlib
 import csv
 import gzip
 import io
+import os
 import sqlite3
 import tarfile
 from pathlib import Path
@@ -229,6 +230,15 @@ def test_shards_are_split_whole_between_processes():
     shares = [split_by_source(pending, rank, 2) for rank in range(2)]
     assert sorted(s for share in shares for s in share) == sorted(pending)
     assert [{s.source for s in share} for share in shares] == [{'/s0.tar', '/s2.tar'}, {'/s1.tar'}]
+
+
+def test_a_shard_that_is_no_file_is_refused_saying_what_it_is(tmp_path):
+    (tmp_path / 'folder.tar').mkdir()
+    os.mkfifo(tmp_path / 'fifo.tar')
+    (tmp_path / 'link.tar').symlink_to(tmp_path / 'gone.tar')
+    for name, problem in (('folder.tar', 'is a folder'), ('fifo.tar', 'is a FIFO'), ('link.tar', 'does not exist')):
+        with pytest.raises(UserError, match=rf'{name} {problem}: expected a WebDataset shard \(.tar, .tar.gz, .tgz\)'):
+            collect_samples([tmp_path / name])
 
 
 def test_options_of_another_kind_and_mixed_inputs_are_refused(tmp_path):

@@ -24,11 +24,11 @@ from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 from ...errors import UserError
-from ..files import shown
+from ..files import kind_of, shown
 
 __all__ = ['Sample', 'KINDS', 'KIND_NAMES', 'SHARD_SUFFIXES', 'SourceOptions', 'expand_pattern', 'kind_of_input',
            'is_dataset_folder', 'collect_samples', 'sample_input', 'split_by_source', 'input_files', 'files_read',
-           'reading_order', 'check_options', 'image_choice']
+           'reading_order', 'check_options', 'image_choice', 'check_file']
 
 
 class Sample(NamedTuple):
@@ -142,6 +142,13 @@ def is_dataset_folder(path: str) -> bool:
         return True
     return os.path.isfile(os.path.join(path, 'dataset_dict.json')) or _readme_lists_data(path) \
         or _holds_data_files(path)
+
+
+def check_file(path: str, expected: str) -> None:
+    """A :class:`UserError` unless ``path`` is a file (or a link to one): it does not exist, or is a folder, ..."""
+    if not os.path.isfile(path):
+        problem = f'is {kind_of(os.path.realpath(path))}' if os.path.exists(path) else 'does not exist'
+        raise UserError(f'{shown(path)} {problem}: expected {expected}')
 
 
 def _module(kind: str):

@@ -22,9 +22,9 @@ import zlib
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from ...errors import UserError, error_text
+from ...errors import error_text
 from ..files import shown
-from . import SHARD_SUFFIXES, Sample
+from . import SHARD_SUFFIXES, Sample, check_file
 
 __all__ = ['IMAGE_MEMBERS', 'keys_with_one_image', 'sample_key', 'shard_name', 'compressed', 'shard_samples', 'collect',
            'read']
@@ -226,8 +226,7 @@ def keys_with_one_image(shard: str) -> set[str]:
 def collect(inputs: Iterable[str], image_member: str | None = None) -> list[Sample]:
     samples = []
     for shard in inputs:
-        if not os.path.isfile(shard):
-            raise UserError(f'{shown(shard)} does not exist: expected a WebDataset shard ({", ".join(SHARD_SUFFIXES)})')
+        check_file(shard, f'a WebDataset shard ({", ".join(SHARD_SUFFIXES)})')
         samples += shard_samples(shard, image_member)
     return samples
 
