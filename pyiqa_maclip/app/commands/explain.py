@@ -15,6 +15,7 @@ from ...errors import UserError, error_text, one_line
 from ...names import LIST_SUFFIXES
 from ..files import check_writable_folder, name_max, refuse_special, shown
 from ..options import add_backbone, add_device, add_precision, add_source_options, check_device, source_options
+from ..sources import SHARD_SUFFIXES
 
 __all__ = ['add_parser', 'run']
 
@@ -30,8 +31,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                'or nothing could start, 130 interrupted')
     parser.add_argument('images', nargs='+', metavar='PATH',
                         help=f'image file, folder (recursive), text file listing paths ({", ".join(LIST_SUFFIXES)}), '
-                             'WebDataset .tar shard (or a pattern such as data-{000..099}.tar), .parquet file, or a '
-                             'folder saved by datasets\' save_to_disk')
+                             f'WebDataset shard ({", ".join(SHARD_SUFFIXES)}; or a pattern such as '
+                             'data-{000..099}.tar), .parquet file, or a datasets folder (saved by save_to_disk, or of '
+                             'Parquet/Arrow files as on the Hub)')
     parser.add_argument('-o', '--output', required=True, type=Path, help='the folder to write the pictures into')
     parser.add_argument('--key', action='append', default=None, metavar='KEY',
                         help='shards, Parquet files, datasets: draw only the sample(s) of this key, as score writes '
