@@ -118,3 +118,38 @@ def test_a_decoding_process_that_dies_is_replaced_and_its_image_reported(tmp_pat
         else:
             assert item.error is None and item.image.shape == (3, 16, 20 + item.index)
             assert int(item.image[0, 0, 0]) == item.index
+
+
+def test_decoding_processes_end_when_the_main_process_is_killed():
+    """kill -9 of a run: its decoding processes end too (each waited for ever, some 450 MB apiece, on a pipe
+    whose other end it held itself). A worker forked later (a replacement) holds the earlier ones' pipes too."""
+    import subprocess
+    import sys
+    import time
+
+    code = ('import os, signal, time\nfrom pyiqa_maclip.app.workers import WorkerPool\n'
+            'pool = WorkerPool(2, os.getpid)\nfor k in range(2): pool.submit(k)\n'
+            'first = pool.result(0)\npool.result(1)\nos.kill(first, signal.SIGKILL)\ntime.sleep(0.5)\n'
+            'pool.submit(2)\npool.result(2)\n'  # the dead worker is replaced by one forked now
+            'print(flush=True)\ntime.sleep(600)\n')
+    run = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE, text=True)
+    try:
+        run.stdout.readline()
+        with open(f'/proc/{run.pid}/task/{run.pid}/children') as file:
+            workers = [int(pid) for pid in file.read().split()]
+    finally:
+        run.kill()
+        run.wait()
+    assert len(workers) == 2, workers
+
+    def alive(pid: int) -> bool:
+        try:
+            with open(f'/proc/{pid}/stat') as file:
+                return file.read().rsplit(')', 1)[1].split()[0] != 'Z'
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + 10
+    while any(map(alive, workers)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(map(alive, workers))

@@ -21,7 +21,11 @@ class WorkerDied(RuntimeError):
     """The process working on a task ended before it answered."""
 
 
-def _serve(connection, function: Callable, initializer: Callable | None) -> None:
+def _serve(connection, function: Callable, initializer: Callable | None, mains: list) -> None:
+    # A forked worker holds copies of the main process's ends of its own pipe and of the workers' forked
+    # before it: closed, the end of the main process (even by kill -9) ends the pipe, and this worker.
+    for end in mains:
+        end.close()
     if initializer is not None:
         initializer()
     while True:
@@ -39,9 +43,10 @@ def _death(exitcode: int | None) -> str:
 
 
 class _Worker:
-    def __init__(self, context, function: Callable, initializer: Callable | None) -> None:
+    def __init__(self, context, function: Callable, initializer: Callable | None, others: list) -> None:
         self.connection, theirs = context.Pipe()
-        self.process = context.Process(target=_serve, args=(theirs, function, initializer), daemon=True)
+        mains = [self.connection, *(w.connection for w in others)] if context.get_start_method() == 'fork' else []
+        self.process = context.Process(target=_serve, args=(theirs, function, initializer, mains), daemon=True)
         # Forked workers share this process's memory until either side writes to it; frozen objects are
         # never visited by the garbage collector, which would otherwise copy every page holding one
         # (some hundred MB after importing torch and pyiqa).
@@ -67,7 +72,7 @@ class WorkerPool:
     def __init__(self, count: int, function: Callable, initializer: Callable | None = None, *,
                  what: str = 'the worker process') -> None:
         self._context = multiprocessing.get_context()
-        self._start = lambda: _Worker(self._context, function, initializer)
+        self._start = lambda: _Worker(self._context, function, initializer, self._workers)
         self._what = what
         self._workers: list[_Worker] = []
         self._queue: deque = deque()
