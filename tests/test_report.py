@@ -229,6 +229,31 @@ def test_a_moved_shard_gives_a_page_without_pictures(shard_run, capsys):
     assert _page_data(shard_run / 'r.html')['thumbnails'] == {}
 
 
+def test_a_journal_s_pictures_follow_a_shard_rewritten_since(tmp_path, tiny_rn, capsys):
+    """A shard rewritten after the run (its members reordered): the journal's offsets name other bytes now, so
+    each picture is found again by its key, or not shown (a sample holding two images, whose member the run
+    chose); never another sample's image. An unchanged shard's samples keep the journal's members."""
+    from test_sources import encoded, write_shard
+
+    from pyiqa_maclip.app.report.collection import read_table
+    from pyiqa_maclip.app.sources import webdataset
+
+    images = {'a.png': encoded(1), 'b.png': encoded(2, size=(30, 20)), 'two.jpg': encoded(3, 'JPEG'),
+              'two.png': encoded(4)}
+    shard = write_shard(tmp_path / 's.tar', images)
+    kept = write_shard(tmp_path / 'kept.tar', {'two.jpg': encoded(5, 'JPEG'), 'two.png': encoded(6)})
+    assert cli.main(['score', str(shard), str(kept), '-o', str(tmp_path / 's.csv'), '--image-member', 'png',
+                     '--backbone', str(tiny_rn), '--no-progress']) == 0
+    write_shard(shard, dict(reversed(images.items())))
+    table = read_table(tmp_path / 's.csv')
+    pictured = {(s.source, s.key): s.locator and webdataset.read(s.locator)
+                for s in map(table.image, range(len(table.rows)))}
+    assert pictured == {(str(shard), 'a'): images['a.png'], (str(shard), 'b'): images['b.png'],
+                        (str(shard), 'two'): None, (str(kept), 'two'): encoded(6)}
+    assert cli.main(['report', str(tmp_path / 's.csv'), '-o', str(tmp_path / 'r.png')]) == 0
+    assert '1 images unreadable (shown without a picture)' in capsys.readouterr().out
+
+
 def test_without_the_journal_no_picture_is_guessed(tmp_path, capsys):
     """A sample holding two images (the run may have read either, by --image-member) and a Parquet file's row
     (its image column is not in the exports) are shown without a picture, never with one that may be another

@@ -198,15 +198,16 @@ def _journal_table(journal_file: Path) -> Table:
             rows.append((key, *(_as_written(result.values.get(c, np.nan)) for c in columns)))
         metric, lower_better = journal.metric, journal.lower_better
     table = pd.DataFrame(rows, columns=['key', *columns]).astype({c: float for c in columns})
+    shards = exports.Shards()  # a shard rewritten since: its samples are found again by key, or not pictured
     return Table(table, paths.__getitem__, pd.DataFrame(failed, columns=['key', 'error'], dtype=str), metric,
-                 lower_better)
+                 lower_better, lambda row: shards(paths[row]))
 
 
 def _read_journal(journal_file: Path, count: int) -> Collection:
     """The collection of a run's journal: every stored result, failures counted apart."""
     table = _journal_table(journal_file)
     scores = table.rows['score'].to_numpy(dtype=float) if 'score' in table.rows else np.full(len(table.rows), np.nan)
-    return _collection(scores, count, lambda rows: [table.file_of(r) for r in rows], len(table.failed), table.metric,
+    return _collection(scores, count, lambda rows: [table.image(r) for r in rows], len(table.failed), table.metric,
                        table.lower_better, str(journal_file))
 
 

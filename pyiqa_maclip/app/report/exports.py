@@ -163,6 +163,7 @@ class Shards:
 
     def __init__(self) -> None:
         self._listed: dict[str, dict[str, Sample]] = {}
+        self._places: dict[str, set[tuple[str, int, int]]] = {}
 
     def _samples(self, shard: str) -> dict[str, Sample]:
         from ..sources import collect_samples, kind_of_input, webdataset
@@ -181,9 +182,22 @@ class Shards:
                                    if s.source == os.path.abspath(shard) and s.key in unambiguous}
         return self._listed[shard]
 
+    def _still_there(self, sample: Sample) -> bool:
+        """Whether the shard member a journal's locator names is still that sample's (not rewritten since)."""
+        from ..sources import webdataset
+
+        if sample.source not in self._places:
+            self._places[sample.source] = webdataset.member_places(sample.source)
+        return (sample.key, *sample.locator[2:]) in self._places[sample.source]
+
     def __call__(self, image: str | Sample) -> str | Sample:
-        """``image`` as :func:`~.thumbnails.read_thumbnail` reads it: a sample without a locator gets its
-        shard's (it stays without one if its key is not found there)."""
-        if isinstance(image, str) or not image.source or image.locator is not None:
+        """``image`` as :func:`~.thumbnails.read_thumbnail` reads it: a sample without a locator, or whose
+        locator no longer names its member (a shard rewritten), gets its shard's (it stays without one if
+        its key is not found there)."""
+        if isinstance(image, str) or not image.source:
             return image
+        if image.locator is not None:
+            if image.locator[0] != 'webdataset' or self._still_there(image):
+                return image
+            image = image._replace(locator=None)
         return self._samples(image.source).get(image.key, image)

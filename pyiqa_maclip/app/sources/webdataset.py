@@ -26,8 +26,8 @@ from ...errors import error_text
 from ..files import shown
 from . import SHARD_SUFFIXES, Sample, check_file
 
-__all__ = ['IMAGE_MEMBERS', 'keys_with_one_image', 'sample_key', 'shard_name', 'compressed', 'shard_samples', 'collect',
-           'read']
+__all__ = ['IMAGE_MEMBERS', 'keys_with_one_image', 'member_places', 'sample_key', 'shard_name', 'compressed',
+           'shard_samples', 'collect', 'read']
 
 #: The image member of a sample, when ``--image-member`` names none: the first of these present.
 IMAGE_MEMBERS = ('jpg', 'jpeg', 'png', 'webp')
@@ -221,6 +221,14 @@ def keys_with_one_image(shard: str) -> set[str]:
     images = {extension.lstrip('.') for extension in image_extensions()}
     found = _grouped(shard)[0]
     return {key for key, members in found.items() if sum(e in images for e in members) == 1}
+
+
+def member_places(shard: str) -> set[tuple[str, int, int]]:
+    """The key, data offset and size of every member ``shard`` holds whole now: a locator stored earlier still
+    names its sample's image if it is among them (a shard rewritten since holds other bytes there)."""
+    found, whole, _ = _grouped(shard)
+    return {(key, m.offset_data, m.size) for key, members in found.items() for m in members.values()
+            if m.offset_data + m.size <= whole}
 
 
 def collect(inputs: Iterable[str], image_member: str | None = None) -> list[Sample]:
