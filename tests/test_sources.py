@@ -377,6 +377,23 @@ def test_a_half_done_shard_resumes_within_the_shard_and_refuses_other_settings(s
     assert status == 2 and 'other settings' in stderr and 'box_lam was 0.5, now 0.3' in stderr
 
 
+def test_another_image_member_on_resume_is_refused_as_other_settings(tiny_rn, tmp_path):
+    """Samples holding a jpg and a png: a run resumed with another --image-member would mix both images in one
+    output; the same member written otherwise (.PNG) resumes. An empty member is a mistake, not the default."""
+    shard = write_shard(tmp_path / 'm.tar', {'0.jpg': encoded(0, 'JPEG'), '0.png': encoded(1),
+                                             '1.jpg': encoded(2, 'JPEG'), '1.png': encoded(3)})
+    args = [shard, '-o', tmp_path / 's.csv', '--backbone', tiny_rn]
+    assert score(*args, '--image-member', 'png')[0] == 0
+    status, stdout, _ = score(*args, '--image-member', '.PNG')
+    assert status == 0 and '0 processed in this run, 2 done before' in stdout
+    for other in (['--image-member', 'jpg'], []):
+        status, _, stderr = score(*args, *other)
+        assert status == 2 and stderr.count('\n') == 1 and 'other settings' in stderr and "'png'" in stderr
+    for empty in ('', '.'):
+        status, _, stderr = score(*args, '--image-member', empty)
+        assert status == 2 and f"--image-member {empty!r}: expected the extension of the member holding" in stderr
+
+
 def test_gzip_shards_score_as_their_tars_and_a_cut_one_reports_what_it_lost(same_images, tiny_rn, tmp_path):
     """data-000.tgz and data-001.tar.gz give data-000.tar and data-001.tar's scores, value for value; a
     .tgz cut mid-gzip scores the samples before the cut and lists the others' reasons (exit 1)."""

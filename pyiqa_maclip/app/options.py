@@ -88,7 +88,11 @@ def source_options(args: argparse.Namespace):
         except UserError:
             raise UserError(f'--extensions {args.extensions!r}: expected suffixes separated by commas, such as '
                             'jpg,png') from None
-    return SourceOptions(extensions, args.image_member, args.image_column, args.key_column, args.split)
+    member = args.image_member
+    if member is not None and (not member.lstrip('.') or '/' in member):  # '' would mean the default members
+        raise UserError(f'--image-member {member!r}: expected the extension of the member holding the image, such '
+                        'as png or jpg')
+    return SourceOptions(extensions, member, args.image_column, args.key_column, args.split)
 
 
 def parse_value(text: str) -> str | int | float | bool:
