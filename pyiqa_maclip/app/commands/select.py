@@ -10,7 +10,6 @@ from pathlib import Path
 
 from ...errors import UserError
 from ..files import check_replaceable, shown
-from ..report.exports import is_parquet
 
 __all__ = ['add_parser', 'run']
 
@@ -56,6 +55,8 @@ def _check(args: argparse.Namespace) -> None:
                         'pyiqa-maclip score')
     if args.output.exists() and args.output.samefile(args.scores):
         raise UserError(f'-o {shown(args.output)} is the scores file itself: choose another output')
+    from ..report.exports import is_parquet  # not at the top: the report package imports numpy, --help does not
+
     if is_parquet(args.output) != is_parquet(args.scores):
         wanted = 'kept.parquet' if is_parquet(args.scores) else 'kept.csv'
         raise UserError(f'-o {shown(args.output)}: the rows are written in the form of {shown(args.scores.name)}; '
@@ -73,7 +74,7 @@ def _read(scores_file: Path):
         raise UserError(f'{shown(scores_file)} has no score column (columns: {", ".join(columns)}): expected '
                         'the scores written by pyiqa-maclip score')
     table = exports.read(scores_file)
-    whole = exports.read_arrow(scores_file) if is_parquet(scores_file) else table
+    whole = exports.read_arrow(scores_file) if exports.is_parquet(scores_file) else table
     return table, whole, table['score'].map(_number).to_numpy(dtype=float)
 
 
@@ -115,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_score is not None:
         kept &= scores <= args.max_score
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    if is_parquet(args.scores):
+    if exports.is_parquet(args.scores):
         from ..files import write_file
 
         with write_file(args.output, 'wb') as file:
