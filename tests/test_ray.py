@@ -389,3 +389,21 @@ def test_a_cluster_started_with_ray_start(sources, tiny_rn, tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()
+
+
+def test_ray_parquet_rows_refuse_null_and_repeated_keys_as_the_local_engine_does(tmp_path):
+    """One key, one row, in both engines: a key column with an empty value or a value twice is refused in one
+    line (the local engine's words), not keyed by row number or merged; without a key column, row numbers."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pyiqa_maclip.app.ray_run import _parquet_rows
+
+    images = [png(i) for i in range(3)]
+    for name, ids, words in (('null.parquet', ['a', None, 'c'], "the key column 'id' has no value in row 1"),
+                             ('twice.parquet', ['a', 'b', 'a'], 'the key a names two rows')):
+        pq.write_table(pa.table({'id': ids, 'image': images}), tmp_path / name, row_group_size=2)
+        with pytest.raises(UserError, match=words):
+            list(_parquet_rows({'path': [str(tmp_path / name)]}, None, 'id'))
+    rows = pd.concat(_parquet_rows({'path': [str(tmp_path / 'twice.parquet')]}, None, None))
+    assert rows['key'].tolist() == ['0', '1', '2'] and rows['image'].tolist() == images

@@ -21,8 +21,10 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..names import METRIC_COLUMNS
-from .files import held_lock
+from .files import held_lock, shown
 from .ray_shards import IMAGE_COLUMNS, KEY_COLUMNS, Manifest, Shard, expected_rows, plan_shards, sample_key
+from .sources import repeated_key
+from .sources.parquet import key_values
 
 __all__ = ['run_ray', 'resources']
 
@@ -73,13 +75,16 @@ def _parquet_rows(batch, image_column: str | None, key_column: str | None):
         key = key_column or _first_present(KEY_COLUMNS, names)
         if key not in names and key_column:
             raise UserError(f'{path} has no column {key_column!r} (--key-column); its columns: {", ".join(names)}')
-        start, shard = 0, Shard('parquet', path)
+        start, shard, seen = 0, Shard('parquet', path), set()
         for part in file.iter_batches(batch_size=256, columns=[image] + ([key] if key else [])):
-            frame = part.to_pandas()
-            keys = [sample_key(shard, key=frame[key][i] if key else None, row_number=start + i)
-                    for i in range(len(frame))]
-            yield pd.DataFrame({'key': keys, 'shard': path, 'image': [_encoded(c) for c in frame[image]]})
-            start += len(frame)
+            values = key_values(part.column(key), shown(path), key, start) if key else [None] * part.num_rows
+            keys = [sample_key(shard, key=value, row_number=start + i) for i, value in enumerate(values)]
+            if len(seen.union(keys)) != len(seen) + len(keys):  # as the local engine: one key, one row
+                raise repeated_key(path, next(k for i, k in enumerate(keys) if k in seen or k in keys[:i]))
+            seen.update(keys)
+            images = [_encoded(cell) for cell in part.column(image).to_pylist()]
+            yield pd.DataFrame({'key': keys, 'shard': path, 'image': images})
+            start += part.num_rows
 
 
 def _file_rows(batch, folder_of: dict):
@@ -198,7 +203,8 @@ def run_ray(args: argparse.Namespace, options: dict) -> int:
 
     from .scorers import Recipe
 
-    recipe = Recipe(args.metric, options)
+    # What chose the images, as the local engine records it: the same keys with another column are other images.
+    recipe = Recipe(args.metric, options, images={'image_column': args.image_column} if args.image_column else {})
     with held_lock(folder / '_manifest.lock', f'another pyiqa-maclip run is writing into {folder}'):
         manifest = Manifest(folder, recipe.fingerprint, args.overwrite)
         pending = [s for s in shards if not manifest.finished(s)]

@@ -192,10 +192,14 @@ def _each_once(samples: Iterable[Sample]) -> list[Sample]:
     for sample in samples:
         seen = unique.setdefault((sample.source, sample.key), sample)
         if seen.locator != sample.locator:
-            raise UserError(f'{shown(sample.source)}: the key {shown(sample.key)} names two rows; keys must be '
-                            'unique in a file: name a column of unique values with --key-column, or leave it out '
-                            'to key rows by their number')
+            raise repeated_key(sample.source, sample.key)
     return list(unique.values())
+
+
+def repeated_key(source: str, key: str) -> UserError:
+    """The mistake of a key naming two rows of one source (both engines refuse it)."""
+    return UserError(f'{shown(source)}: the key {shown(key)} names two rows; keys must be unique in a file: name a '
+                     'column of unique values with --key-column, or leave it out to key rows by their number')
 
 
 @contextlib.contextmanager
