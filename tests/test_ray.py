@@ -380,8 +380,8 @@ def test_a_cluster_started_with_ray_start(sources, tiny_rn, tmp_path):
                   tmp_path / 'out', '--backbone', tiny_rn, '--no-progress')
         # A mistake met in a Ray task is one line, as any other.
         assert odd.returncode == 2 and odd.stderr.splitlines()[-1] == (
-            f'pyiqa-maclip score: error: {tmp_path}/odd.parquet has no image column (jpg, jpeg, png, webp, tif, tiff, '
-            'bmp, image); its columns: picture; pass --image-column'), odd.stderr
+            f"pyiqa-maclip score: error: {tmp_path}/odd.parquet has no column 'image' (it has picture); name the "
+            'image column with --image-column'), odd.stderr  # the local engine's words
     finally:
         head.send_signal(signal.SIGTERM)  # --block: the head stops what it started
         try:

@@ -22,22 +22,18 @@ from pathlib import Path
 from ..errors import UserError
 from ..names import METRIC_COLUMNS
 from .files import held_lock, shown
-from .ray_shards import IMAGE_COLUMNS, KEY_COLUMNS, Manifest, Shard, expected_rows, plan_shards, sample_key
-from .sources import repeated_key
+from .ray_shards import Manifest, Shard, expected_rows, plan_shards, sample_key
+from .sources import parquet, repeated_key, webdataset
 from .sources.parquet import key_values
 
 __all__ = ['run_ray', 'resources']
-
-
-def _first_present(names, available) -> str | None:
-    return next((name for name in names if name in available), None)
 
 
 def _webdataset_rows(batch, shards: dict):
     """Ray's WebDataset rows (``__key__``, ``__url__``, a column per member) as key, shard, image."""
     import pandas as pd
 
-    members = [name for name in IMAGE_COLUMNS if name in batch.columns]
+    members = [name for name in webdataset.IMAGE_MEMBERS if name in batch.columns]  # as the local engine
     images = [next((row[m] for m in members if row[m] is not None and row[m] == row[m]), None)
               for _, row in batch[members].iterrows()] if members else [None] * len(batch)
     paths = [shards[os.path.abspath(url)].path for url in batch['__url__']]
@@ -60,21 +56,17 @@ def _encoded(cell):
 
 
 def _parquet_rows(batch, image_column: str | None, key_column: str | None):
-    """Each Parquet file named in ``batch`` as key, shard, image rows, 256 at a time; keyed as the local
-    engine keys them (``--key-column``, else a ``key`` column, else the row number)."""
+    """Each Parquet file named in ``batch`` as key, shard, image rows, 256 at a time; read as the local
+    engine reads it (``--image-column``, default ``image``; keyed by ``--key-column``, else a ``key``
+    column, else the row number), with its messages for what is missing."""
     import pandas as pd
     import pyarrow.parquet as pq
 
     for path in batch['path']:
+        image = image_column or parquet.DEFAULT_IMAGE_COLUMN
+        names = parquet.check_columns(path, image, key_column)
+        key = key_column or (parquet.DEFAULT_KEY_COLUMN if parquet.DEFAULT_KEY_COLUMN in names else None)
         file = pq.ParquetFile(path)
-        names = file.schema_arrow.names
-        image = image_column or _first_present(IMAGE_COLUMNS, names)
-        if image not in names:
-            raise UserError(f'{path} has no image column {image_column or "(" + ", ".join(IMAGE_COLUMNS) + ")"}; '
-                            f'its columns: {", ".join(names)}; pass --image-column')
-        key = key_column or _first_present(KEY_COLUMNS, names)
-        if key not in names and key_column:
-            raise UserError(f'{path} has no column {key_column!r} (--key-column); its columns: {", ".join(names)}')
         start, shard, seen = 0, Shard('parquet', path), set()
         for part in file.iter_batches(batch_size=256, columns=[image] + ([key] if key else [])):
             values = key_values(part.column(key), shown(path), key, start) if key else [None] * part.num_rows

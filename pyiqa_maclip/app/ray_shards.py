@@ -22,14 +22,10 @@ from .inputs import collect_paths
 from .journal import differences
 from .sources import SHARD_SUFFIXES, kind_of_input, parquet, webdataset
 
-__all__ = ['Shard', 'plan_shards', 'expected_rows', 'Manifest', 'MANIFEST', 'KEY_COLUMNS', 'IMAGE_COLUMNS']
+__all__ = ['Shard', 'plan_shards', 'expected_rows', 'Manifest', 'MANIFEST']
 
 MANIFEST = '_manifest.json'
 _FORMAT = 'pyiqa-maclip ray manifest 1'
-#: A Parquet file's key column, the first of these it has; without one, the row number is the key.
-KEY_COLUMNS = ('key',)
-#: The image of a WebDataset sample or Parquet row: the first of these members or columns it has.
-IMAGE_COLUMNS = ('jpg', 'jpeg', 'png', 'webp', 'tif', 'tiff', 'bmp', 'image')
 _SAMPLE_NAME = re.compile(r'^((?:.*/|)[^.]+)[.]([^/]*)$')  # WebDataset's (and Ray's) key.suffix split
 
 

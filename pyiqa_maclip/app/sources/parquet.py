@@ -15,7 +15,7 @@ from ...errors import UserError
 from ..files import shown
 from . import Sample
 
-__all__ = ['DEFAULT_IMAGE_COLUMN', 'DEFAULT_KEY_COLUMN', 'sample_key', 'key_values', 'file_name', 'import_pyarrow',
+__all__ = ['check_columns', 'DEFAULT_IMAGE_COLUMN', 'DEFAULT_KEY_COLUMN', 'sample_key', 'key_values', 'file_name', 'import_pyarrow',
            'mapped', 'image_column_problem', 'cell_image', 'file_samples', 'collect', 'read']
 
 DEFAULT_IMAGE_COLUMN = 'image'
@@ -110,7 +110,7 @@ def cell_image(cell, folder: str) -> bytes:
     return bytes(cell)
 
 
-def _check_columns(path: str, image_column: str, key_column: str | None) -> list[str]:
+def check_columns(path: str, image_column: str, key_column: str | None) -> list[str]:
     """The file's column names; a :class:`UserError` unless it has ``image_column`` (of images) and ``key_column``."""
     pa = import_pyarrow()
     try:
@@ -133,7 +133,7 @@ def file_samples(path: str, image_column: str, key_column: str | None, default_k
     """The samples of one Parquet file, listed row group by row group: keyed by ``key_column`` (else
     ``default_key`` if the file has it), else by row number counted from ``first_row``."""
     pa = import_pyarrow()
-    names = _check_columns(path, image_column, key_column)
+    names = check_columns(path, image_column, key_column)
     if key_column is None and default_key in names:
         key_column = default_key
     source, samples, row = file_name(path), [], first_row
