@@ -208,15 +208,15 @@ def test_a_shard_run_parquet_is_reported_without_its_journal(shard_run, capsys):
 
 
 def test_each_shard_is_listed_once_and_only_for_pictures(shard_run, capsys, monkeypatch):
-    import pyiqa_maclip.app.sources as sources
+    from pyiqa_maclip.app.sources import webdataset
 
-    listed, collect = [], sources.collect_samples
-    monkeypatch.setattr(sources, 'collect_samples', lambda inputs, *a: listed.append(list(inputs)) or collect(inputs))
+    listed, grouped = [], webdataset._grouped  # every pass over a shard's headers goes through it
+    monkeypatch.setattr(webdataset, '_grouped', lambda shard: listed.append(str(shard)) or grouped(shard))
     assert cli.main(['report', str(shard_run / 'scores.csv'), '-o', str(shard_run / 'r.html')]) == 0
-    assert sorted(listed) == [[str(shard_run / 'data-000.tar')], [str(shard_run / 'data-001.tar')]]
+    assert sorted(listed) == [str(shard_run / 'data-000.tar'), str(shard_run / 'data-001.tar')]
     listed.clear()
     assert cli.main(['report', str(shard_run / 'scores.csv'), '-o', str(shard_run / 'r.png'), '--thumbnails', '1']) == 0
-    assert listed == [[str(shard_run / 'data-000.tar')]]  # the worst row's shard only
+    assert listed == [str(shard_run / 'data-000.tar')]  # the worst row's shard only
 
 
 def test_a_moved_shard_gives_a_page_without_pictures(shard_run, capsys):

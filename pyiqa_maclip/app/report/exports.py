@@ -162,33 +162,27 @@ class Shards:
     when a picture of one of its samples is first asked for."""
 
     def __init__(self) -> None:
-        self._listed: dict[str, dict[str, Sample]] = {}
-        self._places: dict[str, set[tuple[str, int, int]]] = {}
+        self._listed: dict[str, tuple[dict[str, Sample], set[tuple[str, int, int]]]] = {}
 
-    def _samples(self, shard: str) -> dict[str, Sample]:
-        from ..sources import collect_samples, kind_of_input, webdataset
+    def _listing(self, shard: str) -> tuple[dict[str, Sample], set[tuple[str, int, int]]]:
+        """:func:`~..sources.webdataset.listed_again` of ``shard``, once (nothing for what is not a shard)."""
+        from ..sources import kind_of_input, webdataset
 
         if shard not in self._listed:
-            found, unambiguous = [], set()
+            self._listed[shard] = {}, set()
             # Only WebDataset shards: which column of a Parquet file held the image, or where a data file's
             # rows start in its dataset's split, is not in the exports; and any other path named there is
             # not walked.
             if os.path.isfile(shard) and kind_of_input(shard) == 'webdataset':
                 try:
-                    found, unambiguous = collect_samples([shard]), webdataset.keys_with_one_image(shard)
+                    self._listed[shard] = webdataset.listed_again(shard)
                 except (UserError, OSError, ValueError):  # moved, damaged, or not of this kind any more
                     pass
-            self._listed[shard] = {s.key: s for s in found
-                                   if s.source == os.path.abspath(shard) and s.key in unambiguous}
         return self._listed[shard]
 
     def _still_there(self, sample: Sample) -> bool:
         """Whether the shard member a journal's locator names is still that sample's (not rewritten since)."""
-        from ..sources import webdataset
-
-        if sample.source not in self._places:
-            self._places[sample.source] = webdataset.member_places(sample.source)
-        return (sample.key, *sample.locator[2:]) in self._places[sample.source]
+        return (sample.key, *sample.locator[2:]) in self._listing(sample.source)[1]
 
     def __call__(self, image: str | Sample) -> str | Sample:
         """``image`` as :func:`~.thumbnails.read_thumbnail` reads it: a sample without a locator, or whose
@@ -200,4 +194,4 @@ class Shards:
             if image.locator[0] != 'webdataset' or self._still_there(image):
                 return image
             image = image._replace(locator=None)
-        return self._samples(image.source).get(image.key, image)
+        return self._listing(image.source)[0].get(image.key, image)

@@ -26,7 +26,7 @@ from ...errors import error_text
 from ..files import shown
 from . import SHARD_SUFFIXES, Sample, check_file
 
-__all__ = ['IMAGE_MEMBERS', 'keys_with_one_image', 'member_places', 'sample_key', 'shard_name', 'compressed',
+__all__ = ['IMAGE_MEMBERS', 'listed_again', 'sample_key', 'shard_name', 'compressed',
            'shard_samples', 'collect', 'read']
 
 #: The image member of a sample, when ``--image-member`` names none: the first of these present.
@@ -188,10 +188,13 @@ def _grouped(shard: str) -> tuple[dict[str, dict[str, _Member]], int, BaseExcept
 def shard_samples(shard: str, image_member: str | None = None) -> list[Sample]:
     """The samples of one shard, in shard order, each with its image's offset and size (or the reason
     it has none)."""
-    source = shard_name(shard)
-    found, whole, error = _grouped(shard)
     wanted = (image_member.lower().lstrip('.'),) if image_member else IMAGE_MEMBERS
-    samples = []
+    return _samples(shard, *_grouped(shard), wanted)
+
+
+def _samples(shard: str, found: dict[str, dict[str, _Member]], whole: int, error: BaseException | None,
+             wanted: tuple[str, ...]) -> list[Sample]:
+    source, samples = shard_name(shard), []
     for key, members in found.items():
         for extension in wanted:
             if (member := members.get(extension)) is not None:
@@ -213,22 +216,21 @@ def shard_samples(shard: str, image_member: str | None = None) -> list[Sample]:
     return samples
 
 
-def keys_with_one_image(shard: str) -> set[str]:
-    """The keys of the samples holding exactly one member with an image file's extension (any format PIL
-    opens): whichever ``--image-member`` a run gave, that member is the image it read."""
+def listed_again(shard: str) -> tuple[dict[str, Sample], set[tuple[str, int, int]]]:
+    """What a report without its run's records can trust of ``shard``, from one pass over it: the samples
+    holding exactly one member with an image file's extension (any format PIL opens: whichever
+    ``--image-member`` a run gave, that member is the image it read), by key; and the key, data offset
+    and size of every member held whole now (a locator stored earlier still names its sample's image if
+    it is among them: a shard rewritten since holds other bytes there)."""
     from ..inputs import image_extensions
 
     images = {extension.lstrip('.') for extension in image_extensions()}
-    found = _grouped(shard)[0]
-    return {key for key, members in found.items() if sum(e in images for e in members) == 1}
-
-
-def member_places(shard: str) -> set[tuple[str, int, int]]:
-    """The key, data offset and size of every member ``shard`` holds whole now: a locator stored earlier still
-    names its sample's image if it is among them (a shard rewritten since holds other bytes there)."""
-    found, whole, _ = _grouped(shard)
-    return {(key, m.offset_data, m.size) for key, members in found.items() for m in members.values()
-            if m.offset_data + m.size <= whole}
+    found, whole, error = _grouped(shard)
+    places = {(key, m.offset_data, m.size) for key, members in found.items() for m in members.values()
+              if m.offset_data + m.size <= whole}
+    single = {key: members for key, members in found.items() if sum(e in images for e in members) == 1}
+    samples = _samples(shard, single, whole, None, IMAGE_MEMBERS)
+    return {s.key: s for s in samples if s.key in single}, places
 
 
 def collect(inputs: Iterable[str], image_member: str | None = None) -> list[Sample]:
