@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,6 @@ __all__ = ['Shard', 'plan_shards', 'expected_rows', 'Manifest', 'MANIFEST']
 
 MANIFEST = '_manifest.json'
 _FORMAT = 'pyiqa-maclip ray manifest 1'
-_SAMPLE_NAME = re.compile(r'^((?:.*/|)[^.]+)[.]([^/]*)$')  # WebDataset's (and Ray's) key.suffix split
 
 
 @dataclass(frozen=True)
@@ -101,9 +99,9 @@ def expected_rows(shard: Shard) -> int:
     count, previous = 0, None
     with tarfile.open(shard.path, 'r:*') as archive:
         for member in archive:
-            match = _SAMPLE_NAME.match(member.name) if member.isreg() else None
-            if match and match[1] != previous:
-                count, previous = count + 1, match[1]
+            split = webdataset.sample_key(member.name) if member.isreg() else None  # Ray's key.suffix split too
+            if split and split[0] != previous:
+                count, previous = count + 1, split[0]
     return count
 
 
